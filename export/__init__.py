@@ -1,0 +1,1 @@
+"""latentrt.export."""

@@ -157,7 +157,11 @@ class CLIPAttention(nn.Module):
             self._heads(self.k_proj(x)),
             self._heads(self.v_proj(x)),
         )
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # An explicit additive causal mask in the activations' dtype: the ONNX exporter's
+        # `is_causal=True` path upcasts fp16 scores to fp32 and yields a mistyped graph.
+        n = x.shape[1]
+        mask = torch.full((n, n), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
 

@@ -1,0 +1,122 @@
+"""The UNet wrapped as a k-diffusion denoiser: D(x, sigma) -> x0 with classifier-free guidance.
+
+Variables are k-diffusion's: x = x0 + sigma * eps. The UNet sees x / sqrt(sigma^2 + 1) (the
+variance-preserving latent diffusers feeds it) at timestep t(sigma), and its output is turned
+into an x0 estimate according to the checkpoint's prediction type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from latentrt.errors import NumericsError
+from latentrt.samplers import sigma_to_t
+
+UNetFn = Callable[..., np.ndarray]
+
+
+@dataclass
+class Conditioning:
+    """Text conditioning for one generation; `uncond` is None when guidance is off."""
+
+    context: np.ndarray  # (B, S, D)
+    uncond: np.ndarray | None  # (B, S, D)
+    added: dict[str, np.ndarray] | None = None  # SDXL: text_embeds / time_ids, cond half
+    added_uncond: dict[str, np.ndarray] | None = None
+
+
+class CFGDenoiser:
+    """D(x, sigma) for a UNet with classifier-free guidance, uncond and cond in one batch."""
+
+    def __init__(
+        self,
+        unet: UNetFn,
+        model_sigmas: np.ndarray,
+        prediction_type: str,
+        cond: Conditioning,
+        guidance: float,
+        concat: np.ndarray | None = None,
+        timesteps: dict[float, float] | None = None,
+    ) -> None:
+        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"unknown prediction type {prediction_type!r}")
+        self.unet = unet
+        self.model_sigmas = model_sigmas
+        self.prediction_type = prediction_type
+        self.cond = cond
+        self.guidance = guidance
+        self.concat = concat  # inpainting UNets: (B, 5, h, w) mask + masked-image latents
+        self.timesteps = timesteps or {}  # exact timesteps of a diffusers schedule, by sigma
+        self.calls = 0
+
+    @property
+    def guided(self) -> bool:
+        return self.cond.uncond is not None
+
+    def _model(self, x: np.ndarray, sigma: float) -> np.ndarray:
+        """UNet output for the batch [uncond; cond] (or cond alone), as x0 estimates."""
+        c_in = 1.0 / np.sqrt(sigma**2 + 1.0)
+        sample = x * np.float32(c_in)
+        if self.concat is not None:
+            sample = np.concatenate([sample, self.concat], axis=1)
+        context = self.cond.context
+        added = self.cond.added
+        if self.guided:
+            sample = np.concatenate([sample, sample])
+            context = np.concatenate([self.cond.uncond, context])
+            if added is not None:
+                added = {
+                    k: np.concatenate([self.cond.added_uncond[k], v]) for k, v in added.items()
+                }
+        t = self.timesteps.get(sigma)
+        if t is None:
+            t = float(sigma_to_t(sigma, self.model_sigmas))
+        t = np.full(sample.shape[0], t, dtype=np.float32)
+        out = self.unet(sample=sample, timestep=t, encoder_hidden_states=context, **(added or {}))
+        self.calls += 1
+        out = out.astype(np.float32, copy=False)
+        if not np.isfinite(out).all():
+            raise NumericsError(f"the UNet returned NaN/Inf at sigma {sigma:.4g}")
+        xx = np.concatenate([x, x]) if self.guided else x
+        if self.prediction_type == "epsilon":
+            return xx - np.float32(sigma) * out
+        if self.prediction_type == "v_prediction":
+            return xx * np.float32(1.0 / (sigma**2 + 1.0)) - out * np.float32(
+                sigma / np.sqrt(sigma**2 + 1.0)
+            )
+        return out
+
+    def __call__(self, x: np.ndarray, sigma: float, with_uncond: bool = False):
+        x0 = self._model(x, float(sigma))
+        if not self.guided:
+            return (x0, x0) if with_uncond else x0
+        uncond, cond = np.split(x0, 2)
+        guided = uncond + np.float32(self.guidance) * (cond - uncond)
+        return (guided, uncond) if with_uncond else guided
+
+
+class InpaintBlendDenoiser:
+    """Mask blending for ordinary (4-channel) UNets, the way ComfyUI's inpainting sampler does.
+
+    Outside the mask (mask == 0) the latent is held to the original image noised to the current
+    sigma before the model sees it, and the x0 estimate is replaced by the original there, so
+    the kept region ends exactly as the source image's latent.
+    """
+
+    def __init__(
+        self, inner: CFGDenoiser, image_latent: np.ndarray, mask: np.ndarray, noise: np.ndarray
+    ) -> None:
+        self.inner = inner
+        self.image_latent = image_latent
+        self.mask = mask  # (B, 1, h, w), 1 = repaint
+        self.noise = noise
+
+    def __call__(self, x: np.ndarray, sigma: float, with_uncond: bool = False):
+        keep = 1.0 - self.mask
+        x = x * self.mask + (self.image_latent + self.noise * np.float32(sigma)) * keep
+        out = self.inner(x, sigma, with_uncond=with_uncond)
+        blend = lambda d: d * self.mask + self.image_latent * keep  # noqa: E731
+        return tuple(blend(d) for d in out) if with_uncond else blend(out)

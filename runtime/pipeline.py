@@ -1,0 +1,295 @@
+"""`Pipeline`: prompt in, images out, on a bundle and a backend, with numpy in between.
+
+One pipeline covers txt2img, img2img (`image=` with `strength`) and inpainting (`image=` and
+`mask=`): 9-channel inpainting UNets get the mask and masked-image latents concatenated to
+their input; ordinary UNets blend the kept region back at every step.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from latentrt import samplers
+from latentrt.errors import BackendError, InputError, SamplerError
+from latentrt.runtime.bundle import Bundle
+from latentrt.runtime.conditioning import PromptEncoder
+from latentrt.runtime.denoiser import CFGDenoiser, InpaintBlendDenoiser
+from latentrt.runtime.image import (
+    format_parameters,
+    postprocess,
+    preprocess_image,
+    preprocess_mask,
+    save_png,
+    to_pil,
+)
+
+BACKENDS = ("ort-cpu", "ort-cuda", "tensorrt")
+OUTPUTS = ("pil", "np", "latent")
+# The schedule diffusers' own scheduler would use for the checkpoint's scheduler_config.
+DIFFUSERS_SCHEDULE = "diffusers"
+
+
+def load_backend(bundle: Bundle, backend: str) -> dict[str, Callable]:
+    """name -> callable(**inputs) -> dict of outputs, for every component of the bundle."""
+    if backend in ("ort-cpu", "ort-cuda"):
+        from latentrt.runtime import ort_backend
+
+        return ort_backend.load_components(bundle, backend)
+    if backend == "tensorrt":
+        raise NotImplementedError(
+            "the tensorrt runtime backend is not built yet (TensorRT cannot be installed on "
+            "the project's machines); use ort-cpu or ort-cuda"
+        )
+    raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+class Pipeline:
+    """A loaded bundle on one backend; `generate` runs txt2img, img2img and inpainting."""
+
+    def __init__(self, bundle: Bundle, components: dict[str, Callable], backend: str) -> None:
+        self.bundle = bundle
+        self.backend = backend
+        self.components = components
+        m = bundle.manifest
+        self.latent = m["latent"]
+        self.prediction_type = m["prediction_type"]
+        self.schedule = m["scheduler"]
+        self.inpainting = m["unet"]["inpainting"]
+        self.prompt_encoder = PromptEncoder(bundle, components)
+        self.alphas_cumprod = samplers.alphas_cumprod_for(
+            self.schedule["beta_schedule"],
+            self.schedule["beta_start"],
+            self.schedule["beta_end"],
+            self.schedule["num_train_timesteps"],
+            rescale_betas_zero_snr=self.schedule.get("rescale_betas_zero_snr", False),
+        )
+        self.model_sigmas = samplers.sigmas_from_alphas_cumprod(self.alphas_cumprod)
+
+    @classmethod
+    def load(cls, bundle: str | Path, backend: str = "ort-cpu") -> Pipeline:
+        """Open and validate a bundle and create the backend's sessions once."""
+        b = Bundle.open(bundle)
+        return cls(b, load_backend(b, backend), backend)
+
+    # --- schedule -----------------------------------------------------------------------------
+
+    def schedule_for(
+        self, scheduler: str | None, steps: int, sampler: str
+    ) -> tuple[np.ndarray, dict, dict[float, float] | None]:
+        """(sigmas, extra sampler options, sigma -> timestep table) for one generation.
+
+        `diffusers` reproduces the checkpoint's own diffusers scheduler: DDIMScheduler's
+        timesteps and targets for `ddim`, EulerDiscreteScheduler's sigma table otherwise.
+        `None` means `diffusers` for `ddim` and ComfyUI's `normal` for every other sampler.
+        """
+        if scheduler is None:
+            scheduler = DIFFUSERS_SCHEDULE if sampler == "ddim" else "normal"
+        if scheduler != DIFFUSERS_SCHEDULE:
+            return samplers.get_sigmas(scheduler, steps, self.model_sigmas), {}, None
+        s = self.schedule
+        spacing = {"timestep_spacing": s["timestep_spacing"], "steps_offset": s["steps_offset"]}
+        if sampler == "ddim":
+            sigmas, prev = samplers.diffusers_ddim_sigmas(
+                self.alphas_cumprod, steps, set_alpha_to_one=s["set_alpha_to_one"], **spacing
+            )
+            ts = samplers.diffusers_timesteps(steps, s["num_train_timesteps"], **spacing)
+            return (
+                sigmas,
+                {"prev_sigmas": prev},
+                dict(zip(sigmas[:-1].tolist(), ts.tolist(), strict=True)),
+            )
+        ts, sigmas = samplers.diffusers_euler_sigmas(self.alphas_cumprod, steps, **spacing)
+        return sigmas, {}, dict(zip(sigmas[:-1].tolist(), ts.tolist(), strict=True))
+
+    # --- generation ---------------------------------------------------------------------------
+
+    def _check_size(self, width: int, height: int) -> None:
+        step = self.latent["downscale"]
+        for name, v in (("width", width), ("height", height)):
+            if not isinstance(v, int | np.integer) or v <= 0 or v % step:
+                raise InputError(f"{name} must be a positive multiple of {step}, got {v}")
+            lo, hi = self.bundle.manifest["shapes"][name]
+            if not lo <= v <= hi:
+                raise InputError(f"{name} {v} is outside the bundle's range [{lo}, {hi}]")
+
+    def generate(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] = "",
+        width: int | None = None,
+        height: int | None = None,
+        steps: int = 30,
+        guidance: float = 7.5,
+        sampler: str = "euler",
+        scheduler: str | None = None,
+        seed: int | None = None,
+        latents: np.ndarray | None = None,
+        batch: int = 1,
+        output: str = "pil",
+        image=None,
+        mask=None,
+        strength: float | None = None,
+        sampler_options: dict | None = None,
+        callback: Callable[[dict], None] | None = None,
+    ):
+        """Generate images; see README for the arguments. `latents` is unit-variance noise."""
+        prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
+        batch = len(prompts)
+        negatives = (
+            [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+        )
+        if len(negatives) != batch:
+            raise InputError(f"{len(negatives)} negative prompts for {batch} prompts")
+        if not 1 <= batch <= self.bundle.manifest["shapes"]["batch"][1]:
+            raise InputError(f"batch must be in [1, {self.bundle.manifest['shapes']['batch'][1]}]")
+        if output not in OUTPUTS:
+            raise InputError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if not isinstance(steps, int | np.integer) or steps < 1:
+            raise InputError(f"steps must be a positive integer, got {steps!r}")
+        if sampler not in samplers.SAMPLERS:
+            raise SamplerError(
+                f"unknown sampler {sampler!r}; known: {', '.join(samplers.SAMPLERS)}"
+            )
+        if (
+            scheduler is not None
+            and scheduler != DIFFUSERS_SCHEDULE
+            and scheduler not in samplers.SCHEDULERS
+        ):
+            known = ", ".join([*samplers.SCHEDULERS, DIFFUSERS_SCHEDULE])
+            raise SamplerError(f"unknown scheduler {scheduler!r}; known: {known}")
+        if mask is not None and image is None:
+            raise InputError("mask= needs image=")
+        if strength is None:
+            strength = 0.8 if image is not None and mask is None else 1.0
+        if not 0.0 < strength <= 1.0:
+            raise InputError(f"strength must be in (0, 1], got {strength}")
+        if image is not None and (width is None or height is None):
+            w0, h0 = _image_size(image)
+            step = self.latent["downscale"]
+            width = width or w0 - w0 % step
+            height = height or h0 - h0 % step
+        default = self.bundle.manifest.get(
+            "default_size", 512 if self.bundle.family in ("sd1",) else 768
+        )
+        width, height = width or default, height or default
+        self._check_size(width, height)
+        if self.inpainting and (image is None or mask is None):
+            raise InputError("this bundle's UNet is an inpainting model: pass image= and mask=")
+
+        seed = secrets.randbits(32) if seed is None else int(seed)
+        rng = np.random.default_rng(seed)
+        f = self.latent["downscale"]
+        shape = (batch, self.latent["channels"], height // f, width // f)
+        if latents is None:
+            noise = rng.standard_normal(shape, dtype=np.float32)
+        else:
+            noise = np.asarray(latents, dtype=np.float32)
+            if noise.shape != shape:
+                raise InputError(f"latents must have shape {shape}, got {noise.shape}")
+
+        sigmas, options, timesteps = self.schedule_for(scheduler, steps, sampler)
+        guided = guidance > 1.0
+        cond = self.prompt_encoder.conditioning(prompts, negatives if guided else None)
+
+        concat = None
+        image_latent = None
+        pixel_mask = None
+        if image is not None:
+            pixels = np.repeat(preprocess_image(image, width, height), batch, axis=0)
+            if mask is not None:
+                pixel_mask = np.repeat(preprocess_mask(mask, width, height), batch, axis=0)
+            if self.inpainting:
+                masked = pixels * (pixel_mask < 0.5)
+                masked_latent = self.encode(masked, rng)
+                concat = np.concatenate([pixel_mask[:, :, ::f, ::f], masked_latent], axis=1)
+            if not self.inpainting or strength < 1.0:
+                image_latent = self.encode(pixels, rng)
+
+        start = steps - min(int(steps * strength), steps) if image_latent is not None else 0
+        if start >= steps:
+            raise InputError(f"strength {strength} with {steps} steps leaves no step to run")
+        sigmas = sigmas[start:]
+        if "prev_sigmas" in options:
+            options["prev_sigmas"] = options["prev_sigmas"][start:]
+        if image_latent is not None and start > 0:
+            x = image_latent + noise * np.float32(sigmas[0])
+        else:
+            x = noise * np.float32(np.sqrt(sigmas[0] ** 2 + 1.0))
+
+        denoiser = CFGDenoiser(
+            self._unet, self.model_sigmas, self.prediction_type, cond, guidance, concat, timesteps
+        )
+        if pixel_mask is not None and not self.inpainting:
+            latent_mask = pixel_mask[:, :, ::f, ::f]
+            denoiser = InpaintBlendDenoiser(denoiser, image_latent, latent_mask, noise)
+        x = samplers.sample(
+            sampler,
+            denoiser,
+            x,
+            sigmas,
+            seed=int(rng.integers(2**63)),
+            callback=callback,
+            **(options | (sampler_options or {})),
+        )
+        final = options["prev_sigmas"][-1] if "prev_sigmas" in options else sigmas[-1]
+        if final > 0:  # a schedule that stops short of sigma 0 (DDIM's final alpha)
+            x = x / np.float32(np.sqrt(final**2 + 1.0))
+        if output == "latent":
+            return x
+        images = postprocess(self.decode(x))
+        if output == "np":
+            return images
+        pil = to_pil(images)
+        params = format_parameters(
+            prompts[0],
+            negatives[0],
+            steps=steps,
+            sampler=sampler,
+            scheduler=scheduler or ("diffusers" if sampler == "ddim" else "normal"),
+            guidance=guidance,
+            seed=seed,
+            width=width,
+            height=height,
+            model_hash=self.bundle.manifest["provenance"]["source_sha256"],
+            model_name=self.bundle.manifest["provenance"]["source"],
+        )
+        for im in pil:
+            im.info["parameters"] = params
+        return pil
+
+    # --- components ---------------------------------------------------------------------------
+
+    def _unet(self, **inputs: np.ndarray) -> np.ndarray:
+        return self.components["unet"](**inputs)["out_sample"]
+
+    def encode(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Pixels in [-1, 1] -> scaled latents, sampled from the encoder's distribution."""
+        out = self.components["vae_encoder"](image=pixels)
+        mean = out["latent_mean"].astype(np.float32)
+        std = out["latent_std"].astype(np.float32)
+        z = mean + std * rng.standard_normal(mean.shape, dtype=np.float32)
+        return (z - np.float32(self.latent["shift_factor"])) * np.float32(
+            self.latent["scaling_factor"]
+        )
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Scaled latents -> images in [-1, 1], (B, 3, H, W)."""
+        z = latents / np.float32(self.latent["scaling_factor"]) + np.float32(
+            self.latent["shift_factor"]
+        )
+        return self.components["vae_decoder"](latent=z)["image"].astype(np.float32)
+
+    def save(self, image, path: str | Path) -> Path:
+        """Write a generated PIL image as PNG with its generation parameters."""
+        return save_png(image, path, image.info.get("parameters", ""))
+
+
+def _image_size(image) -> tuple[int, int]:
+    if hasattr(image, "size") and not isinstance(image, np.ndarray):
+        return image.size
+    arr = np.asarray(image)
+    return arr.shape[1], arr.shape[0]

@@ -1,0 +1,70 @@
+"""The command line end to end: export, build (engine cache), generate, check, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from latentrt.cli import main
+from latentrt.runtime.bundle import Bundle
+from latentrt.runtime.ort_backend import _engine_path
+from tests import sd_fixtures
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return sd_fixtures.sd_pipeline(tmp_path_factory.mktemp("cli") / "src", "sd1", seed=9)
+
+
+def test_export_build_generate_check(source, tmp_path, capsys):
+    bundle = tmp_path / "bundle"
+    assert main(["export", str(source), str(bundle)]) == 0
+    mtime = (bundle / "manifest.json").stat().st_mtime_ns
+    assert main(["export", str(source), str(bundle), "--skip-unchanged"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert (bundle / "manifest.json").stat().st_mtime_ns == mtime
+
+    assert main(["build", str(bundle), "--target", "ort-cpu"]) == 0
+    b = Bundle.open(bundle)
+    index = json.loads((bundle / "engines" / "ort-cpu" / "index.json").read_text())
+    assert set(index["components"]) == set(b.manifest["components"])
+    engine = _engine_path(b, "unet", "ort-cpu")
+    assert engine is not None and engine.is_file()
+    assert main(["build", str(bundle), "--target", "ort-cpu"]) == 0  # reuses the engines
+
+    out = tmp_path / "img.png"
+    args = ["generate", str(bundle), "--prompt", "a lighthouse", "--steps", "3"]
+    args += ["--width", "64", "--height", "64", "--seed", "5", "-o", str(out)]
+    assert main(args) == 0
+    im = Image.open(out)
+    assert im.size == (64, 64)
+    assert "Seed: 5" in im.text["parameters"] and "Steps: 3" in im.text["parameters"]
+
+    capsys.readouterr()
+    assert main(["check", str(bundle), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["components"]) == {"text_encoder", "unet", "vae_encoder", "vae_decoder"}
+    assert all(r["ok"] and r["max_abs_err"] < 1e-4 for r in report["components"].values())
+
+
+def test_stale_engine_is_not_loaded(source, tmp_path):
+    bundle = tmp_path / "bundle"
+    main(["export", str(source), str(bundle)])
+    main(["build", str(bundle), "--target", "ort-cpu"])
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["components"]["unet"]["sha256"] = "0" * 64  # the ONNX file changed since the build
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    b = Bundle.open(bundle)
+    assert _engine_path(b, "unet", "ort-cpu") is None
+    assert _engine_path(b, "vae_decoder", "ort-cpu") is not None
+
+
+def test_errors_exit_2_with_a_message(tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "nope"), "--prompt", "x"]) == 2
+    assert "not a bundle directory" in capsys.readouterr().err
+    (tmp_path / "model.ckpt").write_bytes(b"\x80\x04junk")
+    assert main(["export", str(tmp_path / "model.ckpt"), str(tmp_path / "b")]) == 2
+    assert "pickle checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

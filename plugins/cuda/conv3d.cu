@@ -1,0 +1,615 @@
+// latentrt Conv3d with fused (causal) temporal padding.
+//
+// y[n, co, t, h, w] = bias[co] + sum_{ci, kt, kh, kw} w[co, ci, kt, kh, kw] *
+//                     x[n, ci, t*st - pt + kt*dt, h*sh - ph + kh*dh, w*sw - pw + kw*dw]
+// Out-of-range input positions read as zero, except in time with replicate padding
+// (causal_time == 2), where every frame before the first reads as the first frame. Padding is
+// never materialized: the kernels test each tap's coordinates.
+//
+// Weights are consumed pre-packed as [Cout, kT, kH, kW, Cin] ("ODHWI", reduction index
+// (tap, ci) with ci fastest); latentrt_conv3d_pack_weights_* converts from the ONNX/PyTorch
+// [Cout, Cin, kT, kH, kW]. A plugin packs constant weights once.
+//
+// Kernels:
+//  * direct (fp32/fp16/bf16, both layouts): one thread per output position and 8 output
+//    channels, weights staged in shared memory as fp32, fp32 accumulation; channels-last reads
+//    16-byte vectors along Cin.
+//  * implicit GEMM on tensor cores (fp16/bf16, Cin % 32 == 0): M = Cout, N = output positions,
+//    K = taps * Cin; (64|128) x 128 x 32 tiles, WMMA 16x16x16 with fp32 accumulators, a
+//    3-stage cp.async pipeline (zero-fill for padding) for weights and channels-last
+//    activations, register-staged gathers for channels-first activations; each 32-wide K step
+//    is one tap and 32 input channels, so the padding test happens once per (position, tap).
+#include <mma.h>
+
+#include "common.cuh"
+
+namespace latentrt {
+
+struct ConvShape {
+  int Cin, D, H, W;
+  int Cout, kT, kH, kW;
+  int Do, Ho, Wo;
+  int st, sh, sw;
+  int dt, dh, dw;
+  int pt, ph, pw;  // front pads
+  int replicate;   // 1: temporal positions before the first frame read the first frame
+};
+
+// Input time index for output time `t0 = to*st - pt` and tap kt; -1 when it reads zero.
+__device__ __forceinline__ int time_index(const ConvShape& s, int t0, int kt) {
+  int ti = t0 + kt * s.dt;
+  if (ti < 0) return s.replicate ? 0 : -1;
+  return ti < s.D ? ti : -1;
+}
+
+template <typename T, int LAYOUT>
+__device__ __forceinline__ void conv3d_direct(const T* __restrict__ x, const T* __restrict__ wp,
+                                              const T* __restrict__ bias, T* __restrict__ y,
+                                              const ConvShape s, int ci_chunk, int vec) {
+  extern __shared__ __align__(16) float w_s[];  // [ci_chunk][taps][8]
+  constexpr int V = 16 / static_cast<int>(sizeof(T));
+  const int taps = s.kT * s.kH * s.kW;
+  const long long P = static_cast<long long>(s.Do) * s.Ho * s.Wo;
+  const long long p = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int co0 = blockIdx.y * 8;
+  const long long n = blockIdx.z;
+  const bool active = p < P;
+  const int pp = active ? static_cast<int>(p) : 0;
+  const int wo = pp % s.Wo;
+  const int ho = (pp / s.Wo) % s.Ho;
+  const int to = pp / (s.Wo * s.Ho);
+  const int t0 = to * s.st - s.pt;
+  const int h0 = ho * s.sh - s.ph;
+  const int w0 = wo * s.sw - s.pw;
+
+  float acc[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) acc[j] = 0.0f;
+
+  for (int c0 = 0; c0 < s.Cin; c0 += ci_chunk) {
+    const int cn = min(ci_chunk, s.Cin - c0);
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < cn * taps * 8; idx += blockDim.x) {
+      const int j = idx & 7;
+      const int r = idx >> 3;
+      const int tap = r % taps;
+      const int cl = r / taps;
+      const int co = co0 + j;
+      w_s[idx] = co < s.Cout
+                     ? to_f32(wp[(static_cast<long long>(co) * taps + tap) * s.Cin + c0 + cl])
+                     : 0.0f;
+    }
+    __syncthreads();
+    if (!active) continue;
+    for (int kt = 0; kt < s.kT; ++kt) {
+      const int ti = time_index(s, t0, kt);
+      if (ti < 0) continue;
+      for (int kh = 0; kh < s.kH; ++kh) {
+        const int hi = h0 + kh * s.dh;
+        if (hi < 0 || hi >= s.H) continue;
+        for (int kw = 0; kw < s.kW; ++kw) {
+          const int wi = w0 + kw * s.dw;
+          if (wi < 0 || wi >= s.W) continue;
+          const int tap = (kt * s.kH + kh) * s.kW + kw;
+          auto fma8 = [&](float xv, int cl) {
+            const float4* wv = reinterpret_cast<const float4*>(&w_s[(cl * taps + tap) * 8]);
+            const float4 a = wv[0];
+            const float4 b = wv[1];
+            acc[0] += xv * a.x;
+            acc[1] += xv * a.y;
+            acc[2] += xv * a.z;
+            acc[3] += xv * a.w;
+            acc[4] += xv * b.x;
+            acc[5] += xv * b.y;
+            acc[6] += xv * b.z;
+            acc[7] += xv * b.w;
+          };
+          if (LAYOUT == kLayoutChannelsFirst) {
+            const long long plane = static_cast<long long>(s.D) * s.H * s.W;
+            const T* xp = x + (n * s.Cin + c0) * plane + (static_cast<long long>(ti) * s.H + hi) * s.W + wi;
+            for (int cl = 0; cl < cn; ++cl) fma8(to_f32(xp[cl * plane]), cl);
+          } else {
+            const T* xp =
+                x + (((n * s.D + ti) * s.H + hi) * static_cast<long long>(s.W) + wi) * s.Cin + c0;
+            if (vec) {
+              for (int cl = 0; cl < cn; cl += V) {
+                const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(xp + cl);
+#pragma unroll
+                for (int q = 0; q < V; ++q) fma8(to_f32(pk.v[q]), cl + q);
+              }
+            } else {
+              for (int cl = 0; cl < cn; ++cl) fma8(to_f32(xp[cl]), cl);
+            }
+          }
+        }
+      }
+    }
+  }
+  if (!active) return;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int co = co0 + j;
+    if (co >= s.Cout) break;
+    const float v = acc[j] + (bias != nullptr ? to_f32(bias[co]) : 0.0f);
+    if (LAYOUT == kLayoutChannelsFirst)
+      y[(n * s.Cout + co) * P + p] = from_f32<T>(v);
+    else
+      y[(n * P + p) * s.Cout + co] = from_f32<T>(v);
+  }
+}
+
+template <bool C, typename A, typename B>
+struct Select {
+  using type = A;
+};
+template <typename A, typename B>
+struct Select<false, A, B> {
+  using type = B;
+};
+
+__device__ __forceinline__ unsigned shared_address(const void* p) {
+  unsigned addr;
+  asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }"
+               : "=r"(addr)
+               : "l"(p));
+  return addr;
+}
+
+// 16-byte asynchronous global->shared copy; src_bytes 0 writes zeros (padding, edges).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(shared_address(dst)),
+               "l"(src), "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+template <int LAYOUT, int BM>
+struct IgemmTiles {
+  static constexpr int BN = 128;
+  static constexpr int BK = 32;
+  static constexpr int STAGES = 3;
+  static constexpr bool CL = LAYOUT == kLayoutChannelsLast;
+  static constexpr int LDA = BK + 8;
+  static constexpr int LDB = CL ? BK + 8 : BN + 8;  // CL: Bs[pos][k]; CF: Bs[k][pos]
+  static constexpr int A_TILE = BM * LDA;
+  static constexpr int B_TILE = CL ? BN * LDB : BK * LDB;
+  static constexpr int SMEM_ELEMS = STAGES * (A_TILE + B_TILE);
+};
+
+template <typename T, int LAYOUT, int BM>
+__device__ __forceinline__ void conv3d_igemm(const T* __restrict__ x, const T* __restrict__ wp,
+                                             const T* __restrict__ bias, T* __restrict__ y,
+                                             const ConvShape s) {
+  namespace wmma = nvcuda::wmma;
+  using Tiles = IgemmTiles<LAYOUT, BM>;
+  constexpr int BN = Tiles::BN;
+  constexpr int BK = Tiles::BK;
+  constexpr int STAGES = Tiles::STAGES;
+  constexpr int NT = 256;
+  constexpr int WM = BM / 2;  // 2 x 4 warps; warp tile WM x 32
+  constexpr int FM = WM / 16;
+  constexpr int FN = 2;
+  constexpr bool CL = Tiles::CL;
+  constexpr int LDA = Tiles::LDA;
+  constexpr int LDB = Tiles::LDB;
+  constexpr int A_TILE = Tiles::A_TILE;
+  constexpr int B_TILE = Tiles::B_TILE;
+  constexpr int A_VECS = BM * BK / 8 / NT;  // 16-byte vectors per thread
+  static_assert(Tiles::SMEM_ELEMS * sizeof(T) >= 8 * 256 * sizeof(float), "epilogue scratch");
+  extern __shared__ __align__(128) unsigned char igemm_smem[];
+  T* smem = reinterpret_cast<T*>(igemm_smem);
+
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
+  const int warp_m = warp >> 2;
+  const int warp_n = warp & 3;
+  const long long n = blockIdx.z;
+  const int m0 = blockIdx.y * BM;
+  const int P = s.Do * s.Ho * s.Wo;
+  const int p0 = blockIdx.x * BN;
+  const int taps = s.kT * s.kH * s.kW;
+  const int cpt = s.Cin / BK;
+  const int nk = taps * cpt;
+  const int hw = s.kH * s.kW;
+
+  // Output positions this thread gathers for the B tile.
+  constexpr int BPOS = CL ? 2 : 1;
+  int pt0[BPOS], ph0[BPOS], pw0[BPOS];
+  bool pvalid[BPOS];
+#pragma unroll
+  for (int i = 0; i < BPOS; ++i) {
+    const int pl = CL ? (tid >> 2) + 64 * i : (tid & (BN - 1));
+    const int p = p0 + pl;
+    pvalid[i] = p < P;
+    const int q = pvalid[i] ? p : 0;
+    const int wo = q % s.Wo;
+    const int ho = (q / s.Wo) % s.Ho;
+    const int to = q / (s.Wo * s.Ho);
+    pt0[i] = to * s.st - s.pt;
+    ph0[i] = ho * s.sh - s.ph;
+    pw0[i] = wo * s.sw - s.pw;
+  }
+
+  T rb_cf[CL ? 1 : 16];
+
+  // Weights (and channels-last activations) go through cp.async; channels-first activations
+  // are gathered element-wise through registers (rb_cf) and stored after the stage's math.
+  auto issue = [&](int ks, int stage) {
+    const int tap = ks / cpt;
+    const int ci0 = (ks - tap * cpt) * BK;
+    const int kt = tap / hw;
+    const int kh = (tap - kt * hw) / s.kW;
+    const int kw = tap - kt * hw - kh * s.kW;
+    T* As = smem + stage * A_TILE;
+#pragma unroll
+    for (int i = 0; i < A_VECS; ++i) {
+      const int q = tid + i * NT;
+      const int co = m0 + (q >> 2);
+      const bool ok = co < s.Cout;
+      const T* src =
+          ok ? wp + (static_cast<long long>(co) * taps + tap) * s.Cin + ci0 + (q & 3) * 8 : wp;
+      cp_async16(As + (q >> 2) * LDA + (q & 3) * 8, src, ok ? 16 : 0);
+    }
+    if constexpr (CL) {
+      T* Bs = smem + STAGES * A_TILE + stage * B_TILE;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int ti = time_index(s, pt0[i], kt);
+        const int hi = ph0[i] + kh * s.dh;
+        const int wi = pw0[i] + kw * s.dw;
+        const bool ok = pvalid[i] && ti >= 0 && hi >= 0 && hi < s.H && wi >= 0 && wi < s.W;
+        const T* src =
+            ok ? x + (((n * s.D + ti) * s.H + hi) * static_cast<long long>(s.W) + wi) * s.Cin +
+                     ci0 + (tid & 3) * 8
+               : x;
+        cp_async16(Bs + ((tid >> 2) + 64 * i) * LDB + (tid & 3) * 8, src, ok ? 16 : 0);
+      }
+    } else {
+      const int ti = time_index(s, pt0[0], kt);
+      const int hi = ph0[0] + kh * s.dh;
+      const int wi = pw0[0] + kw * s.dw;
+      const bool ok = pvalid[0] && ti >= 0 && hi >= 0 && hi < s.H && wi >= 0 && wi < s.W;
+      const long long plane = static_cast<long long>(s.D) * s.H * s.W;
+      const T* src = x + (n * s.Cin + ci0 + (tid >> 7)) * plane +
+                     (ok ? (static_cast<long long>(ti) * s.H + hi) * s.W + wi : 0);
+#pragma unroll
+      for (int i = 0; i < 16; ++i) rb_cf[i] = ok ? src[2 * i * plane] : zero_value<T>();
+    }
+  };
+  auto store_cf = [&](int stage) {
+    if constexpr (!CL) {
+      T* Bs = smem + STAGES * A_TILE + stage * B_TILE;
+#pragma unroll
+      for (int i = 0; i < 16; ++i) Bs[((tid >> 7) + 2 * i) * LDB + (tid & (BN - 1))] = rb_cf[i];
+    }
+  };
+
+  using BLayout = typename Select<CL, wmma::col_major, wmma::row_major>::type;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FM][FN];
+#pragma unroll
+  for (int i = 0; i < FM; ++i)
+#pragma unroll
+    for (int j = 0; j < FN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+#pragma unroll
+  for (int st = 0; st < STAGES - 1; ++st) {
+    if (st < nk) {
+      issue(st, st);
+      store_cf(st);
+    }
+    cp_async_commit();
+  }
+  for (int ks = 0; ks < nk; ++ks) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // stage ks landed for all threads; stage ks-1 is free again
+    const int nxt = ks + STAGES - 1;
+    if (nxt < nk) issue(nxt, nxt % STAGES);
+    cp_async_commit();
+    const int cur = ks % STAGES;
+    const T* As = smem + cur * A_TILE;
+    const T* Bs = smem + STAGES * A_TILE + cur * B_TILE;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa[FM];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, BLayout> fb[FN];
+#pragma unroll
+      for (int i = 0; i < FM; ++i)
+        wmma::load_matrix_sync(fa[i], As + (warp_m * WM + i * 16) * LDA + kk, LDA);
+#pragma unroll
+      for (int j = 0; j < FN; ++j) {
+        const int col = warp_n * 32 + j * 16;
+        wmma::load_matrix_sync(fb[j], CL ? Bs + col * LDB + kk : Bs + kk * LDB + col, LDB);
+      }
+#pragma unroll
+      for (int i = 0; i < FM; ++i)
+#pragma unroll
+        for (int j = 0; j < FN; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+    }
+    if (nxt < nk) store_cf(nxt % STAGES);
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // Epilogue through a per-warp 16x16 fp32 scratch tile: bias, convert, coalesced stores.
+  float* scratch = reinterpret_cast<float*>(smem) + warp * 256;
+#pragma unroll
+  for (int i = 0; i < FM; ++i) {
+#pragma unroll
+    for (int j = 0; j < FN; ++j) {
+      wmma::store_matrix_sync(scratch, acc[i][j], 16,
+                              CL ? wmma::mem_col_major : wmma::mem_row_major);
+      __syncwarp();
+      const int co_base = m0 + warp_m * WM + i * 16;
+      const int p_base = p0 + warp_n * 32 + j * 16;
+#pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        const int e = lane + 32 * q;
+        const int r = CL ? (e & 15) : (e >> 4);
+        const int c = CL ? (e >> 4) : (e & 15);
+        const int co = co_base + r;
+        const int p = p_base + c;
+        if (co < s.Cout && p < P) {
+          const float v = scratch[e] + (bias != nullptr ? to_f32(bias[co]) : 0.0f);
+          if (CL)
+            y[(n * P + p) * s.Cout + co] = from_f32<T>(v);
+          else
+            y[(n * s.Cout + co) * P + p] = from_f32<T>(v);
+        }
+      }
+      __syncwarp();
+    }
+  }
+}
+
+}  // namespace latentrt
+
+// Kernel entry points (grid: x = position tiles, y = output-channel tiles, z = batch):
+//   latentrt_conv3d_pack_{f32|f16|bf16}                     [Cout,Cin,taps] -> [Cout,taps,Cin]
+//   latentrt_conv3d_direct_{ncdhw|ndhwc}_{f32|f16|bf16}     block 128, grid.y = ceil(Cout/8)
+//   latentrt_conv3d_igemm_{ncdhw|ndhwc}_{f16|bf16}_m{64|128} block 256, grid.y = ceil(Cout/BM)
+#define LRT_CONV_PARAMS                                                                         \
+  int Cin, int D, int H, int W, int Cout, int kT, int kH, int kW, int Do, int Ho, int Wo, int st, \
+      int sh, int sw, int dt, int dh, int dw, int pt, int ph, int pw, int replicate
+#define LRT_CONV_SHAPE \
+  latentrt::ConvShape{Cin, D, H, W, Cout, kT, kH, kW, Do, Ho, Wo, st, sh, sw, dt, dh, dw, pt, ph, pw, replicate}
+
+#define LRT_CONV_PACK(T, SUF)                                                                      \
+  extern "C" __global__ void latentrt_conv3d_pack_##SUF(const T* w, T* wp, int Cout, int Cin,      \
+                                                        int taps) {                                \
+    const long long total = static_cast<long long>(Cout) * Cin * taps;                             \
+    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;  \
+         i += static_cast<long long>(gridDim.x) * blockDim.x) {                                    \
+      const long long co = i / (static_cast<long long>(taps) * Cin);                               \
+      const long long r = i - co * taps * Cin;                                                     \
+      const long long tap = r / Cin;                                                               \
+      const long long ci = r - tap * Cin;                                                          \
+      wp[i] = w[(co * Cin + ci) * taps + tap];                                                     \
+    }                                                                                              \
+  }
+#define LRT_CONV_DIRECT(T, SUF, LAYOUT, LNAME)                                                     \
+  extern "C" __global__ void __launch_bounds__(128) latentrt_conv3d_direct_##LNAME##_##SUF(        \
+      const T* x, const T* wp, const T* bias, T* y, LRT_CONV_PARAMS, int ci_chunk, int vec) {     \
+    latentrt::conv3d_direct<T, LAYOUT>(x, wp, bias, y, LRT_CONV_SHAPE, ci_chunk, vec);            \
+  }
+#define LRT_CONV_IGEMM(T, SUF, LAYOUT, LNAME, BM)                                                  \
+  extern "C" __global__ void __launch_bounds__(256) latentrt_conv3d_igemm_##LNAME##_##SUF##_m##BM( \
+      const T* x, const T* wp, const T* bias, T* y, LRT_CONV_PARAMS) {                             \
+    latentrt::conv3d_igemm<T, LAYOUT, BM>(x, wp, bias, y, LRT_CONV_SHAPE);                         \
+  }
+#define LRT_CONV_DTYPE(T, SUF)                                       \
+  LRT_CONV_PACK(T, SUF)                                              \
+  LRT_CONV_DIRECT(T, SUF, latentrt::kLayoutChannelsFirst, ncdhw)     \
+  LRT_CONV_DIRECT(T, SUF, latentrt::kLayoutChannelsLast, ndhwc)
+#define LRT_CONV_TC(T, SUF)                                          \
+  LRT_CONV_IGEMM(T, SUF, latentrt::kLayoutChannelsFirst, ncdhw, 64)  \
+  LRT_CONV_IGEMM(T, SUF, latentrt::kLayoutChannelsFirst, ncdhw, 128) \
+  LRT_CONV_IGEMM(T, SUF, latentrt::kLayoutChannelsLast, ndhwc, 64)   \
+  LRT_CONV_IGEMM(T, SUF, latentrt::kLayoutChannelsLast, ndhwc, 128)
+
+LRT_CONV_DTYPE(float, f32)
+LRT_CONV_DTYPE(__half, f16)
+LRT_CONV_DTYPE(__nv_bfloat16, bf16)
+LRT_CONV_TC(__half, f16)
+LRT_CONV_TC(__nv_bfloat16, bf16)
+
+#ifndef __CUDACC_RTC__
+
+namespace {
+
+struct ConvGeometry {
+  int Do, Ho, Wo;
+  int pt, ph, pw;
+};
+
+// Output sizes and front pads; false when the attributes are inconsistent.
+bool conv_geometry(int d, int h, int w, int kt, int kh, int kw, const int* pads, const int* strides,
+                   const int* dil, int causal, ConvGeometry* g) {
+  if (causal < 0 || causal > 2) return false;
+  for (int i = 0; i < 3; ++i)
+    if (strides[i] <= 0 || dil[i] <= 0 || pads[i] < 0 || pads[i + 3] < 0) return false;
+  int t0 = pads[0], t1 = pads[3];
+  if (causal != 0) {
+    const int front = dil[0] * (kt - 1);
+    const bool given_zero = t0 == 0 && t1 == 0;
+    const bool given_causal = t0 == front && t1 == 0;
+    if (!given_zero && !given_causal) return false;
+    t0 = front;
+    t1 = 0;
+  }
+  g->pt = t0;
+  g->ph = pads[1];
+  g->pw = pads[2];
+  g->Do = (d + t0 + t1 - dil[0] * (kt - 1) - 1) / strides[0] + 1;
+  g->Ho = (h + pads[1] + pads[4] - dil[1] * (kh - 1) - 1) / strides[1] + 1;
+  g->Wo = (w + pads[2] + pads[5] - dil[2] * (kw - 1) - 1) / strides[2] + 1;
+  const bool nonneg = d + t0 + t1 - dil[0] * (kt - 1) - 1 >= 0 &&
+                      h + pads[1] + pads[4] - dil[1] * (kh - 1) - 1 >= 0 &&
+                      w + pads[2] + pads[5] - dil[2] * (kw - 1) - 1 >= 0;
+  return nonneg;
+}
+
+template <typename T>
+struct ConvKernels;
+template <>
+struct ConvKernels<float> {
+  static constexpr bool tc = false;
+  static void* direct(int layout) {
+    return layout ? reinterpret_cast<void*>(latentrt_conv3d_direct_ndhwc_f32)
+                  : reinterpret_cast<void*>(latentrt_conv3d_direct_ncdhw_f32);
+  }
+  static void* igemm(int, int) { return nullptr; }
+  static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_f32); }
+};
+template <>
+struct ConvKernels<__half> {
+  static constexpr bool tc = true;
+  static void* direct(int layout) {
+    return layout ? reinterpret_cast<void*>(latentrt_conv3d_direct_ndhwc_f16)
+                  : reinterpret_cast<void*>(latentrt_conv3d_direct_ncdhw_f16);
+  }
+  static void* igemm(int layout, int bm) {
+    if (layout) return bm == 128 ? reinterpret_cast<void*>(latentrt_conv3d_igemm_ndhwc_f16_m128)
+                                 : reinterpret_cast<void*>(latentrt_conv3d_igemm_ndhwc_f16_m64);
+    return bm == 128 ? reinterpret_cast<void*>(latentrt_conv3d_igemm_ncdhw_f16_m128)
+                     : reinterpret_cast<void*>(latentrt_conv3d_igemm_ncdhw_f16_m64);
+  }
+  static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_f16); }
+};
+template <>
+struct ConvKernels<__nv_bfloat16> {
+  static constexpr bool tc = true;
+  static void* direct(int layout) {
+    return layout ? reinterpret_cast<void*>(latentrt_conv3d_direct_ndhwc_bf16)
+                  : reinterpret_cast<void*>(latentrt_conv3d_direct_ncdhw_bf16);
+  }
+  static void* igemm(int layout, int bm) {
+    if (layout) return bm == 128 ? reinterpret_cast<void*>(latentrt_conv3d_igemm_ndhwc_bf16_m128)
+                                 : reinterpret_cast<void*>(latentrt_conv3d_igemm_ndhwc_bf16_m64);
+    return bm == 128 ? reinterpret_cast<void*>(latentrt_conv3d_igemm_ncdhw_bf16_m128)
+                     : reinterpret_cast<void*>(latentrt_conv3d_igemm_ncdhw_bf16_m64);
+  }
+  static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_bf16); }
+};
+
+int conv_ci_chunk(int cin, int taps) {
+  int chunk = 16384 / (taps * 32);
+  if (chunk >= 8) chunk -= chunk % 8;
+  if (chunk < 1) chunk = 1;
+  return chunk < cin ? chunk : cin;
+}
+
+template <typename T>
+int launch_conv3d(const T* x, const T* wp, const T* bias, T* y, int n, int cin, int d, int h,
+                  int w, int cout, int kt, int kh, int kw, const int* pads, const int* strides,
+                  const int* dilations, int causal, int layout, cudaStream_t stream) {
+  if (n <= 0 || cin <= 0 || d <= 0 || h <= 0 || w <= 0 || cout <= 0 || kt <= 0 || kh <= 0 ||
+      kw <= 0 || n > 65535 || (layout != 0 && layout != 1))
+    return cudaErrorInvalidValue;
+  ConvGeometry g{};
+  if (!conv_geometry(d, h, w, kt, kh, kw, pads, strides, dilations, causal, &g))
+    return cudaErrorInvalidValue;
+  const long long P = static_cast<long long>(g.Do) * g.Ho * g.Wo;
+  const int taps = kt * kh * kw;
+  if (P > 0x7fffffffLL || taps > 512) return cudaErrorInvalidValue;
+  int dev = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (err != cudaSuccess) return err;
+  const auto addr = [](const void* p) { return reinterpret_cast<unsigned long long>(p); };
+  int Cin = cin, D = d, H = h, W = w, Cout = cout, kT = kt, kH = kh, kW = kw;
+  int Do = g.Do, Ho = g.Ho, Wo = g.Wo, st = strides[0], sh = strides[1], sw = strides[2];
+  int dt = dilations[0], dh = dilations[1], dw = dilations[2], pt = g.pt, ph = g.ph, pw = g.pw;
+  int replicate = causal == 2 ? 1 : 0;
+  const bool aligned = addr(x) % 16 == 0 && addr(wp) % 16 == 0;
+  const bool use_tc = ConvKernels<T>::tc && cin % 32 == 0 && cin >= 64 && cout >= 64 && aligned;
+  if (use_tc) {
+    const long long tiles_n = (P + 127) / 128;
+    const long long ctas128 = tiles_n * ((cout + 127) / 128) * n;
+    const int bm = cout >= 128 && ctas128 >= 2LL * sms ? 128 : 64;
+    void* k = ConvKernels<T>::igemm(layout, bm);
+    const size_t smem =
+        sizeof(T) * (layout ? (bm == 128 ? latentrt::IgemmTiles<1, 128>::SMEM_ELEMS
+                                         : latentrt::IgemmTiles<1, 64>::SMEM_ELEMS)
+                            : (bm == 128 ? latentrt::IgemmTiles<0, 128>::SMEM_ELEMS
+                                         : latentrt::IgemmTiles<0, 64>::SMEM_ELEMS));
+    err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+    void* args[] = {&x,  &wp, &bias, &y,  &Cin, &D,  &H,  &W,  &Cout, &kT, &kH, &kW, &Do,
+                    &Ho, &Wo, &st,   &sh, &sw,  &dt, &dh, &dw, &pt,   &ph, &pw, &replicate};
+    const dim3 grid(static_cast<unsigned>(tiles_n), static_cast<unsigned>((cout + bm - 1) / bm),
+                    static_cast<unsigned>(n));
+    err = cudaLaunchKernel(k, grid, dim3(256), args, smem, stream);
+    return err != cudaSuccess ? err : cudaGetLastError();
+  }
+  int ci_chunk = conv_ci_chunk(cin, taps);
+  constexpr int V = 16 / static_cast<int>(sizeof(T));
+  int vec = layout == 1 && aligned && cin % V == 0 && ci_chunk % V == 0 ? 1 : 0;
+  const size_t smem = static_cast<size_t>(ci_chunk) * taps * 8 * sizeof(float);
+  void* k = ConvKernels<T>::direct(layout);
+  void* args[] = {&x,  &wp, &bias, &y,  &Cin, &D,  &H,  &W,  &Cout, &kT,        &kH,
+                  &kW, &Do, &Ho,   &Wo, &st,  &sh, &sw, &dt, &dh,   &dw,        &pt,
+                  &ph, &pw, &replicate, &ci_chunk, &vec};
+  const dim3 grid(static_cast<unsigned>((P + 127) / 128), static_cast<unsigned>((cout + 7) / 8),
+                  static_cast<unsigned>(n));
+  err = cudaLaunchKernel(k, grid, dim3(128), args, smem, stream);
+  return err != cudaSuccess ? err : cudaGetLastError();
+}
+
+template <typename T>
+int launch_pack(const T* w, T* wp, int cout, int cin, int taps, cudaStream_t stream) {
+  if (cout <= 0 || cin <= 0 || taps <= 0) return cudaErrorInvalidValue;
+  int Cout = cout, Cin = cin, Taps = taps;
+  void* args[] = {&w, &wp, &Cout, &Cin, &Taps};
+  const long long total = static_cast<long long>(cout) * cin * taps;
+  const unsigned blocks = static_cast<unsigned>(total / 256 + 1 < 4096 ? total / 256 + 1 : 4096);
+  cudaError_t err = cudaLaunchKernel(ConvKernels<T>::pack(), dim3(blocks), dim3(256), args, 0,
+                                     stream);
+  return err != cudaSuccess ? err : cudaGetLastError();
+}
+
+}  // namespace
+
+// Output spatial sizes (out3 = {Do, Ho, Wo}) for the given attributes; 0 or cudaErrorInvalidValue.
+extern "C" int latentrt_conv3d_output_shape(int d, int h, int w, int kt, int kh, int kw,
+                                            const int* pads, const int* strides,
+                                            const int* dilations, int causal_time, int* out3) {
+  ConvGeometry g{};
+  if (!conv_geometry(d, h, w, kt, kh, kw, pads, strides, dilations, causal_time, &g))
+    return cudaErrorInvalidValue;
+  out3[0] = g.Do;
+  out3[1] = g.Ho;
+  out3[2] = g.Wo;
+  return 0;
+}
+
+// C-linkage launchers for a TensorRT IPluginV3::enqueue: device pointers x (NCDHW for layout 0,
+// NDHWC for layout 1), packed weights [Cout, kT, kH, kW, Cin], bias [Cout] or null, y; host
+// arrays pads[6] (ONNX order d0 h0 w0 d1 h1 w1), strides[3], dilations[3]; causal_time 0 (pads
+// as given), 1 (temporal pad dilation*(kT-1) in front, zeros), 2 (same, replicating frame 0).
+#define LRT_CONV_LAUNCHER(T, SUF)                                                                  \
+  extern "C" int latentrt_conv3d_##SUF(const T* x, const T* w_packed, const T* bias, T* y, int n, \
+                                       int cin, int d, int h, int w, int cout, int kt, int kh,     \
+                                       int kw, const int* pads, const int* strides,                \
+                                       const int* dilations, int causal_time, int layout,          \
+                                       cudaStream_t stream) {                                      \
+    return launch_conv3d(x, w_packed, bias, y, n, cin, d, h, w, cout, kt, kh, kw, pads, strides,  \
+                         dilations, causal_time, layout, stream);                                  \
+  }                                                                                                \
+  extern "C" int latentrt_conv3d_pack_weights_##SUF(const T* w, T* w_packed, int cout, int cin,   \
+                                                    int taps, cudaStream_t stream) {               \
+    return launch_pack(w, w_packed, cout, cin, taps, stream);                                      \
+  }
+
+LRT_CONV_LAUNCHER(float, f32)
+LRT_CONV_LAUNCHER(__half, f16)
+LRT_CONV_LAUNCHER(__nv_bfloat16, bf16)
+
+#endif  // __CUDACC_RTC__

@@ -1,0 +1,392 @@
+// latentrt GroupNormSiLU: y = SiLU?((x - mean_g) / sqrt(var_g + eps) * gamma[c] + beta[c]).
+//
+// One (batch, group) pair is normalized by a thread-block cluster of CS blocks (CS in 1, 2, 4,
+// 8). Each block takes a contiguous slice of the group's elements, reads it once with 16-byte
+// loads, keeps it in shared memory and accumulates Welford statistics (count, mean, M2) in
+// fp32. Blocks merge their statistics through distributed shared memory (Chan's parallel
+// formula, in rank order so every block gets bit-identical results), then normalize the slice
+// from shared memory and write it once. When a group's slice does not fit in shared memory
+// the same kernel re-reads the slice from global memory instead (the two-pass fallback).
+//
+// Layouts: channels-first (N, C, *spatial), where a group is one contiguous run of
+// C/G * S elements, and channels-last (N, *spatial, C), where a group is C/G consecutive
+// channels at every spatial position. x, gamma, beta, y share one dtype (fp32, fp16, bf16).
+#include "common.cuh"
+
+namespace latentrt {
+
+struct WelfordStat {
+  float n;
+  float mean;
+  float m2;
+};
+
+// Chan et al.'s merge of (nb, mb, m2b) into s.
+__device__ __forceinline__ void welford_merge(WelfordStat& s, float nb, float mb, float m2b) {
+  const float n = s.n + nb;
+  if (n == 0.0f) return;
+  const float d = mb - s.mean;
+  const float f = nb / n;
+  s.mean += d * f;
+  s.m2 += m2b + d * d * s.n * f;
+  s.n = n;
+}
+
+__device__ __forceinline__ void welford_warp_reduce(WelfordStat& s) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const float nb = __shfl_xor_sync(0xffffffffu, s.n, off);
+    const float mb = __shfl_xor_sync(0xffffffffu, s.mean, off);
+    const float m2b = __shfl_xor_sync(0xffffffffu, s.m2, off);
+    welford_merge(s, nb, mb, m2b);
+  }
+}
+
+__device__ __forceinline__ void cluster_sync_all() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::
+                   : "memory");
+}
+
+// Reads a float from the shared memory of block `rank` of this cluster (same variable).
+__device__ __forceinline__ float load_cluster_shared(const float* local, unsigned rank) {
+  unsigned addr;
+  asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }"
+               : "=r"(addr)
+               : "l"(local));
+  unsigned remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
+  float v;
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+  return v;
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void accumulate_pack(WelfordStat& s, const Pack<T, V>& p) {
+  float f[V];
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    f[j] = to_f32(p.v[j]);
+    sum += f[j];
+  }
+  const float mb = sum * (1.0f / V);
+  float m2b = 0.0f;
+#pragma unroll
+  for (int j = 0; j < V; ++j) m2b += (f[j] - mb) * (f[j] - mb);
+  welford_merge(s, static_cast<float>(V), mb, m2b);
+}
+
+template <int LAYOUT, int V>
+struct GroupIndexer {
+  unsigned S;    // spatial size
+  unsigned C;    // channels
+  unsigned Cg;   // channels per group
+  unsigned vpr;  // channels-last: vectors per spatial position (Cg / V)
+
+  // Element offset of vector v from the group's base.
+  __device__ __forceinline__ long long offset(unsigned v) const {
+    if (LAYOUT == kLayoutChannelsFirst) return static_cast<long long>(v) * V;
+    return static_cast<long long>(v / vpr) * C + (v % vpr) * V;
+  }
+  // Group-local channel of element 0 of vector v (channels-first: all V share it).
+  __device__ __forceinline__ unsigned channel(unsigned v) const {
+    if (LAYOUT == kLayoutChannelsFirst) return (v * V) / S;
+    return (v % vpr) * V;
+  }
+};
+
+template <typename T, int LAYOUT, int CS, int V>
+__device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
+                                                    const T* __restrict__ gamma,
+                                                    const T* __restrict__ beta, T* __restrict__ y,
+                                                    int C, int S, int G, float eps, int act,
+                                                    int cached) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ float s_warp[32][3];
+  __shared__ float s_block[3];
+  __shared__ float s_final[2];
+
+  const unsigned Cg = static_cast<unsigned>(C / G);
+  const unsigned group = blockIdx.x / CS;
+  const unsigned rank = blockIdx.x % CS;
+  const unsigned n = group / G;
+  const unsigned g = group % G;
+  const long long base =
+      LAYOUT == kLayoutChannelsFirst
+          ? (static_cast<long long>(n) * C + static_cast<long long>(g) * Cg) * S
+          : static_cast<long long>(n) * S * C + static_cast<long long>(g) * Cg;
+  const T* xg = x + base;
+  T* yg = y + base;
+
+  GroupIndexer<LAYOUT, V> ix{static_cast<unsigned>(S), static_cast<unsigned>(C), Cg, Cg / V};
+  const unsigned total = Cg * static_cast<unsigned>(S) / V;
+  const unsigned per = (total + CS - 1) / CS;
+  const unsigned start = min(total, rank * per);
+  const unsigned end = min(total, start + per);
+
+  float* s_scale = reinterpret_cast<float*>(smem_raw);
+  const unsigned affine_bytes = ((Cg * 4u + 15u) / 16u) * 16u;
+  Pack<T, V>* cache = reinterpret_cast<Pack<T, V>*>(smem_raw + affine_bytes);
+
+  const unsigned tid = threadIdx.x;
+  const unsigned bs = blockDim.x;
+  constexpr int U = 4;
+
+  // Pass 1: read the slice once, cache it, accumulate statistics. U loads are in flight per
+  // thread before the first use, the tail included.
+  WelfordStat st{0.0f, 0.0f, 0.0f};
+  for (unsigned v0 = start + tid; v0 < end; v0 += U * bs) {
+    Pack<T, V> p[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (v0 + u * bs < end)
+        p[u] = *reinterpret_cast<const Pack<T, V>*>(xg + ix.offset(v0 + u * bs));
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (v0 + u * bs < end) {
+        accumulate_pack(st, p[u]);
+        if (cached) cache[v0 + u * bs - start] = p[u];
+      }
+    }
+  }
+
+  // Block reduction.
+  const unsigned lane = tid & 31u;
+  const unsigned warp = tid >> 5;
+  welford_warp_reduce(st);
+  if (lane == 0) {
+    s_warp[warp][0] = st.n;
+    s_warp[warp][1] = st.mean;
+    s_warp[warp][2] = st.m2;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const unsigned nw = bs >> 5;
+    WelfordStat w{0.0f, 0.0f, 0.0f};
+    if (lane < nw) w = WelfordStat{s_warp[lane][0], s_warp[lane][1], s_warp[lane][2]};
+    welford_warp_reduce(w);
+    if (lane == 0) {
+      s_block[0] = w.n;
+      s_block[1] = w.mean;
+      s_block[2] = w.m2;
+    }
+  }
+
+  // Cluster reduction through distributed shared memory, in rank order.
+  if constexpr (CS > 1) {
+    cluster_sync_all();
+    if (warp == 0) {
+      WelfordStat w{0.0f, 0.0f, 0.0f};
+      if (lane < CS) {
+        w.n = load_cluster_shared(&s_block[0], lane);
+        w.mean = load_cluster_shared(&s_block[1], lane);
+        w.m2 = load_cluster_shared(&s_block[2], lane);
+      }
+      welford_warp_reduce(w);
+      if (lane == 0) {
+        s_final[0] = w.mean;
+        s_final[1] = rsqrtf(w.m2 / w.n + eps);
+      }
+    }
+    cluster_sync_all();  // no block leaves while a peer may still read its s_block
+  } else {
+    if (tid == 0) {
+      s_final[0] = s_block[1];
+      s_final[1] = rsqrtf(s_block[2] / s_block[0] + eps);
+    }
+    __syncthreads();
+  }
+  const float mean = s_final[0];
+  const float rstd = s_final[1];
+  for (unsigned c = tid; c < Cg; c += bs) s_scale[c] = to_f32(gamma[g * Cg + c]) * rstd;
+  __syncthreads();
+
+  // Pass 2: normalize, affine, SiLU, write once.
+  auto emit = [&](unsigned vi, const Pack<T, V>& p) {
+    const unsigned c0 = ix.channel(vi);
+    Pack<T, V> o;
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      const unsigned c = LAYOUT == kLayoutChannelsFirst ? c0 : c0 + j;
+      float t = (to_f32(p.v[j]) - mean) * s_scale[c] + to_f32(beta[g * Cg + c]);
+      if (act) t = t / (1.0f + __expf(-t));
+      o.v[j] = from_f32<T>(t);
+    }
+    *reinterpret_cast<Pack<T, V>*>(yg + ix.offset(vi)) = o;
+  };
+  for (unsigned v0 = start + tid; v0 < end; v0 += U * bs) {
+    Pack<T, V> p[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (v0 + u * bs < end)
+        p[u] = cached ? cache[v0 + u * bs - start]
+                      : *reinterpret_cast<const Pack<T, V>*>(xg + ix.offset(v0 + u * bs));
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (v0 + u * bs < end) emit(v0 + u * bs, p[u]);
+  }
+}
+
+template <typename T, int LAYOUT, int CS>
+__device__ __forceinline__ void groupnorm_silu_kernel(const T* x, const T* gamma, const T* beta,
+                                                      T* y, int C, int S, int G, float eps,
+                                                      int act, int cached, int vec) {
+  constexpr int VMAX = 16 / static_cast<int>(sizeof(T));
+  if (vec)
+    groupnorm_silu_body<T, LAYOUT, CS, VMAX>(x, gamma, beta, y, C, S, G, eps, act, cached);
+  else
+    groupnorm_silu_body<T, LAYOUT, CS, 1>(x, gamma, beta, y, C, S, G, eps, act, cached);
+}
+
+}  // namespace latentrt
+
+// Kernel entry points, looked up by name from the harness:
+// latentrt_gn_silu_{nchw|nhwc}_{f32|f16|bf16}_c{1|2|4|8}; grid.x = N * G * CS.
+#define LRT_GN_KERNEL(T, SUF, LAYOUT, LNAME, CS)                                                  \
+  extern "C" __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(512)                    \
+      latentrt_gn_silu_##LNAME##_##SUF##_c##CS(const T* x, const T* gamma, const T* beta, T* y,   \
+                                               int C, int S, int G, float eps, int act,           \
+                                               int cached, int vec) {                             \
+    latentrt::groupnorm_silu_kernel<T, LAYOUT, CS>(x, gamma, beta, y, C, S, G, eps, act, cached, \
+                                                   vec);                                          \
+  }
+#define LRT_GN_LAYOUT(T, SUF, LAYOUT, LNAME) \
+  LRT_GN_KERNEL(T, SUF, LAYOUT, LNAME, 1)    \
+  LRT_GN_KERNEL(T, SUF, LAYOUT, LNAME, 2)    \
+  LRT_GN_KERNEL(T, SUF, LAYOUT, LNAME, 4)    \
+  LRT_GN_KERNEL(T, SUF, LAYOUT, LNAME, 8)
+#define LRT_GN_DTYPE(T, SUF)                                          \
+  LRT_GN_LAYOUT(T, SUF, latentrt::kLayoutChannelsFirst, nchw)         \
+  LRT_GN_LAYOUT(T, SUF, latentrt::kLayoutChannelsLast, nhwc)
+
+LRT_GN_DTYPE(float, f32)
+LRT_GN_DTYPE(__half, f16)
+LRT_GN_DTYPE(__nv_bfloat16, bf16)
+
+#ifndef __CUDACC_RTC__
+
+namespace {
+
+struct GnPlan {
+  int cluster;
+  int threads;
+  int vec;
+  int cached;
+  size_t smem;
+};
+
+// The launch plan; plugins/harness.py mirrors this function (keep the two in step).
+GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, size_t elem,
+                      bool aligned, int sms, int smem_optin) {
+  const long long cg = c / groups;
+  const int vmax = static_cast<int>(16 / elem);
+  const bool vec_shape = layout == latentrt::kLayoutChannelsFirst ? spatial % vmax == 0
+                                                                  : cg % vmax == 0;
+  GnPlan p{};
+  p.vec = aligned && vec_shape ? 1 : 0;
+  const long long v = p.vec ? vmax : 1;
+  const long long total = cg * spatial / v;
+  const long long ngroups = static_cast<long long>(n) * groups;
+  // Enough blocks for ~one per SM; then split big groups further while the grid stays under
+  // 1.5 blocks per SM (tuned on H100, benchmarks/PLUGINS.md); then split until a slice fits.
+  int cs = 1;
+  while (cs < 8 && ngroups * cs * 10 < 9LL * sms) cs *= 2;
+  while (cs < 8 && (cg * spatial + cs - 1) / cs > 32768 && ngroups * cs * 2 < 3LL * sms) cs *= 2;
+  const long long affine = (cg * 4 + 15) / 16 * 16;
+  const long long budget = smem_optin - 2048;
+  auto cache_bytes = [&](int k) { return (total + k - 1) / k * v * static_cast<long long>(elem); };
+  while (cs < 8 && affine + cache_bytes(cs) > budget) cs *= 2;
+  p.cluster = cs;
+  p.cached = affine + cache_bytes(cs) <= budget ? 1 : 0;
+  p.smem = static_cast<size_t>(affine + (p.cached ? cache_bytes(cs) : 0));
+  p.threads = (total + cs - 1) / cs >= 2048 ? 512 : 256;
+  return p;
+}
+
+template <typename T>
+using GnKernel = void (*)(const T*, const T*, const T*, T*, int, int, int, float, int, int, int);
+
+#define LRT_GN_TABLE(SUF)                                                                        \
+  {{latentrt_gn_silu_nchw_##SUF##_c1, latentrt_gn_silu_nchw_##SUF##_c2,                          \
+    latentrt_gn_silu_nchw_##SUF##_c4, latentrt_gn_silu_nchw_##SUF##_c8},                         \
+   {latentrt_gn_silu_nhwc_##SUF##_c1, latentrt_gn_silu_nhwc_##SUF##_c2,                          \
+    latentrt_gn_silu_nhwc_##SUF##_c4, latentrt_gn_silu_nhwc_##SUF##_c8}}
+
+template <typename T>
+GnKernel<T> pick_gn_kernel(int layout, int cluster);
+template <>
+GnKernel<float> pick_gn_kernel<float>(int layout, int cluster) {
+  static const GnKernel<float> table[2][4] = LRT_GN_TABLE(f32);
+  return table[layout][cluster == 1 ? 0 : cluster == 2 ? 1 : cluster == 4 ? 2 : 3];
+}
+template <>
+GnKernel<__half> pick_gn_kernel<__half>(int layout, int cluster) {
+  static const GnKernel<__half> table[2][4] = LRT_GN_TABLE(f16);
+  return table[layout][cluster == 1 ? 0 : cluster == 2 ? 1 : cluster == 4 ? 2 : 3];
+}
+template <>
+GnKernel<__nv_bfloat16> pick_gn_kernel<__nv_bfloat16>(int layout, int cluster) {
+  static const GnKernel<__nv_bfloat16> table[2][4] = LRT_GN_TABLE(bf16);
+  return table[layout][cluster == 1 ? 0 : cluster == 2 ? 1 : cluster == 4 ? 2 : 3];
+}
+
+template <typename T>
+int launch_groupnorm_silu(const T* x, const T* gamma, const T* beta, T* y, int n, int c,
+                          long long spatial, int groups, float eps, int activation, int layout,
+                          cudaStream_t stream) {
+  if (n <= 0 || c <= 0 || spatial <= 0 || groups <= 0 || c % groups != 0)
+    return cudaErrorInvalidValue;
+  if (layout != latentrt::kLayoutChannelsFirst && layout != latentrt::kLayoutChannelsLast)
+    return cudaErrorInvalidValue;
+  if (activation != 0 && activation != 1) return cudaErrorInvalidValue;
+  if (spatial > 0x7fffffffLL || static_cast<long long>(c / groups) * spatial > 0xffffffffLL ||
+      static_cast<long long>(n) * groups * 8 > 0x7fffffffLL)
+    return cudaErrorInvalidValue;
+  int dev = 0, sms = 0, optin = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (err != cudaSuccess) return err;
+  const auto addr = [](const void* p) { return reinterpret_cast<unsigned long long>(p); };
+  const bool aligned = (addr(x) % 16 == 0) && (addr(y) % 16 == 0);
+  const GnPlan p = plan_groupnorm(n, c, spatial, groups, layout, sizeof(T), aligned, sms, optin);
+  GnKernel<T> k = pick_gn_kernel<T>(layout, p.cluster);
+  err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(p.smem));
+  if (err != cudaSuccess) return err;
+  const unsigned grid = static_cast<unsigned>(n) * groups * p.cluster;
+  k<<<grid, p.threads, p.smem, stream>>>(x, gamma, beta, y, c, static_cast<int>(spatial), groups,
+                                         eps, activation, p.cached, p.vec);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+// C-linkage launchers for a TensorRT IPluginV3::enqueue (or any host code): device pointers,
+// x/y shaped (n, c, spatial...) for layout 0 or (n, spatial..., c) for layout 1, where
+// `spatial` is the product of the spatial sizes. Returns 0 or a cudaError_t code.
+extern "C" int latentrt_groupnorm_silu_f32(const float* x, const float* gamma, const float* beta,
+                                           float* y, int n, int c, long long spatial,
+                                           int num_groups, float epsilon, int activation,
+                                           int layout, cudaStream_t stream) {
+  return launch_groupnorm_silu(x, gamma, beta, y, n, c, spatial, num_groups, epsilon, activation,
+                               layout, stream);
+}
+extern "C" int latentrt_groupnorm_silu_f16(const __half* x, const __half* gamma,
+                                           const __half* beta, __half* y, int n, int c,
+                                           long long spatial, int num_groups, float epsilon,
+                                           int activation, int layout, cudaStream_t stream) {
+  return launch_groupnorm_silu(x, gamma, beta, y, n, c, spatial, num_groups, epsilon, activation,
+                               layout, stream);
+}
+extern "C" int latentrt_groupnorm_silu_bf16(const __nv_bfloat16* x, const __nv_bfloat16* gamma,
+                                            const __nv_bfloat16* beta, __nv_bfloat16* y, int n,
+                                            int c, long long spatial, int num_groups,
+                                            float epsilon, int activation, int layout,
+                                            cudaStream_t stream) {
+  return launch_groupnorm_silu(x, gamma, beta, y, n, c, spatial, num_groups, epsilon, activation,
+                               layout, stream);
+}
+
+#endif  // __CUDACC_RTC__

@@ -1,0 +1,432 @@
+"""Launch harness: runs the plugin CUDA sources from Python through CuPy's NVRTC backend.
+
+The same .cu files build the TensorRT plugin library (see build_shared_library). Arrays may be
+CuPy arrays, objects exposing __cuda_array_interface__, or torch CUDA tensors (duck-typed, so
+torch is never imported here). CuPy is imported lazily: this module imports without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latentrt.errors import BackendError, InputError
+from latentrt.plugins.reference import conv3d_output_shape, resolve_conv3d_pads
+
+__all__ = [
+    "ConvPlan",
+    "GroupNormPlan",
+    "build_shared_library",
+    "conv3d",
+    "conv3d_plan",
+    "groupnorm_plan",
+    "groupnorm_silu",
+    "kernel_source",
+    "pack_conv3d_weights",
+]
+
+CUDA_DIR = Path(__file__).resolve().parent / "cuda"
+_SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+_CHANNELS_LAST = {"NHWC": True, "NDHWC": True, "NCHW": False, "NCDHW": False}
+
+
+def _cupy() -> Any:
+    try:
+        import cupy
+    except ImportError as exc:
+        raise BackendError("the plugin harness needs CuPy (pip install cupy-cuda13x)") from exc
+    return cupy
+
+
+def kernel_source(name: str) -> str:
+    """Source of plugins/cuda/<name> with its local #include "common.cuh" inlined (for NVRTC)."""
+    text = (CUDA_DIR / name).read_text()
+    common = (CUDA_DIR / "common.cuh").read_text().replace("#pragma once", "")
+    return text.replace('#include "common.cuh"', common)
+
+
+@functools.cache
+def _module(name: str) -> Any:
+    cupy = _cupy()
+    options = []  # NVRTC 13 defaults to C++17, which the sources need
+    for root in (os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if root and (Path(root) / "include" / "cuda_fp16.h").exists():
+            options.append(f"-I{Path(root) / 'include'}")
+            break
+    return cupy.RawModule(code=kernel_source(name), options=tuple(options))
+
+
+@functools.cache
+def _device_limits(device: int) -> tuple[int, int]:
+    """(multiprocessor count, opt-in shared memory per block) of a device."""
+    cupy = _cupy()
+    props = cupy.cuda.runtime.getDeviceProperties(device)
+    return int(props["multiProcessorCount"]), int(props["sharedMemPerBlockOptin"])
+
+
+@dataclass(frozen=True)
+class _Dev:
+    ptr: int
+    shape: tuple[int, ...]
+    dtype: str
+    obj: Any
+
+
+def _describe(a: Any, what: str) -> _Dev:
+    if hasattr(a, "data_ptr") and hasattr(a, "is_contiguous"):  # a torch tensor
+        if not a.is_cuda:
+            raise InputError(f"{what} is a CPU tensor; the plugin kernels need CUDA memory")
+        if not a.is_contiguous():
+            raise InputError(f"{what} must be contiguous")
+        dtype = str(a.dtype).removeprefix("torch.")
+        if dtype not in _SUFFIX:
+            raise InputError(f"{what} has dtype {dtype}; expected float32, float16 or bfloat16")
+        return _Dev(int(a.data_ptr()), tuple(int(s) for s in a.shape), dtype, a)
+    cai = getattr(a, "__cuda_array_interface__", None)
+    if cai is None:
+        raise InputError(f"{what} is not a CUDA array (no __cuda_array_interface__)")
+    dtype = np.dtype(cai["typestr"]).name
+    if dtype not in _SUFFIX:
+        raise InputError(f"{what} has dtype {dtype}; expected float32, float16 or bfloat16")
+    shape = tuple(int(s) for s in cai["shape"])
+    strides = cai.get("strides")
+    if strides is not None:
+        expect, acc = [], _ITEMSIZE[dtype]
+        for s in reversed(shape):
+            expect.append(acc)
+            acc *= s
+        if tuple(reversed(expect)) != tuple(strides):
+            raise InputError(f"{what} must be C-contiguous")
+    return _Dev(int(cai["data"][0]), shape, dtype, a)
+
+
+def _output(like: _Dev, shape: tuple[int, ...], out: Any, what: str) -> _Dev:
+    if out is not None:
+        d = _describe(out, what)
+        if d.shape != shape or d.dtype != like.dtype:
+            raise InputError(f"{what} must be {like.dtype} {shape}, got {d.dtype} {d.shape}")
+        return d
+    if hasattr(like.obj, "new_empty"):
+        return _describe(like.obj.new_empty(shape), what)
+    cupy = _cupy()
+    if like.dtype == "bfloat16":
+        raise InputError("bfloat16 CuPy inputs need an explicit out= array")
+    return _describe(cupy.empty(shape, dtype=like.dtype), what)
+
+
+def _stream(stream: Any) -> Any:
+    cupy = _cupy()
+    if stream is None:
+        return cupy.cuda.get_current_stream()
+    handle = getattr(stream, "cuda_stream", getattr(stream, "ptr", stream))
+    return cupy.cuda.ExternalStream(int(handle))
+
+
+def _p(ptr: int) -> np.uint64:
+    return np.uint64(ptr)
+
+
+def _i(v: int) -> np.int32:
+    return np.int32(v)
+
+
+@dataclass(frozen=True)
+class GroupNormPlan:
+    """Launch plan of the GroupNormSiLU kernel (mirrors plan_groupnorm in groupnorm_silu.cu)."""
+
+    cluster: int
+    threads: int
+    vec: bool
+    cached: bool
+    smem: int
+
+
+def groupnorm_plan(
+    n: int,
+    c: int,
+    spatial: int,
+    num_groups: int,
+    channels_last: bool,
+    itemsize: int,
+    aligned: bool,
+    sms: int,
+    smem_optin: int,
+    cluster: int | None = None,
+) -> GroupNormPlan:
+    """Cluster size, block size, vector width and caching for one GroupNormSiLU launch.
+
+    `cluster` (1, 2, 4 or 8) overrides the cluster-size choice, for benchmark sweeps.
+    """
+    cg = c // num_groups
+    vmax = 16 // itemsize
+    vec = aligned and (cg % vmax == 0 if channels_last else spatial % vmax == 0)
+    v = vmax if vec else 1
+    total = cg * spatial // v
+    ngroups = n * num_groups
+    cs = 1
+    while cs < 8 and ngroups * cs * 10 < 9 * sms:
+        cs *= 2
+    while cs < 8 and -(-cg * spatial // cs) > 32768 and ngroups * cs * 2 < 3 * sms:
+        cs *= 2
+    affine = (cg * 4 + 15) // 16 * 16
+    budget = smem_optin - 2048
+
+    def cache_bytes(k: int) -> int:
+        return -(-total // k) * v * itemsize
+
+    while cs < 8 and affine + cache_bytes(cs) > budget:
+        cs *= 2
+    if cluster is not None:
+        if cluster not in (1, 2, 4, 8):
+            raise InputError(f"cluster must be 1, 2, 4 or 8, got {cluster}")
+        cs = cluster
+    cached = affine + cache_bytes(cs) <= budget
+    smem = affine + (cache_bytes(cs) if cached else 0)
+    threads = 512 if -(-total // cs) >= 2048 else 256
+    return GroupNormPlan(cs, threads, vec, cached, smem)
+
+
+def groupnorm_silu(
+    x: Any,
+    gamma: Any,
+    beta: Any,
+    num_groups: int,
+    eps: float = 1e-5,
+    activation: int = 1,
+    layout: str = "NCHW",
+    out: Any = None,
+    stream: Any = None,
+    cluster: int | None = None,
+) -> Any:
+    """Fused GroupNorm + optional SiLU on the GPU; returns `out` (allocated when None).
+
+    x is (N, C, *spatial) for NCHW/NCDHW or (N, *spatial, C) for NHWC/NDHWC. `cluster`
+    overrides the planner's cluster size (benchmark sweeps only).
+    """
+    cupy = _cupy()
+    if layout not in _CHANNELS_LAST:
+        raise InputError(f"unknown layout {layout!r}")
+    if activation not in (0, 1):
+        raise InputError(f"activation must be 0 or 1, got {activation}")
+    last = _CHANNELS_LAST[layout]
+    xd = _describe(x, "x")
+    if len(xd.shape) < 3:
+        raise InputError(f"x must be (N, C, spatial...), got {xd.shape}")
+    n = xd.shape[0]
+    c = xd.shape[-1] if last else xd.shape[1]
+    spatial = int(np.prod(xd.shape[1:-1] if last else xd.shape[2:]))
+    if num_groups <= 0 or c % num_groups:
+        raise InputError(f"{c} channels do not split into {num_groups} groups")
+    if c // num_groups * spatial >= 2**32 or spatial >= 2**31:
+        raise InputError(f"group of {c // num_groups} x {spatial} elements is too large")
+    gd, bd = _describe(gamma, "gamma"), _describe(beta, "beta")
+    for d, name in ((gd, "gamma"), (bd, "beta")):
+        if d.shape != (c,) or d.dtype != xd.dtype:
+            raise InputError(f"{name} must be {xd.dtype} ({c},), got {d.dtype} {d.shape}")
+    yd = _output(xd, xd.shape, out, "out")
+    dev = cupy.cuda.runtime.getDevice()
+    sms, optin = _device_limits(dev)
+    plan = groupnorm_plan(
+        n,
+        c,
+        spatial,
+        num_groups,
+        last,
+        _ITEMSIZE[xd.dtype],
+        xd.ptr % 16 == 0 and yd.ptr % 16 == 0,
+        sms,
+        optin,
+        cluster,
+    )
+    name = f"latentrt_gn_silu_{'nhwc' if last else 'nchw'}_{_SUFFIX[xd.dtype]}_c{plan.cluster}"
+    kern = _module("groupnorm_silu.cu").get_function(name)
+    kern.max_dynamic_shared_size_bytes = plan.smem
+    args = (
+        _p(xd.ptr),
+        _p(gd.ptr),
+        _p(bd.ptr),
+        _p(yd.ptr),
+        _i(c),
+        _i(spatial),
+        _i(num_groups),
+        np.float32(eps),
+        _i(activation),
+        _i(int(plan.cached)),
+        _i(int(plan.vec)),
+    )
+    with _stream(stream):
+        kern((n * num_groups * plan.cluster,), (plan.threads,), args, shared_mem=plan.smem)
+    return yd.obj
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """Which Conv3d kernel runs (mirrors launch_conv3d in conv3d.cu)."""
+
+    kernel: str
+    grid: tuple[int, int, int]
+    block: int
+    smem: int
+    ci_chunk: int
+    vec: bool
+
+
+def conv3d_plan(
+    dtype: str,
+    channels_last: bool,
+    n: int,
+    cin: int,
+    cout: int,
+    taps: int,
+    positions: int,
+    aligned: bool,
+    sms: int,
+) -> ConvPlan:
+    """Tensor-core implicit GEMM when fp16/bf16 with Cin % 32 == 0 and Cin, Cout >= 64."""
+    lname = "ndhwc" if channels_last else "ncdhw"
+    suf = _SUFFIX[dtype]
+    if dtype != "float32" and cin % 32 == 0 and cin >= 64 and cout >= 64 and aligned:
+        tiles_n = -(-positions // 128)
+        bm = 128 if cout >= 128 and tiles_n * -(-cout // 128) * n >= 2 * sms else 64
+        grid = (tiles_n, -(-cout // bm), n)
+        # 3 stages of A (bm x 40) and B (128 x 40 channels-last, 32 x 136 channels-first) halves.
+        smem = 3 * (bm * 40 + (128 * 40 if channels_last else 32 * 136)) * 2
+        return ConvPlan(f"latentrt_conv3d_igemm_{lname}_{suf}_m{bm}", grid, 256, smem, cin, True)
+    chunk = 16384 // (taps * 32)
+    if chunk >= 8:
+        chunk -= chunk % 8
+    chunk = min(max(chunk, 1), cin)
+    v = 16 // _ITEMSIZE[dtype]
+    vec = channels_last and aligned and cin % v == 0 and chunk % v == 0
+    grid = (-(-positions // 128), -(-cout // 8), n)
+    return ConvPlan(
+        f"latentrt_conv3d_direct_{lname}_{suf}", grid, 128, chunk * taps * 32, chunk, vec
+    )
+
+
+def pack_conv3d_weights(w: Any, out: Any = None, stream: Any = None) -> Any:
+    """Repack (Cout, Cin, kT, kH, kW) weights to the kernels' (Cout, kT, kH, kW, Cin)."""
+    wd = _describe(w, "w")
+    if len(wd.shape) != 5:
+        raise InputError(f"w must be (Cout, Cin, kT, kH, kW), got {wd.shape}")
+    cout, cin, kt, kh, kw = wd.shape
+    od = _output(wd, (cout, kt, kh, kw, cin), out, "packed weights")
+    kern = _module("conv3d.cu").get_function(f"latentrt_conv3d_pack_{_SUFFIX[wd.dtype]}")
+    total = cout * cin * kt * kh * kw
+    with _stream(stream):
+        kern(
+            (min(total // 256 + 1, 4096),),
+            (256,),
+            (_p(wd.ptr), _p(od.ptr), _i(cout), _i(cin), _i(kt * kh * kw)),
+        )
+    return od.obj
+
+
+def conv3d(
+    x: Any,
+    w: Any,
+    b: Any = None,
+    pads: Sequence[int] = (0, 0, 0, 0, 0, 0),
+    strides: Sequence[int] = (1, 1, 1),
+    dilations: Sequence[int] = (1, 1, 1),
+    causal_time: int = 0,
+    layout: str = "NCDHW",
+    out: Any = None,
+    stream: Any = None,
+    weights_packed: bool = False,
+) -> Any:
+    """Conv3d with fused causal padding on the GPU; returns `out` (allocated when None).
+
+    w is (Cout, Cin, kT, kH, kW), or (Cout, kT, kH, kW, Cin) from pack_conv3d_weights when
+    weights_packed is True (as a plugin would hold constant weights).
+    """
+    cupy = _cupy()
+    if layout not in ("NCDHW", "NDHWC"):
+        raise InputError(f"Conv3d layout must be NCDHW or NDHWC, got {layout!r}")
+    last = layout == "NDHWC"
+    xd = _describe(x, "x")
+    if len(xd.shape) != 5:
+        raise InputError(f"x must be 5-D, got {xd.shape}")
+    n, cin, d, h, wd_ = (xd.shape[0], xd.shape[4], *xd.shape[1:4]) if last else xd.shape
+    wdesc = _describe(w, "w")
+    if len(wdesc.shape) != 5 or wdesc.dtype != xd.dtype:
+        raise InputError(f"w must be 5-D {xd.dtype}, got {wdesc.dtype} {wdesc.shape}")
+    if weights_packed:
+        cout, kt, kh, kw, wcin = wdesc.shape
+    else:
+        cout, wcin, kt, kh, kw = wdesc.shape
+    if wcin != cin:
+        raise InputError(f"w has {wcin} input channels, x has {cin}")
+    if n > 65535:
+        raise InputError(f"batch {n} exceeds the grid limit 65535")
+    p = resolve_conv3d_pads((kt, kh, kw), pads, dilations, causal_time)
+    do, ho, wo = conv3d_output_shape((d, h, wd_), (kt, kh, kw), p, strides, dilations, 0)
+    positions = do * ho * wo
+    if positions >= 2**31 or kt * kh * kw > 512:
+        raise InputError("Conv3d output or kernel too large for the plugin kernels")
+    bptr = 0
+    if b is not None:
+        bd = _describe(b, "b")
+        if bd.shape != (cout,) or bd.dtype != xd.dtype:
+            raise InputError(f"b must be {xd.dtype} ({cout},), got {bd.dtype} {bd.shape}")
+        bptr = bd.ptr
+    packed = w if weights_packed else pack_conv3d_weights(w, stream=stream)
+    pd = _describe(packed, "packed weights")
+    oshape = (n, do, ho, wo, cout) if last else (n, cout, do, ho, wo)
+    yd = _output(xd, oshape, out, "out")
+    sms, _ = _device_limits(cupy.cuda.runtime.getDevice())
+    plan = conv3d_plan(
+        xd.dtype,
+        last,
+        n,
+        cin,
+        cout,
+        kt * kh * kw,
+        positions,
+        xd.ptr % 16 == 0 and pd.ptr % 16 == 0,
+        sms,
+    )
+    shape_args = [cin, d, h, wd_, cout, kt, kh, kw, do, ho, wo, *strides, *dilations]
+    shape_args += [p[0], p[1], p[2], 1 if causal_time == 2 else 0]
+    args = [_p(xd.ptr), _p(pd.ptr), _p(bptr), _p(yd.ptr)] + [_i(v) for v in shape_args]
+    if plan.kernel.startswith("latentrt_conv3d_direct"):
+        args += [_i(plan.ci_chunk), _i(int(plan.vec))]
+    kern = _module("conv3d.cu").get_function(plan.kernel)
+    kern.max_dynamic_shared_size_bytes = plan.smem
+    with _stream(stream):
+        kern(plan.grid, (plan.block,), tuple(args), shared_mem=plan.smem)
+    return yd.obj
+
+
+def build_shared_library(out: str | os.PathLike[str], arch: str = "sm_90") -> Path:
+    """Compile both .cu files with nvcc into one shared library exposing the C launchers."""
+    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+    if not Path(nvcc).exists():
+        raise BackendError("nvcc not found: the plugin library needs the CUDA toolkit")
+    target = Path(out)
+    cmd = [
+        nvcc,
+        f"-arch={arch}",
+        "-O3",
+        "-std=c++17",
+        "-shared",
+        "-Xcompiler",
+        "-fPIC",
+        "-o",
+        str(target),
+        str(CUDA_DIR / "groupnorm_silu.cu"),
+        str(CUDA_DIR / "conv3d.cu"),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise BackendError(f"nvcc failed ({res.returncode}):\n{res.stderr[-4000:]}")
+    return target

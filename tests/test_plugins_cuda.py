@@ -1,0 +1,297 @@
+"""GPU tests: the plugin CUDA kernels against PyTorch in float64 (marker `gpu`).
+
+Each case draws fresh random inputs and poisons the output with NaN before the launch; the
+error is max|out - ref| / max|ref|: fp32 <= 1e-5, fp16/bf16 <= 1e-2. Kernels run through the
+NVRTC harness and, once per op, through the nvcc-built C launchers a TensorRT plugin calls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TOL = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}
+
+
+@pytest.fixture(scope="module")
+def harness():
+    pytest.importorskip("cupy")
+    from latentrt.plugins import harness as h
+
+    return h
+
+
+@pytest.fixture
+def gen():
+    g = torch.Generator(device="cuda")
+    g.seed()
+    return g
+
+
+def _rand(shape, dtype, gen, scale=1.0, offset=0.0):
+    t = torch.randn(shape, device="cuda", dtype=torch.float32, generator=gen) * scale + offset
+    return t.to(DTYPES[dtype])
+
+
+def _poisoned(shape, dtype):
+    return torch.full(shape, float("nan"), device="cuda", dtype=DTYPES[dtype])
+
+
+def _check(out, ref, dtype):
+    torch.cuda.synchronize()
+    assert torch.isfinite(out).all(), "unwritten (NaN) or non-finite outputs"
+    err = (out.double() - ref).abs().max() / ref.abs().max()
+    assert err.item() <= TOL[dtype], f"relative error {err.item():.3e} > {TOL[dtype]}"
+
+
+def _gn_ref(x, gamma, beta, groups, eps, act, channels_last):
+    xd = x.double()
+    if channels_last:
+        xd = xd.movedim(-1, 1)
+    y = F.group_norm(xd, groups, gamma.double(), beta.double(), eps)
+    y = F.silu(y) if act else y
+    return y.movedim(1, -1).contiguous() if channels_last else y
+
+
+GN_SHAPES = [
+    (2, 320, 64, 64),
+    (2, 640, 32, 32),
+    (2, 1280, 16, 16),
+    (1, 512, 128, 128),
+]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("shape", GN_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_groupnorm_silu_unet_shapes(harness, gen, shape, layout, dtype):
+    last = layout == "NHWC"
+    xshape = (shape[0], *shape[2:], shape[1]) if last else shape
+    x = _rand(xshape, dtype, gen, 1.5, 0.3)
+    gamma = _rand((shape[1],), dtype, gen)
+    beta = _rand((shape[1],), dtype, gen)
+    out = _poisoned(xshape, dtype)
+    harness.groupnorm_silu(x, gamma, beta, 32, 1e-5, 1, layout, out=out)
+    _check(out, _gn_ref(x, gamma, beta, 32, 1e-5, 1, last), dtype)
+
+
+@pytest.mark.parametrize(
+    ("shape", "groups", "layout", "act", "dtype"),
+    [
+        ((1, 96, 9, 33, 33), 32, "NCHW", 1, "float16"),  # 5-D, odd spatial: scalar path
+        ((1, 9, 33, 33, 96), 32, "NHWC", 1, "bfloat16"),
+        ((2, 64, 17, 17), 32, "NCHW", 0, "float32"),  # identity activation
+        ((1, 32, 512, 512), 2, "NCHW", 1, "float32"),  # 16 MB groups: two-read fallback
+        ((1, 512, 512, 32), 2, "NHWC", 1, "float16"),
+        ((3, 6, 5, 7), 3, "NCHW", 1, "float32"),  # tiny: cluster slices partly empty
+    ],
+)
+def test_groupnorm_silu_edge_cases(harness, gen, shape, groups, layout, act, dtype):
+    x = _rand(shape, dtype, gen, 2.0, 1.0)
+    c = shape[-1] if layout == "NHWC" else shape[1]
+    gamma, beta = _rand((c,), dtype, gen), _rand((c,), dtype, gen)
+    out = _poisoned(shape, dtype)
+    harness.groupnorm_silu(x, gamma, beta, groups, 1e-6, act, layout, out=out)
+    _check(out, _gn_ref(x, gamma, beta, groups, 1e-6, act, layout == "NHWC"), dtype)
+
+
+def _conv_ref(x, w, b, pads, strides, dil, causal, channels_last):
+    xd = x.double().movedim(-1, 1) if channels_last else x.double()
+    kt = w.shape[2]
+    d0, h0, w0, d1, h1, w1 = pads
+    if causal:
+        d0, d1 = dil[0] * (kt - 1), 0
+    if causal == 2:
+        xd = F.pad(xd, (0, 0, 0, 0, d0, 0), mode="replicate")
+        d0 = 0
+    xd = F.pad(xd, (w0, w1, h0, h1, d0, d1))
+    y = F.conv3d(xd, w.double(), None if b is None else b.double(), stride=strides, dilation=dil)
+    return y.movedim(1, -1).contiguous() if channels_last else y
+
+
+CONV_CASES = [
+    # (N, Cin, D, H, W), Cout, kernel, pads, strides, dilations, causal
+    ((1, 96, 9, 64, 64), 96, (3, 3, 3), (0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1), 1),
+    ((1, 96, 9, 64, 64), 96, (3, 3, 3), (0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1), 2),
+    ((1, 384, 5, 32, 32), 384, (3, 3, 3), (0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1), 1),
+    ((1, 3, 17, 64, 64), 128, (3, 3, 3), (0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1), 2),
+    ((1, 128, 9, 32, 32), 128, (3, 3, 3), (0, 0, 0, 0, 1, 1), (2, 2, 2), (1, 1, 1), 1),
+    ((2, 64, 7, 16, 16), 64, (3, 3, 3), (2, 2, 2, 2, 2, 2), (1, 1, 1), (2, 2, 2), 0),
+    ((1, 40, 6, 12, 10), 24, (3, 1, 3), (0, 0, 1, 0, 0, 1), (1, 1, 2), (2, 1, 1), 2),
+]
+
+
+def _case_id(case):
+    shape, cout, k, _, s, d, causal = case
+    return f"{'x'.join(map(str, shape))}-{cout}-k{''.join(map(str, k))}-s{s[0]}-d{d[0]}-c{causal}"
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("layout", ["NCDHW", "NDHWC"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=_case_id)
+def test_conv3d_video_vae_shapes(harness, gen, case, layout, dtype):
+    shape, cout, k, pads, strides, dil, causal = case
+    last = layout == "NDHWC"
+    xshape = (shape[0], *shape[2:], shape[1]) if last else shape
+    fan_in = shape[1] * k[0] * k[1] * k[2]
+    x = _rand(xshape, dtype, gen)
+    w = _rand((cout, shape[1], *k), dtype, gen, fan_in**-0.5)
+    b = _rand((cout,), dtype, gen, 0.1)
+    ref = _conv_ref(x, w, b, pads, strides, dil, causal, last)
+    out = _poisoned(tuple(ref.shape), dtype)
+    harness.conv3d(x, w, b, pads, strides, dil, causal, layout, out=out)
+    _check(out, ref, dtype)
+
+
+def test_conv3d_without_bias_and_prepacked_weights(harness, gen):
+    x = _rand((1, 64, 5, 16, 16), "float16", gen)
+    w = _rand((64, 64, 3, 3, 3), "float16", gen, 0.05)
+    packed = harness.pack_conv3d_weights(w)
+    torch.testing.assert_close(packed, w.permute(0, 2, 3, 4, 1).contiguous(), rtol=0, atol=0)
+    ref = _conv_ref(x, w, None, (0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1), 1, False)
+    out = _poisoned(tuple(ref.shape), "float16")
+    harness.conv3d(x, packed, None, (0, 1, 1, 0, 1, 1), causal_time=1, out=out, weights_packed=True)
+    _check(out, ref, "float16")
+
+
+@pytest.fixture(scope="module")
+def launcher_lib(tmp_path_factory, harness):
+    path = harness.build_shared_library(tmp_path_factory.mktemp("plugin") / "liblatentrt.so")
+    lib = ctypes.CDLL(str(path))
+    vp, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    ip = ctypes.POINTER(ctypes.c_int)
+    for suf in ("f32", "f16", "bf16"):
+        gn = getattr(lib, f"latentrt_groupnorm_silu_{suf}")
+        gn.argtypes = [vp, vp, vp, vp, i, i, ctypes.c_longlong, i, f, i, i, vp]
+        gn.restype = i
+        cv = getattr(lib, f"latentrt_conv3d_{suf}")
+        cv.argtypes = [vp, vp, vp, vp] + [i] * 9 + [ip, ip, ip, i, i, vp]
+        cv.restype = i
+        pk = getattr(lib, f"latentrt_conv3d_pack_weights_{suf}")
+        pk.argtypes = [vp, vp, i, i, i, vp]
+        pk.restype = i
+    return lib
+
+
+_SUF = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout", "dtype"),
+    [
+        ((2, 320, 64, 64), "NCHW", "float16"),
+        ((1, 16, 16, 640), "NHWC", "bfloat16"),
+        ((1, 32, 512, 512), "NCHW", "float32"),
+    ],
+)
+def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
+    last = layout == "NHWC"
+    c = shape[-1] if last else shape[1]
+    spatial = (shape[1] * shape[2]) if last else shape[2] * shape[3]
+    groups = 32 if c % 32 == 0 else 2
+    x = _rand(shape, dtype, gen, 1.5, 0.3)
+    gamma, beta = _rand((c,), dtype, gen), _rand((c,), dtype, gen)
+    out = _poisoned(shape, dtype)
+    stream = torch.cuda.current_stream().cuda_stream
+    rc = getattr(launcher_lib, f"latentrt_groupnorm_silu_{_SUF[dtype]}")(
+        x.data_ptr(),
+        gamma.data_ptr(),
+        beta.data_ptr(),
+        out.data_ptr(),
+        shape[0],
+        c,
+        spatial,
+        groups,
+        1e-5,
+        1,
+        int(last),
+        stream,
+    )
+    assert rc == 0
+    _check(out, _gn_ref(x, gamma, beta, groups, 1e-5, 1, last), dtype)
+
+
+@pytest.mark.parametrize(
+    ("case", "layout", "dtype"),
+    [
+        (CONV_CASES[0], "NCDHW", "float16"),
+        (CONV_CASES[2], "NDHWC", "bfloat16"),
+        (CONV_CASES[3], "NCDHW", "float32"),
+        (CONV_CASES[6], "NDHWC", "float16"),
+    ],
+    ids=["tc-ncdhw", "tc-ndhwc", "direct-ncdhw", "direct-ndhwc"],
+)
+def test_c_launcher_conv3d(launcher_lib, gen, case, layout, dtype):
+    shape, cout, k, pads, strides, dil, causal = case
+    last = layout == "NDHWC"
+    xshape = (shape[0], *shape[2:], shape[1]) if last else shape
+    x = _rand(xshape, dtype, gen)
+    w = _rand((cout, shape[1], *k), dtype, gen, (shape[1] * k[0] * k[1] * k[2]) ** -0.5)
+    b = _rand((cout,), dtype, gen, 0.1)
+    stream = torch.cuda.current_stream().cuda_stream
+    packed = torch.empty((cout, *k, shape[1]), device="cuda", dtype=DTYPES[dtype])
+    suf = _SUF[dtype]
+    rc = getattr(launcher_lib, f"latentrt_conv3d_pack_weights_{suf}")(
+        w.data_ptr(), packed.data_ptr(), cout, shape[1], k[0] * k[1] * k[2], stream
+    )
+    assert rc == 0
+    ref = _conv_ref(x, w, b, pads, strides, dil, causal, last)
+    out = _poisoned(tuple(ref.shape), dtype)
+    arr = ctypes.c_int * 6
+    rc = getattr(launcher_lib, f"latentrt_conv3d_{suf}")(
+        x.data_ptr(),
+        packed.data_ptr(),
+        b.data_ptr(),
+        out.data_ptr(),
+        shape[0],
+        shape[1],
+        shape[2],
+        shape[3],
+        shape[4],
+        cout,
+        k[0],
+        k[1],
+        k[2],
+        arr(*pads),
+        (ctypes.c_int * 3)(*strides),
+        (ctypes.c_int * 3)(*dil),
+        causal,
+        int(last),
+        stream,
+    )
+    assert rc == 0
+    _check(out, ref, dtype)
+
+
+def test_c_launcher_rejects_inconsistent_causal_pads(launcher_lib):
+    t = torch.zeros(1, device="cuda")
+    three = (ctypes.c_int * 3)(1, 1, 1)
+    rc = launcher_lib.latentrt_conv3d_f32(
+        t.data_ptr(),
+        t.data_ptr(),
+        None,
+        t.data_ptr(),
+        1,
+        4,
+        4,
+        4,
+        4,
+        4,
+        3,
+        3,
+        3,
+        (ctypes.c_int * 6)(1, 1, 1, 1, 1, 1),
+        three,
+        three,
+        1,
+        0,
+        None,
+    )
+    assert rc != 0

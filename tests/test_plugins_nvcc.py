@@ -1,0 +1,42 @@
+"""Both plugin .cu files compile with nvcc for sm_90 with every warning treated as an error."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from latentrt.plugins.harness import CUDA_DIR
+
+
+def _nvcc() -> str | None:
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    default = Path("/usr/local/cuda/bin/nvcc")
+    return str(default) if default.exists() else None
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc (CUDA toolkit) is not installed on this machine")
+@pytest.mark.parametrize("name", ["groupnorm_silu.cu", "conv3d.cu"])
+def test_compiles_for_sm90_without_warnings(name, tmp_path):
+    cmd = [
+        _nvcc(),
+        "-arch=sm_90",
+        "-std=c++17",
+        "-Werror",
+        "all-warnings",
+        "-Xcompiler",
+        "-Wall,-Wextra,-Werror",
+        "-c",
+        str(CUDA_DIR / name),
+        "-o",
+        str(tmp_path / "k.o"),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    output = res.stdout + res.stderr
+    assert res.returncode == 0, output
+    assert "warning" not in output.lower(), output
+    assert (tmp_path / "k.o").stat().st_size > 0

@@ -1,0 +1,172 @@
+"""numpy references of the plugin ops against PyTorch (F.group_norm + F.silu; F.pad + F.conv3d).
+
+Also checks the harness imports without CuPy and plans launches the way the kernels expect.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latentrt.errors import BackendError, InputError
+from latentrt.plugins import harness
+from latentrt.plugins.reference import (
+    conv3d_output_shape,
+    conv3d_ref,
+    groupnorm_silu_ref,
+    resolve_conv3d_pads,
+)
+
+RTOL = 1e-5
+
+
+def _rel(out: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.max(np.abs(out.astype(np.float64) - ref)) / np.max(np.abs(ref)))
+
+
+def _torch_gn(x, gamma, beta, groups, eps, activation):
+    y = F.group_norm(
+        torch.from_numpy(x).double(),
+        groups,
+        torch.from_numpy(gamma).double(),
+        torch.from_numpy(beta).double(),
+        eps,
+    )
+    return (F.silu(y) if activation else y).numpy()
+
+
+@pytest.mark.parametrize(
+    ("shape", "groups", "eps", "activation", "offset"),
+    [
+        ((2, 32, 8, 8), 8, 1e-5, 1, 0.0),
+        ((1, 16, 3, 4, 5), 4, 1e-6, 1, 0.0),
+        ((2, 12, 7, 5), 3, 1e-5, 0, 0.0),
+        ((1, 8, 6, 6), 1, 1e-5, 1, 40.0),  # large mean: variance must not cancel
+    ],
+)
+def test_groupnorm_silu_ref_matches_torch(shape, groups, eps, activation, offset):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 2.0 + offset).astype(np.float32)
+    gamma = rng.standard_normal(shape[1]).astype(np.float32)
+    beta = rng.standard_normal(shape[1]).astype(np.float32)
+    ref = _torch_gn(x, gamma, beta, groups, eps, activation)
+    out = groupnorm_silu_ref(x, gamma, beta, groups, eps, activation, "NCHW")
+    assert out.dtype == np.float32
+    assert _rel(out, ref) <= RTOL
+    # Channels-last input gives the channels-last view of the same result.
+    out_last = groupnorm_silu_ref(
+        np.moveaxis(x, 1, -1), gamma, beta, groups, eps, activation, "NHWC"
+    )
+    assert _rel(np.moveaxis(out_last, -1, 1), ref) <= RTOL
+
+
+def test_groupnorm_silu_ref_rejects_bad_groups():
+    x = np.zeros((1, 10, 2, 2), np.float32)
+    with pytest.raises(InputError, match="groups"):
+        groupnorm_silu_ref(x, np.ones(10, np.float32), np.zeros(10, np.float32), 4)
+
+
+def _torch_conv(x, w, b, pads, strides, dilations, causal):
+    xt, wt = torch.from_numpy(x).double(), torch.from_numpy(w).double()
+    bt = None if b is None else torch.from_numpy(b).double()
+    kt = w.shape[2]
+    d0, h0, w0, d1, h1, w1 = pads
+    if causal:
+        d0, d1 = dilations[0] * (kt - 1), 0
+    if causal == 2:
+        xt = F.pad(xt, (0, 0, 0, 0, d0, 0), mode="replicate")
+        d0 = 0
+    xt = F.pad(xt, (w0, w1, h0, h1, d0, d1))
+    return F.conv3d(xt, wt, bt, stride=strides, dilation=dilations).numpy()
+
+
+CONV_CASES = [
+    # (x shape, Cout, kernel, pads, strides, dilations, causal, bias)
+    ((1, 4, 5, 6, 7), 6, (3, 3, 3), (0, 0, 0, 0, 0, 0), (1, 1, 1), (1, 1, 1), 0, True),
+    ((2, 3, 6, 7, 5), 5, (3, 3, 3), (1, 1, 1, 1, 1, 1), (1, 1, 1), (1, 1, 1), 0, False),
+    ((1, 4, 6, 8, 8), 4, (3, 3, 3), (0, 1, 2, 1, 0, 1), (1, 2, 1), (1, 1, 1), 0, True),
+    ((1, 5, 7, 6, 6), 3, (3, 3, 3), (0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1), 1, True),
+    ((1, 5, 7, 6, 6), 3, (3, 3, 3), (0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1), 2, True),
+    ((1, 3, 9, 9, 8), 4, (3, 3, 2), (4, 2, 0, 0, 1, 1), (2, 2, 1), (2, 1, 2), 1, True),
+    ((1, 3, 9, 9, 8), 4, (3, 1, 3), (0, 0, 2, 0, 0, 2), (2, 1, 2), (2, 1, 2), 2, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("shape", "cout", "k", "pads", "strides", "dil", "causal", "bias"), CONV_CASES
+)
+def test_conv3d_ref_matches_torch(shape, cout, k, pads, strides, dil, causal, bias):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((cout, shape[1], *k)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32) if bias else None
+    ref = _torch_conv(x, w, b, pads, strides, dil, causal)
+    out = conv3d_ref(x, w, b, pads, strides, dil, causal, "NCDHW")
+    assert out.shape == ref.shape
+    assert out.shape[2:] == conv3d_output_shape(shape[2:], k, pads, strides, dil, causal)
+    assert _rel(out, ref) <= RTOL
+    out_last = conv3d_ref(np.moveaxis(x, 1, -1), w, b, pads, strides, dil, causal, "NDHWC")
+    assert _rel(np.moveaxis(out_last, -1, 1), ref) <= RTOL
+
+
+def test_replicate_differs_from_zero_padding():
+    # Guards the oracle itself: the two causal modes must not coincide on non-zero input.
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 2, 4, 4, 4)).astype(np.float32) + 1.0
+    w = rng.standard_normal((2, 2, 3, 1, 1)).astype(np.float32)
+    zero = conv3d_ref(x, w, causal_time=1)
+    rep = conv3d_ref(x, w, causal_time=2)
+    assert np.abs(zero[:, :, :2] - rep[:, :, :2]).max() > 1e-2
+    np.testing.assert_array_equal(zero[:, :, 2:], rep[:, :, 2:])
+
+
+def test_causal_pads_must_agree():
+    assert resolve_conv3d_pads((3, 3, 3), (0, 1, 1, 0, 1, 1), (2, 1, 1), 1)[:4:3] == (4, 0)
+    with pytest.raises(InputError, match="causal_time"):
+        resolve_conv3d_pads((3, 3, 3), (1, 1, 1, 1, 1, 1), (1, 1, 1), 1)
+    with pytest.raises(InputError, match="causal_time"):
+        resolve_conv3d_pads((3, 3, 3), (0, 0, 0, 0, 0, 0), (1, 1, 1), 3)
+
+
+def test_kernel_source_inlines_common_header():
+    for name in ("groupnorm_silu.cu", "conv3d.cu"):
+        src = harness.kernel_source(name)
+        assert '#include "common.cuh"' not in src
+        assert "struct alignas(V * sizeof(T)) Pack" in src
+
+
+def test_groupnorm_plan_unet_and_fallback():
+    # H100: 132 SMs, 227 KB opt-in shared memory per block.
+    p = harness.groupnorm_plan(2, 320, 64 * 64, 32, False, 2, True, 132, 232448)
+    assert (p.cluster, p.vec, p.cached) == (2, True, True)
+    assert p.smem == 48 + 10 * 4096 * 2 // 2
+    # Many groups: one block per group already fills the GPU.
+    assert harness.groupnorm_plan(8, 320, 4096, 32, False, 2, True, 132, 232448).cluster == 1
+    p = harness.groupnorm_plan(1, 512, 128 * 128, 32, False, 4, True, 132, 232448)
+    assert p.cached and p.cluster == 8 and p.smem <= 232448 - 2048
+    # A group of 16 x 512 x 512 fp32 (16 MB) cannot sit on chip: two reads instead.
+    p = harness.groupnorm_plan(1, 32, 512 * 512, 2, False, 4, True, 132, 232448)
+    assert (p.cluster, p.cached) == (8, False)
+    # Channels-last with 10 channels per group cannot use 16-byte fp16 vectors.
+    assert not harness.groupnorm_plan(2, 320, 4096, 32, True, 2, True, 132, 232448).vec
+
+
+def test_conv3d_plan_picks_tensor_cores_for_wide_half_convs():
+    p = harness.conv3d_plan("float16", False, 1, 384, 384, 27, 5 * 32 * 32, True, 132)
+    assert p.kernel.startswith("latentrt_conv3d_igemm_ncdhw_f16")
+    assert harness.conv3d_plan("float32", False, 1, 384, 384, 27, 5120, True, 132).kernel == (
+        "latentrt_conv3d_direct_ncdhw_f32"
+    )
+    p = harness.conv3d_plan("bfloat16", True, 1, 3, 128, 27, 17 * 4096, True, 132)
+    assert p.kernel == "latentrt_conv3d_direct_ndhwc_bf16" and not p.vec
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed")
+def test_harness_without_cupy_raises_backend_error():
+    x = torch.zeros(1, 4, 2, 2)
+    with pytest.raises(BackendError, match="CuPy"):
+        harness.groupnorm_silu(x.numpy().view(np.float32), None, None, 2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 
 import pytest
@@ -19,9 +18,19 @@ def _has_cuda() -> bool:
         return False
 
 
+def _has_tensorrt() -> bool:
+    # A bindings-only install imports but has no libnvinfer: that counts as absent.
+    try:
+        import tensorrt
+
+        return hasattr(tensorrt, "Builder")
+    except (ImportError, OSError):
+        return False
+
+
 def pytest_collection_modifyitems(config, items):
     has_cuda = _has_cuda()
-    has_trt = importlib.util.find_spec("tensorrt") is not None
+    has_trt = _has_tensorrt()
     skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU")
     skip_trt = pytest.mark.skip(reason="TensorRT is not installed (see README: not run here)")
     for item in items:

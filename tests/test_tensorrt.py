@@ -1,0 +1,713 @@
+"""The TensorRT path: plugin registration, engine builds, the runtime backend, refit.
+
+Tests marked `tensorrt` need TensorRT (and a GPU); they have not run on the project's machines,
+where TensorRT cannot be installed. Unmarked tests cover everything that does not need it:
+profiles from a manifest, engine keys and cache decisions, plugin fields, output shapes and
+formats, and the errors when TensorRT is missing. The `gpu` test runs the launch code the
+plugins' enqueue uses on the GPU, without TensorRT.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper
+
+from latentrt.errors import BackendError, InputError
+from latentrt.plugins import reference
+from latentrt.plugins import tensorrt_plugins as tp
+from latentrt.runtime import tensorrt_backend as backend
+from latentrt.runtime import tensorrt_build as build
+from latentrt.runtime.bundle import Bundle
+
+DEVICE = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+
+# What export_bundle writes for a tiny SD1 source (components' inputs, shapes, latent).
+SD1_MANIFEST = {
+    "format": "latentrt-bundle",
+    "format_version": 1,
+    "family": "sd1",
+    "precision": "fp32",
+    "components": {
+        "text_encoder": {
+            "file": "text_encoder.onnx",
+            "inputs": {"input_ids": {"dtype": "int64", "shape": ["batch", 77]}},
+            "sha256": "11" * 32,
+        },
+        "unet": {
+            "file": "unet.onnx",
+            "inputs": {
+                "sample": {"dtype": "float32", "shape": ["batch", 4, "height", "width"]},
+                "timestep": {"dtype": "float32", "shape": ["batch"]},
+                "encoder_hidden_states": {"dtype": "float32", "shape": ["batch", "sequence", 32]},
+            },
+            "sha256": "22" * 32,
+        },
+        "vae_encoder": {
+            "file": "vae_encoder.onnx",
+            "inputs": {"image": {"dtype": "float32", "shape": ["batch", 3, "height", "width"]}},
+            "sha256": "33" * 32,
+        },
+        "vae_decoder": {
+            "file": "vae_decoder.onnx",
+            "inputs": {"latent": {"dtype": "float32", "shape": ["batch", 4, "height", "width"]}},
+            "sha256": "44" * 32,
+        },
+    },
+    "text_encoders": [{"component": "text_encoder", "tokenizer": "tokenizer", "max_length": 77}],
+    "latent": {"channels": 4, "downscale": 8},
+    "unet": {"in_channels": 4, "inpainting": False},
+    "prediction_type": "epsilon",
+    "scheduler": {},
+    "shapes": {"batch": [1, 8], "height": [64, 1024], "width": [64, 1024]},
+    "default_size": 512,
+}
+
+
+def _fake_bundle(root: Path, manifest: dict) -> Bundle:
+    """A bundle directory whose files exist (ONNX contents are not read by these tests)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for comp in manifest["components"].values():
+        (root / comp["file"]).write_bytes(b"onnx")
+    for te in manifest["text_encoders"]:
+        (root / te["tokenizer"]).mkdir(exist_ok=True)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return Bundle.open(root)
+
+
+# --- profiles ------------------------------------------------------------------------------------
+
+
+def test_profiles_follow_manifest_shapes():
+    p = build.tensorrt_profiles(SD1_MANIFEST)
+    assert set(p) == set(SD1_MANIFEST["components"])
+    # UNet: CFG doubles the batch; latent sizes are pixels / 8; context up to 3 windows of 77.
+    assert p["unet"]["sample"] == ((1, 4, 8, 8), (2, 4, 64, 64), (16, 4, 128, 128))
+    assert p["unet"]["timestep"] == ((1,), (2,), (16,))
+    assert p["unet"]["encoder_hidden_states"] == ((1, 77, 32), (2, 77, 32), (16, 231, 32))
+    # Text encoder: every window of every prompt and negative prompt is a batch row.
+    assert p["text_encoder"]["input_ids"] == ((1, 77), (2, 77), (48, 77))
+    # VAE encoder sees pixels, the decoder latents, neither is doubled.
+    assert p["vae_encoder"]["image"] == ((1, 3, 64, 64), (1, 3, 512, 512), (8, 3, 1024, 1024))
+    assert p["vae_decoder"]["latent"] == ((1, 4, 8, 8), (1, 4, 64, 64), (8, 4, 128, 128))
+    for comp in p.values():
+        for lo, opt, hi in comp.values():
+            assert all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True))
+
+
+def test_profiles_cover_every_call_the_pipeline_makes():
+    """The shapes a generation feeds (batch 1..8, CFG, sizes in range) all fit the profiles."""
+    p = build.tensorrt_profiles(SD1_MANIFEST)
+    for batch in (1, 8):
+        for size in (64, 512, 1024):
+            for windows in (1, 3):
+                calls = {
+                    ("text_encoder", "input_ids"): (2 * batch * windows, 77),
+                    ("unet", "sample"): (2 * batch, 4, size // 8, size // 8),
+                    ("unet", "encoder_hidden_states"): (2 * batch, 77 * windows, 32),
+                    ("vae_encoder", "image"): (batch, 3, size, size),
+                    ("vae_decoder", "latent"): (batch, 4, size // 8, size // 8),
+                }
+                for (comp, name), shape in calls.items():
+                    backend.check_profile_shapes(comp, {name: shape}, p[comp])
+    with pytest.raises(InputError, match="outside the TensorRT engine's profile"):
+        backend.check_profile_shapes("unet", {"sample": (18, 4, 64, 64)}, p["unet"])
+    with pytest.raises(InputError, match="encoder_hidden_states"):
+        backend.check_profile_shapes("unet", {"encoder_hidden_states": (2, 308, 32)}, p["unet"])
+
+
+def test_profiles_sdxl_inputs_and_ranges_off_the_latent_grid():
+    m = copy.deepcopy(SD1_MANIFEST)
+    m["family"] = "sdxl"
+    m["default_size"] = 1024
+    m["shapes"] = {"batch": [1, 4], "height": [100, 1000], "width": [64, 2048]}
+    m["components"]["unet"]["inputs"]["text_embeds"] = {"dtype": "float32", "shape": ["batch", 64]}
+    m["components"]["unet"]["inputs"]["time_ids"] = {"dtype": "float32", "shape": ["batch", 6]}
+    m["components"]["text_encoder_2"] = copy.deepcopy(m["components"]["text_encoder"])
+    p = build.tensorrt_profiles(m)
+    # height 100..1000 px holds latents 13..125; the default 1024 clamps to the range's top.
+    assert p["unet"]["sample"] == ((1, 4, 13, 8), (2, 4, 125, 128), (8, 4, 125, 256))
+    assert p["unet"]["text_embeds"] == ((1, 64), (2, 64), (8, 64))
+    assert p["unet"]["time_ids"] == ((1, 6), (2, 6), (8, 6))
+    assert p["vae_encoder"]["image"] == ((1, 3, 104, 64), (1, 3, 1000, 1024), (4, 3, 1000, 2048))
+    assert p["text_encoder_2"]["input_ids"] == ((1, 77), (2, 77), (24, 77))
+
+
+def test_profiles_refuse_unknown_axes_and_components():
+    m = copy.deepcopy(SD1_MANIFEST)
+    m["components"]["vae_decoder"]["inputs"]["latent"]["shape"][2] = "frames"
+    with pytest.raises(BackendError, match="'frames'"):
+        build.tensorrt_profiles(m)
+    m = copy.deepcopy(SD1_MANIFEST)
+    m["components"]["controlnet"] = m["components"]["unet"]
+    with pytest.raises(BackendError, match="controlnet"):
+        build.tensorrt_profiles(m)
+
+
+def test_precision_follows_the_bundle_unless_overridden():
+    assert build.resolve_precision({"precision": "fp16"}, None) == "fp16"
+    assert build.resolve_precision({"precision": "fp32"}, "bf16") == "bf16"
+    with pytest.raises(BackendError, match="bf16"):
+        build.resolve_precision({"precision": "fp16"}, "bf16")
+    with pytest.raises(BackendError, match="int8"):
+        build.resolve_precision({"precision": "fp32"}, "int8")
+    # The bundle's own precision is built strongly typed; lower ones need TensorRT 10's flags.
+    assert build.use_strong_typing({"precision": "fp16"}, "fp16", False, "11.4")
+    assert not build.use_strong_typing({"precision": "fp32"}, "bf16", True, "10.9")
+    with pytest.raises(BackendError, match="export a fp16 bundle"):
+        build.use_strong_typing({"precision": "fp32"}, "fp16", False, "11.4")
+
+
+# --- engine keys and cache decisions ------------------------------------------------------------
+
+
+def _options(manifest: dict, name: str = "unet", precision: str = "fp16") -> dict:
+    return build.build_options(precision, build.tensorrt_profiles(manifest)[name], "digest")
+
+
+def test_engine_key_tracks_onnx_options_version_and_device(tmp_path):
+    b = _fake_bundle(tmp_path / "a", SD1_MANIFEST)
+    key = build.engine_key(
+        b, "unet", _options(SD1_MANIFEST), tensorrt_version="10.9", device=DEVICE
+    )
+    same = build.engine_key(
+        b, "unet", _options(SD1_MANIFEST), tensorrt_version="10.9", device=DEVICE
+    )
+    assert key == same and len(key) == 16
+    variants = [
+        build.engine_key(
+            b,
+            "unet",
+            _options(SD1_MANIFEST, precision="fp32"),
+            tensorrt_version="10.9",
+            device=DEVICE,
+        ),
+        build.engine_key(
+            b, "unet", _options(SD1_MANIFEST), tensorrt_version="10.10", device=DEVICE
+        ),
+        build.engine_key(
+            b,
+            "unet",
+            _options(SD1_MANIFEST),
+            tensorrt_version="10.9",
+            device={**DEVICE, "compute_capability": "8.9"},
+        ),
+        build.engine_key(
+            b, "vae_decoder", _options(SD1_MANIFEST), tensorrt_version="10.9", device=DEVICE
+        ),
+    ]
+    wider = copy.deepcopy(SD1_MANIFEST)
+    wider["shapes"]["batch"] = [1, 16]
+    variants.append(
+        build.engine_key(b, "unet", _options(wider), tensorrt_version="10.9", device=DEVICE)
+    )
+    changed = copy.deepcopy(SD1_MANIFEST)
+    changed["components"]["unet"]["sha256"] = "55" * 32
+    b2 = _fake_bundle(tmp_path / "b", changed)
+    variants.append(
+        build.engine_key(b2, "unet", _options(SD1_MANIFEST), tensorrt_version="10.9", device=DEVICE)
+    )
+    assert len({key, *variants}) == len(variants) + 1
+
+
+def test_engine_key_hashes_the_onnx_file_when_the_manifest_has_no_digest(tmp_path):
+    m = copy.deepcopy(SD1_MANIFEST)
+    del m["components"]["unet"]["sha256"]
+    b = _fake_bundle(tmp_path, m)
+    k1 = build.engine_key(b, "unet", {}, tensorrt_version="10", device=DEVICE)
+    (tmp_path / "unet.onnx").write_bytes(b"other weights")
+    k2 = build.engine_key(b, "unet", {}, tensorrt_version="10", device=DEVICE)
+    assert k1 != k2
+
+
+def _write_engines(b: Bundle, version: str, device: dict, skip: str | None = None) -> Path:
+    dest = b.root / "engines" / "tensorrt"
+    dest.mkdir(parents=True)
+    entries = {}
+    for name in b.manifest["components"]:
+        if name == skip:
+            continue
+        options = _options(b.manifest, name)
+        key = build.engine_key(b, name, options, tensorrt_version=version, device=device)
+        (dest / f"{name}.{key}.plan").write_bytes(b"plan")
+        entries[name] = {
+            "file": f"engines/tensorrt/{name}.{key}.plan",
+            "key": key,
+            "options": options,
+            "tensorrt": version,
+            "device": device,
+        }
+    (dest / "index.json").write_text(json.dumps({"components": entries, "plugin_library": None}))
+    return dest
+
+
+def test_current_engines_are_found_and_reused(tmp_path):
+    b = _fake_bundle(tmp_path, SD1_MANIFEST)
+    dest = _write_engines(b, "10.9", DEVICE)
+    index, plans = backend.engine_files(b, "10.9", DEVICE)
+    assert set(plans) == set(SD1_MANIFEST["components"])
+    assert all(p.is_file() and p.parent == dest for p in plans.values())
+    entry = build.read_index(dest)["components"]["unet"]
+    key = build.engine_key(b, "unet", entry["options"], tensorrt_version="10.9", device=DEVICE)
+    assert build.is_current(b, entry, key)
+    assert not build.is_current(b, entry, "0" * 16)
+    assert not build.is_current(b, None, key)
+    (b.root / entry["file"]).unlink()
+    assert not build.is_current(b, entry, key)  # a missing plan is rebuilt
+    with pytest.raises(BackendError, match="missing"):
+        backend.engine_files(b, "10.9", DEVICE)
+
+
+@pytest.mark.parametrize(
+    ("version", "device", "match"),
+    [
+        ("10.10", DEVICE, "built with TensorRT 10.9, this is 10.10"),
+        ("10.9", {**DEVICE, "compute_capability": "8.9"}, "this GPU is"),
+    ],
+)
+def test_stale_engines_are_refused_with_the_reason(tmp_path, version, device, match):
+    b = _fake_bundle(tmp_path, SD1_MANIFEST)
+    _write_engines(b, "10.9", DEVICE)
+    with pytest.raises(BackendError, match=match) as e:
+        backend.engine_files(b, version, device)
+    assert "--target tensorrt" in str(e.value)
+
+
+def test_changed_onnx_makes_engines_stale(tmp_path):
+    b = _fake_bundle(tmp_path, SD1_MANIFEST)
+    _write_engines(b, "10.9", DEVICE)
+    m = copy.deepcopy(SD1_MANIFEST)
+    m["components"]["vae_decoder"]["sha256"] = "66" * 32
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BackendError, match="vae_decoder is stale"):
+        backend.engine_files(Bundle.open(tmp_path), "10.9", DEVICE)
+
+
+def test_missing_engines_say_how_to_build_them(tmp_path):
+    b = _fake_bundle(tmp_path, SD1_MANIFEST)
+    with pytest.raises(BackendError, match="latentrt build .* --target tensorrt"):
+        backend.engine_files(b, "10.9", DEVICE)
+    _write_engines(b, "10.9", DEVICE, skip="vae_encoder")
+    with pytest.raises(BackendError, match="no TensorRT engine for vae_encoder"):
+        backend.engine_files(b, "10.9", DEVICE)
+
+
+def test_engine_paths_outside_the_bundle_are_refused(tmp_path):
+    b = _fake_bundle(tmp_path / "bundle", SD1_MANIFEST)
+    dest = _write_engines(b, "10.9", DEVICE)
+    index = json.loads((dest / "index.json").read_text())
+    outside = tmp_path / "evil.plan"
+    outside.write_bytes(b"plan")
+    index["components"]["unet"]["file"] = "../evil.plan"
+    (dest / "index.json").write_text(json.dumps(index))
+    with pytest.raises(BackendError, match="escapes the bundle"):
+        backend.engine_files(b, "10.9", DEVICE)
+
+
+# --- plugin fields, shapes, formats --------------------------------------------------------------
+
+
+def _parser_fields(node: onnx.NodeProto) -> list[tuple[str, np.ndarray]]:
+    """What TensorRT's ONNX parser hands a creator: INT(S) as int32, FLOAT(S) as float32."""
+    out = []
+    for a in node.attribute:
+        value = helper.get_attribute_value(a)
+        if a.type in (onnx.AttributeProto.INT, onnx.AttributeProto.INTS):
+            out.append((a.name, np.array(value, np.int32).reshape(-1)))
+        elif a.type in (onnx.AttributeProto.FLOAT, onnx.AttributeProto.FLOATS):
+            out.append((a.name, np.array(value, np.float32).reshape(-1)))
+    return out
+
+
+def test_plugin_fields_round_trip_and_match_onnx_attributes():
+    node = helper.make_node(
+        "GroupNormSiLU",
+        ["x", "g", "b"],
+        ["y"],
+        domain="latentrt",
+        num_groups=32,
+        epsilon=1e-6,
+        activation=0,
+    )
+    gn = tp.GroupNormSiLUAttrs.from_fields(_parser_fields(node))
+    assert (gn.num_groups, gn.activation) == (32, 0)
+    assert gn.epsilon == pytest.approx(1e-6, rel=1e-7)
+    assert tp.GroupNormSiLUAttrs.from_fields(gn.to_fields()) == gn
+    assert [(n, a.dtype) for n, a in gn.to_fields()] == [
+        (n, np.dtype(t)) for n, t in tp.GroupNormSiLUAttrs.FIELDS
+    ]
+    node = helper.make_node(
+        "Conv3d",
+        ["x", "w", "b"],
+        ["y"],
+        domain="latentrt",
+        pads=[2, 1, 0, 0, 1, 3],
+        strides=[1, 2, 2],
+        dilations=[1, 1, 2],
+        causal_time=2,
+    )
+    cv = tp.Conv3dAttrs.from_fields(_parser_fields(node))
+    assert cv == tp.Conv3dAttrs((2, 1, 0, 0, 1, 3), (1, 2, 2), (1, 1, 2), 2)
+    assert tp.Conv3dAttrs.from_fields(cv.to_fields()) == cv
+    assert cv.timing_id() != tp.Conv3dAttrs((2, 1, 0, 0, 1, 3), (1, 2, 2), (1, 1, 2), 1).timing_id()
+
+
+def test_plugin_fields_defaults_and_errors():
+    assert tp.Conv3dAttrs.from_fields([]) == tp.Conv3dAttrs()
+    gn = tp.GroupNormSiLUAttrs.from_fields([("num_groups", np.array([4], np.int32))])
+    assert (gn.epsilon, gn.activation) == (pytest.approx(1e-5), 1)
+    with pytest.raises(InputError, match="num_groups"):
+        tp.GroupNormSiLUAttrs.from_fields([])
+    with pytest.raises(InputError, match="activation"):
+        tp.GroupNormSiLUAttrs(4, activation=2)
+    with pytest.raises(InputError, match="pads"):
+        tp.Conv3dAttrs(pads=(1, 1, 1))
+    with pytest.raises(InputError, match="strides"):
+        tp.Conv3dAttrs(strides=(1, 0, 1))
+    with pytest.raises(InputError, match="causal_time"):
+        tp.Conv3dAttrs.from_fields([("causal_time", np.array([3], np.int32))])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_conv3d_output_dims_match_torch(seed):
+    rng = np.random.default_rng(seed)
+    kernel = tuple(int(k) for k in rng.integers(1, 4, 3))
+    strides = tuple(int(s) for s in rng.integers(1, 3, 3))
+    dilations = tuple(int(d) for d in rng.integers(1, 3, 3))
+    causal = int(rng.integers(0, 3))
+    pads = [int(p) for p in rng.integers(0, 3, 6)]
+    if causal:
+        pads[0] = pads[3] = 0
+    spatial = tuple(int(s) for s in rng.integers(5, 9, 3))
+    attrs = tp.Conv3dAttrs(tuple(pads), strides, dilations, causal)
+    dims = tp.conv3d_output_dims(spatial, kernel, attrs, tp.IntDimOps())
+    p = reference.resolve_conv3d_pads(kernel, pads, dilations, causal)
+    x = torch.zeros(1, 1, *spatial)
+    x = torch.nn.functional.pad(x, (p[2], p[5], p[1], p[4], p[0], p[3]))
+    y = torch.nn.functional.conv3d(
+        x, torch.zeros(1, 1, *kernel), stride=strides, dilation=dilations
+    )
+    assert tuple(dims) == tuple(y.shape[2:])
+
+
+def test_supported_formats_are_linear_fp32_fp16_bf16_of_one_type():
+    ok = tp.format_supported
+    for dt in ("float32", "float16", "bfloat16"):
+        assert ok(0, [dt, dt, dt, dt], [True] * 4, 3)
+        assert ok(3, [dt, dt, dt, dt], [True] * 4, 3)
+    assert not ok(0, ["int8", "int8"], [True, True], 1)
+    assert not ok(0, ["float16", "float16"], [False, True], 1)
+    assert not ok(1, ["float16", "float32"], [True, True], 1)
+    assert not ok(2, ["float32", "float32", "float16"], [True] * 3, 2)
+    assert not ok(1, [None, None], [True, True], 1)
+
+
+def test_conv3d_workspace_holds_the_packed_weights():
+    assert tp.conv3d_workspace_bytes((64, 32, 3, 3, 3), "float16") == 64 * 32 * 27 * 2
+    assert tp.conv3d_workspace_bytes((3, 5, 1, 1, 3), "float32") == 256
+    assert tp.conv3d_workspace_bytes((3, 5, 1, 1, 3), "float32") >= 3 * 5 * 3 * 4
+
+
+# --- without TensorRT ---------------------------------------------------------------------------
+
+
+def test_clear_backend_error_without_tensorrt(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
+    b = _fake_bundle(tmp_path, SD1_MANIFEST)
+    with pytest.raises(BackendError, match="TensorRT is not available"):
+        build.build_tensorrt_engines(b.root)
+    with pytest.raises(BackendError, match="TensorRT is not available"):
+        backend.load_components(b)
+    with pytest.raises(BackendError, match="TensorRT is not available"):
+        tp.register_plugins(tmp_path / "lib.so")
+    assert not (b.root / "engines").exists()
+    assert not list(b.root.glob(".build-*"))
+
+
+# --- GPU, no TensorRT: the launches enqueue makes -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plugin_library(tmp_path_factory):
+    if shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists():
+        pytest.skip("nvcc (CUDA toolkit) is not installed on this machine")
+    return tp.PluginLibrary(tp.build_plugin_library(tmp_path_factory.mktemp("lib"), "sm_90"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_enqueue_launches_match_the_reference(plugin_library, dtype):
+    cupy = pytest.importorskip("cupy")
+    rng = np.random.default_rng()
+    tol = 1e-5 if dtype == "float32" else 1e-2
+    stream = cupy.cuda.Stream(non_blocking=True)
+
+    x = rng.standard_normal((2, 64, 6, 10)).astype(dtype)
+    g = (1 + 0.1 * rng.standard_normal(64)).astype(dtype)
+    b = (0.1 * rng.standard_normal(64)).astype(dtype)
+    gn = tp.GroupNormSiLUAttrs(32, 1e-5, 1)
+    dx, dg, db = cupy.asarray(x), cupy.asarray(g), cupy.asarray(b)
+    dy = cupy.full(x.shape, np.nan, dtype=dtype)
+    tp.run_groupnorm_silu(
+        plugin_library,
+        gn,
+        dtype,
+        x.shape,
+        dx.data.ptr,
+        dg.data.ptr,
+        db.data.ptr,
+        dy.data.ptr,
+        stream.ptr,
+    )
+    stream.synchronize()
+    ref = reference.groupnorm_silu_ref(x.astype(np.float64), g, b, 32, 1e-5, 1)
+    assert np.abs(cupy.asnumpy(dy) - ref).max() / np.abs(ref).max() <= tol
+
+    x = rng.standard_normal((2, 8, 5, 6, 7)).astype(dtype)
+    w = (0.2 * rng.standard_normal((16, 8, 3, 3, 3))).astype(dtype)
+    bias = rng.standard_normal(16).astype(dtype)
+    cv = tp.Conv3dAttrs((0, 1, 1, 0, 1, 1), (1, 2, 1), (1, 1, 1), 2)
+    dims = tp.conv3d_output_dims(x.shape[2:], w.shape[2:], cv, tp.IntDimOps())
+    dx, dw, dbias = cupy.asarray(x), cupy.asarray(w), cupy.asarray(bias)
+    dy = cupy.full((2, 16, *dims), np.nan, dtype=dtype)
+    ws = cupy.empty(tp.conv3d_workspace_bytes(w.shape, dtype), dtype=np.uint8)
+    tp.run_conv3d(
+        plugin_library,
+        cv,
+        dtype,
+        x.shape,
+        w.shape,
+        dx.data.ptr,
+        dw.data.ptr,
+        dbias.data.ptr,
+        dy.data.ptr,
+        ws.data.ptr,
+        stream.ptr,
+    )
+    stream.synchronize()
+    ref = reference.conv3d_ref(
+        x.astype(np.float64),
+        w.astype(np.float64),
+        bias.astype(np.float64),
+        cv.pads,
+        cv.strides,
+        cv.dilations,
+        cv.causal_time,
+    )
+    assert np.abs(cupy.asnumpy(dy) - ref).max() / np.abs(ref).max() <= tol
+
+
+# --- TensorRT (not run on the project's machines) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trt():
+    try:
+        import tensorrt
+    except (ImportError, OSError) as e:
+        pytest.skip(f"TensorRT is not importable here: {e}")
+    return tensorrt
+
+
+def _plugin_model(path: Path, dtype: int) -> None:
+    """x -> latentrt::GroupNormSiLU -> latentrt::Conv3d (causal) with dynamic N, D, H, W."""
+    rng = np.random.default_rng(0)
+    np_dtype = onnx.helper.tensor_dtype_to_np_dtype(dtype)
+    inits = [
+        onnx.numpy_helper.from_array((1 + 0.1 * rng.standard_normal(16)).astype(np_dtype), "g"),
+        onnx.numpy_helper.from_array((0.1 * rng.standard_normal(16)).astype(np_dtype), "b"),
+        onnx.numpy_helper.from_array(
+            (0.2 * rng.standard_normal((8, 16, 3, 3, 3))).astype(np_dtype), "w"
+        ),
+        onnx.numpy_helper.from_array(rng.standard_normal(8).astype(np_dtype), "cb"),
+    ]
+    nodes = [
+        helper.make_node(
+            "GroupNormSiLU",
+            ["x", "g", "b"],
+            ["h"],
+            domain="latentrt",
+            num_groups=4,
+            epsilon=1e-5,
+            activation=1,
+        ),
+        helper.make_node(
+            "Conv3d",
+            ["h", "w", "cb"],
+            ["y"],
+            domain="latentrt",
+            pads=[0, 1, 1, 0, 1, 1],
+            strides=[1, 1, 1],
+            dilations=[1, 1, 1],
+            causal_time=1,
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "plugins",
+        [helper.make_tensor_value_info("x", dtype, ["n", 16, "d", "h", "w"])],
+        [helper.make_tensor_value_info("y", dtype, ["n", 8, "d", "h", "w"])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("latentrt", 1)]
+    )
+    model.ir_version = 9
+    onnx.save(model, path)
+
+
+@pytest.fixture(scope="module")
+def registered(trt, plugin_library):
+    return tp.register_plugins(plugin_library)
+
+
+@pytest.mark.tensorrt
+def test_plugins_register_and_creators_are_found(trt, registered, plugin_library):
+    registry = trt.get_plugin_registry()
+    for name in (tp.GROUPNORM_SILU, tp.CONV3D):
+        creator = registry.get_creator(name, tp.PLUGIN_VERSION, tp.PLUGIN_NAMESPACE)
+        assert creator is not None and creator.name == name
+        assert [f.name for f in creator.field_names] == [
+            n
+            for n, _ in (
+                tp.GroupNormSiLUAttrs if name == tp.GROUPNORM_SILU else tp.Conv3dAttrs
+            ).FIELDS
+        ]
+    attrs = tp.Conv3dAttrs((0, 1, 1, 0, 1, 1), (1, 2, 2), (1, 1, 1), 1)
+    fc = trt.PluginFieldCollection(
+        [trt.PluginField(n, a, trt.PluginFieldType.INT32) for n, a in attrs.to_fields()]
+    )
+    plugin = registered[tp.CONV3D].create_plugin("c", fc, trt.TensorRTPhase.BUILD)
+    fields = plugin.get_fields_to_serialize()
+    assert tp.Conv3dAttrs.from_fields((f.name, f.data) for f in fields) == attrs
+    again = tp.register_plugins(plugin_library)  # idempotent for the same library
+    assert all(again[n] is registered[n] for n in registered)
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize(("precision", "tol"), [("fp32", 1e-4), ("fp16", 2e-2)])
+def test_plugin_nodes_build_and_run_in_tensorrt(trt, registered, tmp_path, precision, tol):
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        Profile,
+        TrtRunner,
+        engine_from_network,
+        network_from_onnx_path,
+    )
+
+    dtype = onnx.TensorProto.FLOAT if precision == "fp32" else onnx.TensorProto.FLOAT16
+    _plugin_model(tmp_path / "m.onnx", dtype)
+    profile = Profile().add("x", min=(1, 16, 1, 4, 4), opt=(2, 16, 4, 8, 8), max=(3, 16, 6, 12, 12))
+    engine = engine_from_network(  # strongly typed: the plugins run in the graph's dtype
+        network_from_onnx_path(str(tmp_path / "m.onnx"), strongly_typed=True),
+        CreateConfig(profiles=[profile]),
+    )
+    model = onnx.load(tmp_path / "m.onnx")
+    w = {i.name: onnx.numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
+    rng = np.random.default_rng(1)
+    with TrtRunner(engine) as runner:
+        for shape in [(1, 16, 1, 4, 4), (3, 16, 5, 12, 7)]:
+            x = rng.standard_normal(shape).astype(np.float32 if precision == "fp32" else np.float16)
+            y = runner.infer({"x": x})["y"]
+            h = reference.groupnorm_silu_ref(x.astype(np.float64), w["g"], w["b"], 4, 1e-5, 1)
+            ref = reference.conv3d_ref(h, w["w"], w["cb"], (0, 1, 1, 0, 1, 1), causal_time=1)
+            assert y.shape == ref.shape
+            assert np.abs(y.astype(np.float64) - ref).max() / np.abs(ref).max() <= tol
+
+
+@pytest.fixture(scope="module")
+def tiny_bundles(trt, tmp_path_factory):
+    from latentrt.export import export_bundle
+    from tests import sd_fixtures
+
+    root = tmp_path_factory.mktemp("trt_sd1")
+    a = export_bundle(sd_fixtures.sd_pipeline(root / "src_a", "sd1", seed=0), root / "a")
+    b = export_bundle(sd_fixtures.sd_pipeline(root / "src_b", "sd1", seed=1), root / "b")
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def built(tiny_bundles):
+    messages: list[str] = []
+    dest = build.build_tensorrt_engines(tiny_bundles[0], messages.append)
+    return dest, messages
+
+
+@pytest.mark.tensorrt
+def test_engine_build_with_profiles_and_cache(trt, tiny_bundles, built):
+    dest, messages = built
+    bundle = Bundle.open(tiny_bundles[0])
+    index = json.loads((dest / "index.json").read_text())
+    assert set(index["components"]) == set(bundle.manifest["components"])
+    assert (dest / "timing.cache").stat().st_size > 0
+    profiles = build.tensorrt_profiles(bundle.manifest)
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    for name, entry in index["components"].items():
+        assert entry["options"]["refittable"] and entry["options"]["precision"] == "fp32"
+        engine = runtime.deserialize_cuda_engine((bundle.root / entry["file"]).read_bytes())
+        assert engine.refittable
+        for inp, (lo, opt, hi) in profiles[name].items():
+            got = [tuple(s) for s in engine.get_tensor_profile_shape(inp, 0)]
+            assert got == [lo, opt, hi]
+    assert sum("building TensorRT engine" in m for m in messages) == len(index["components"])
+    again: list[str] = []
+    build.build_tensorrt_engines(tiny_bundles[0], again.append)
+    assert sum("up to date" in m for m in again) == len(index["components"])
+    assert json.loads((dest / "index.json").read_text())["components"] == index["components"]
+
+
+@pytest.mark.tensorrt
+def test_pipeline_on_tensorrt_matches_ort_cpu(trt, tiny_bundles, built):
+    from latentrt import Pipeline
+
+    bundle = Bundle.open(tiny_bundles[0])
+    ort = Pipeline.load(bundle.root, backend="ort-cpu")
+    trt_pipe = Pipeline(bundle, backend.load_components(bundle), "tensorrt")
+    latents = np.random.default_rng(3).standard_normal((2, 4, 10, 8)).astype(np.float32)
+    kwargs = dict(
+        prompt="a lighthouse at dusk",
+        negative_prompt="blurry",
+        width=64,
+        height=80,
+        steps=6,
+        guidance=7.5,
+        sampler="euler",
+        seed=0,
+        latents=latents,
+        batch=2,
+        output="np",
+    )
+    ref = ort.generate(**kwargs)
+    out = trt_pipe.generate(**kwargs)
+    assert out.shape == ref.shape
+    assert np.abs(out - ref).max() <= 5e-3
+
+
+@pytest.mark.tensorrt
+def test_refit_unet_with_new_weights(trt, tiny_bundles, built):
+    import onnxruntime as ort
+
+    a, b = (Bundle.open(p) for p in tiny_bundles)
+    unet = backend.load_components(a)["unet"]
+    rng = np.random.default_rng(4)
+    feeds = {
+        "sample": rng.standard_normal((2, 4, 8, 8)).astype(np.float32),
+        "timestep": np.array([999.0, 500.0], np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, 32)).astype(np.float32),
+    }
+    before = unet(**feeds)["out_sample"]
+    expect = ort.InferenceSession(
+        str(b.component_path("unet")), providers=["CPUExecutionProvider"]
+    ).run(["out_sample"], feeds)[0]
+    assert np.abs(before - expect).max() > 1e-2  # the two weight sets really differ
+    unet.refit(b.component_path("unet"))
+    after = unet(**feeds)["out_sample"]
+    assert np.abs(after - expect).max() <= 1e-3

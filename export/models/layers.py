@@ -1,19 +1,21 @@
 """Building blocks shared by the reference models.
 
 `GroupNormSiLU` stands wherever the original networks apply GroupNorm and then SiLU, so that
-the ONNX exporter can later emit one fused node for the pair. Its parameters are named
-`weight` and `bias`, exactly like `torch.nn.GroupNorm`, so diffusers state dicts load as-is.
+the ONNX exporter can emit one fused node for the pair: `latentrt::GroupNormSiLU` inside
+`latentrt.export.custom_ops.plugin_ops()`, plain PyTorch math otherwise. Its parameters are
+named `weight` and `bias`, exactly like `torch.nn.GroupNorm`, so diffusers state dicts load as-is.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from latentrt.export.custom_ops import groupnorm_silu
 
 
 class GroupNormSiLU(nn.Module):
-    """GroupNorm followed (optionally) by SiLU; plain PyTorch math, fused only at export time."""
+    """GroupNorm followed (optionally) by SiLU; plain PyTorch math, one fused node under plugin_ops."""
 
     def __init__(
         self, num_groups: int, num_channels: int, eps: float = 1e-6, act: bool = True
@@ -29,8 +31,7 @@ class GroupNormSiLU(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        return F.silu(x) if self.act else x
+        return groupnorm_silu(x, self.weight, self.bias, self.num_groups, self.eps, self.act)
 
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, act={self.act}"

@@ -32,9 +32,11 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "token
 SHAPES = {
     "sd1": {"height": [64, 1024], "width": [64, 1024]},
     "sd2": {"height": [64, 1536], "width": [64, 1536]},
-    "sdxl": {"height": [256, 2048], "width": [256, 2048]},
-    "sdxl-refiner": {"height": [256, 2048], "width": [256, 2048]},
+    "sdxl": {"height": [64, 2048], "width": [64, 2048]},
+    "sdxl-refiner": {"height": [64, 2048], "width": [64, 2048]},
 }
+# Default generation size per family (the resolution each was trained at).
+DEFAULT_SIZE = {"sd1": 512, "sd2": 768, "sdxl": 1024, "sdxl-refiner": 1024}
 MAX_BATCH = 8
 
 
@@ -94,35 +96,52 @@ def _replace(tmp: Path, out: Path) -> None:
 def _write_components(comps: Components, root: Path, precision: str, say) -> dict:
     components: dict[str, dict] = {}
     text_encoders = []
+    sdxl = comps.family.startswith("sdxl")
     for i, te in enumerate(comps.text_encoders):
         name = "text_encoder" if i == 0 else f"text_encoder_{i + 1}"
         if comps.family == "sdxl-refiner":
             name = (
                 "text_encoder_2"  # the refiner keeps only the bigG encoder, named as in diffusers
             )
+        # SDXL conditions on the penultimate layer of both encoders and pools only the last one
+        # (bigG): the other encoder's graph stops before its last layer.
+        penultimate_only = sdxl and i < len(comps.text_encoders) - 1
         tok_dir = name.replace("text_encoder", "tokenizer")
         say(f"exporting {name}")
-        spec = onnx_export.export_text_encoder(te.model, root / f"{name}.onnx", precision)
+        spec = onnx_export.export_text_encoder(
+            te.model, root / f"{name}.onnx", precision, penultimate_only=penultimate_only
+        )
         cfg = te.model.config
         components[name] = {"file": f"{name}.onnx", **spec.to_json()}
         _write_tokenizer(te, root / tok_dir)
-        text_encoders.append(
-            {
-                "component": name,
-                "tokenizer": tok_dir,
-                "pad_token": te.pad_token,
-                "max_length": cfg.max_position_embeddings,
-                "hidden_size": cfg.hidden_size,
-                "projection_dim": cfg.projection_dim,
-                # SD 1.x/2.x condition on the last layer; SDXL on the penultimate layer.
-                "hidden_state": "penultimate_hidden_state"
-                if comps.family.startswith("sdxl")
-                else "last_hidden_state",
-            }
-        )
+        entry = {
+            "component": name,
+            "tokenizer": tok_dir,
+            "pad_token": te.pad_token,
+            "max_length": cfg.max_position_embeddings,
+            "hidden_size": cfg.hidden_size,
+            "projection_dim": cfg.projection_dim,
+            # SD 1.x/2.x condition on the last layer; SDXL on the penultimate layer.
+            "hidden_state": "penultimate_hidden_state" if sdxl else "last_hidden_state",
+        }
+        if sdxl:
+            entry["pooled"] = None if penultimate_only else "pooled"
+            entry["layer"] = -2 if penultimate_only else None
+        text_encoders.append(entry)
     say("exporting unet")
-    spec = onnx_export.export_unet(comps.unet, root / "unet.onnx", precision)
+    pooled_dim = comps.text_encoders[-1].model.config.projection_dim if sdxl else None
+    spec = onnx_export.export_unet(
+        comps.unet, root / "unet.onnx", precision, text_embeds_dim=pooled_dim
+    )
     components["unet"] = {"file": "unet.onnx", **spec.to_json()}
+    # SDXL's VAE overflows in fp16 (diffusers upcasts it when its config says force_upcast):
+    # fp16 bundles carry an fp32 decoder too. Exported first: the fp16 exports below cast the
+    # VAE's weights in place.
+    upcast = sdxl and precision == "fp16" and comps.vae.config.force_upcast
+    if upcast:
+        say("exporting vae_decoder_fp32")
+        spec = onnx_export.export_vae_decoder(comps.vae, root / "vae_decoder_fp32.onnx", "fp32")
+        components["vae_decoder_fp32"] = {"file": "vae_decoder_fp32.onnx", **spec.to_json()}
     say("exporting vae_encoder")
     spec = onnx_export.export_vae_encoder(comps.vae, root / "vae_encoder.onnx", precision)
     components["vae_encoder"] = {"file": "vae_encoder.onnx", **spec.to_json()}
@@ -145,6 +164,8 @@ def _write_components(comps: Components, root: Path, precision: str, say) -> dic
             "shift_factor": vae_cfg.shift_factor or 0.0,
             "downscale": 2 ** (len(vae_cfg.block_out_channels) - 1),
             "image_channels": vae_cfg.in_channels,
+            "force_upcast": vae_cfg.force_upcast,
+            "fp32_decoder": "vae_decoder_fp32" if upcast else None,
         },
         "unet": {
             "in_channels": unet_cfg.in_channels,
@@ -155,6 +176,8 @@ def _write_components(comps: Components, root: Path, precision: str, say) -> dic
         "prediction_type": comps.prediction_type,
         "scheduler": {k: v for k, v in comps.scheduler.items() if k != "prediction_type"},
         "shapes": {"batch": [1, MAX_BATCH], **SHAPES[comps.family]},
+        "default_size": DEFAULT_SIZE[comps.family],
+        **({"sdxl": _sdxl_manifest(comps, pooled_dim)} if sdxl else {}),
         "provenance": {
             "source": Path(comps.source).name,
             "source_path": str(Path(comps.source).resolve()),
@@ -165,6 +188,25 @@ def _write_components(comps: Components, root: Path, precision: str, say) -> dic
             "onnxruntime": onnxruntime.__version__,
             "opset": onnx_export.OPSET,
         },
+    }
+
+
+def _sdxl_manifest(comps: Components, pooled_dim: int) -> dict:
+    """The SDXL added conditioning: pooled width, time ids layout, empty-negative rule."""
+    _, n_time = onnx_export.sdxl_added_dims(comps.unet, pooled_dim)
+    if n_time not in (5, 6):
+        raise ExportError(
+            f"SDXL UNet takes {n_time} time ids; expected 6 (base: original size, crop, target "
+            "size) or 5 (refiner: original size, crop, aesthetic score)"
+        )
+    return {
+        "text_embeds_dim": pooled_dim,
+        "time_ids": ["original_size", "crops_coords_top_left"]
+        + (["aesthetic_score"] if n_time == 5 else ["target_size"]),
+        "requires_aesthetics_score": n_time == 5,
+        "force_zeros_for_empty_prompt": comps.extra.get(
+            "force_zeros_for_empty_prompt", comps.family == "sdxl"
+        ),
     }
 
 

@@ -57,6 +57,11 @@ _SCHEDULE_BUFFERS = {
     "lvlb_weights",
 }
 _IGNORED_PREFIXES = ("model_ema.",)
+# What the published SDXL pipelines do with an empty negative prompt (diffusers'
+# `force_zeros_for_empty_prompt`: zero embeddings instead of encoding ""); the refiner's
+# model_index.json turns it off.
+SDXL_FORCE_ZEROS = {"sdxl": True, "sdxl-refiner": False}
+SDXL_VAE_SCALING_FACTOR = 0.13025
 
 
 @dataclass
@@ -225,14 +230,18 @@ def _load_diffusers(root: Path) -> Components:
         family = "sdxl" if has("text_encoder") else "sdxl-refiner"
     else:
         family = "sd2" if encoders[0].model.config.hidden_act == "gelu" else "sd1"
-    return Components(family, unet, vae, encoders, scheduler, str(root), source_hash(root))
+    extra = {}
+    if family.startswith("sdxl"):
+        force_zeros = index.get("force_zeros_for_empty_prompt", SDXL_FORCE_ZEROS[family])
+        extra["force_zeros_for_empty_prompt"] = bool(force_zeros)
+    return Components(family, unet, vae, encoders, scheduler, str(root), source_hash(root), extra)
 
 
 # --- single files ------------------------------------------------------------------------------
 
-_UNET = "model.diffusion_model."
-_VAE = "first_stage_model."
-_LAYOUTS = {
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+SINGLE_FILE_LAYOUTS = {
     # family: [(prefix, clip layout, pad token), ...] in text-encoder order
     "sd1": [("cond_stage_model.transformer.", "hf", "<|endoftext|>")],
     "sd2": [("cond_stage_model.model.", "openclip", "!")],
@@ -273,14 +282,17 @@ def _load_single_file(path: Path) -> Components:
     for k in [k for k in sd if k in _SCHEDULE_BUFFERS or k.startswith(_IGNORED_PREFIXES)]:
         del sd[k]
 
-    unet_sd = _take(sd, _UNET)
-    vae_sd = _take(sd, _VAE)
+    unet_sd = _take(sd, UNET_PREFIX)
+    vae_sd = _take(sd, VAE_PREFIX)
     if not unet_sd or not vae_sd:
         missing = "UNet (model.diffusion_model.)" if not unet_sd else "VAE (first_stage_model.)"
         raise CheckpointError(f"{path}: the checkpoint has no {missing} weights")
     try:
         unet_cfg = sf_unet.infer_config(unet_sd)
-        vae_cfg = sf_vae.infer_config(vae_sd)
+        vae_cfg = sf_vae.infer_config(
+            vae_sd,
+            scaling_factor=SDXL_VAE_SCALING_FACTOR if family.startswith("sdxl") else 0.18215,
+        )
     except (KeyError, IndexError, ValueError, CheckpointError) as e:
         raise CheckpointError(f"{path}: cannot infer the model configuration ({e})") from None
     src = str(path)
@@ -288,7 +300,7 @@ def _load_single_file(path: Path) -> Components:
     vae = load_state(AutoencoderKL(vae_cfg), sf_vae.to_diffusers(vae_sd, vae_cfg), src)
 
     encoders = []
-    for prefix, layout, pad in _LAYOUTS[family]:
+    for prefix, layout, pad in SINGLE_FILE_LAYOUTS[family]:
         te_sd = _take(sd, prefix)
         # SD 2.x conditions on OpenCLIP's penultimate layer: diffusers drops the last block.
         drop_last = family == "sd2"
@@ -311,4 +323,9 @@ def _load_single_file(path: Path) -> Components:
         # Published SD 2.x single files at 768px are v-prediction; pass
         # prediction_type="epsilon" for the 512px base model.
         scheduler["prediction_type"] = "v_prediction"
-    return Components(family, unet, vae, encoders, scheduler, src, file_hash(path))
+    extra = (
+        {"force_zeros_for_empty_prompt": SDXL_FORCE_ZEROS[family]}
+        if family.startswith("sdxl")
+        else {}
+    )
+    return Components(family, unet, vae, encoders, scheduler, src, file_hash(path), extra)

@@ -42,13 +42,21 @@ class GraphSpec:
 
 
 class TextEncoderGraph(nn.Module):
-    """input_ids (B, S) -> last hidden state (final LN), penultimate hidden state (raw), pooled."""
+    """input_ids (B, S) -> last hidden state (final LN), penultimate hidden state (raw), pooled.
 
-    def __init__(self, model: CLIPTextModel) -> None:
+    With `penultimate_only=True` the graph returns only the raw penultimate hidden state and
+    never computes the last layer (SDXL's CLIP-L: merged checkpoints with a NaN or garbage last
+    layer must give the same conditioning as clean ones).
+    """
+
+    def __init__(self, model: CLIPTextModel, penultimate_only: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.penultimate_only = penultimate_only
 
     def forward(self, input_ids: torch.Tensor):
+        if self.penultimate_only:
+            return self.model(input_ids, layer=-2, final_norm=False).last_hidden_state
         out = self.model(input_ids)
         pooled = out.text_embeds if out.text_embeds is not None else out.pooler_output
         return out.last_hidden_state, out.hidden_states[-2], pooled
@@ -172,18 +180,28 @@ def _serializable(model: onnx.ModelProto) -> bool:
         return False
 
 
-def export_text_encoder(model: CLIPTextModel, path: Path, precision: str) -> GraphSpec:
-    m = TextEncoderGraph(model.to(DTYPES[precision]))
+def export_text_encoder(
+    model: CLIPTextModel, path: Path, precision: str, *, penultimate_only: bool = False
+) -> GraphSpec:
+    """Export a CLIP text encoder; `penultimate_only` leaves the last layer out of the graph."""
+    m = TextEncoderGraph(model.to(DTYPES[precision]), penultimate_only)
     n = model.config.max_position_embeddings
     ids = torch.zeros(2, n, dtype=torch.int64)
     ids[:, 0] = model.config.bos_token_id
     ids[:, -1] = model.config.eos_token_id
-    names_out = ["last_hidden_state", "penultimate_hidden_state", "pooled"]
+    names_out = (
+        ["penultimate_hidden_state"]
+        if penultimate_only
+        else ["last_hidden_state", "penultimate_hidden_state", "pooled"]
+    )
     dyn = {"input_ids": {0: "batch"}} | {o: {0: "batch"} for o in names_out}
     return export_graph(m, (ids,), path, ["input_ids"], names_out, dyn)
 
 
-def export_unet(model: UNet2DCondition, path: Path, precision: str) -> GraphSpec:
+def export_unet(
+    model: UNet2DCondition, path: Path, precision: str, *, text_embeds_dim: int | None = None
+) -> GraphSpec:
+    """Export the UNet; SDXL (text_time) UNets need the pooled text width, `text_embeds_dim`."""
     cfg = model.config
     dtype = DTYPES[precision]
     m = UNetGraph(model.to(dtype))
@@ -199,12 +217,26 @@ def export_unet(model: UNet2DCondition, path: Path, precision: str) -> GraphSpec
         "out_sample": {0: "batch", 2: "height", 3: "width"},
     }
     if cfg.addition_embed_type == "text_time":
-        n_time = cfg.projection_class_embeddings_input_dim // cfg.addition_time_embed_dim
-        pooled = cfg.projection_class_embeddings_input_dim - n_time * cfg.addition_time_embed_dim
+        pooled, n_time = sdxl_added_dims(model, text_embeds_dim)
         args += [torch.randn(2, pooled, dtype=dtype), torch.ones(2, n_time, dtype=dtype)]
         names += ["text_embeds", "time_ids"]
         dyn |= {"text_embeds": {0: "batch"}, "time_ids": {0: "batch"}}
     return export_graph(m, tuple(args), path, names, ["out_sample"], dyn)
+
+
+def sdxl_added_dims(model: UNet2DCondition, text_embeds_dim: int | None) -> tuple[int, int]:
+    """(pooled text width, number of time ids) an SDXL UNet's add-embedding MLP takes."""
+    cfg = model.config
+    if text_embeds_dim is None:
+        raise ExportError("an SDXL (text_time) UNet needs text_embeds_dim, the pooled text width")
+    rest = cfg.projection_class_embeddings_input_dim - text_embeds_dim
+    if rest <= 0 or rest % cfg.addition_time_embed_dim:
+        raise ExportError(
+            f"UNet add embedding takes {cfg.projection_class_embeddings_input_dim} features: not "
+            f"{text_embeds_dim} pooled text features plus whole {cfg.addition_time_embed_dim}-wide "
+            "time id embeddings; the text encoder does not belong to this UNet"
+        )
+    return text_embeds_dim, rest // cfg.addition_time_embed_dim
 
 
 def export_vae_encoder(model: AutoencoderKL, path: Path, precision: str) -> GraphSpec:

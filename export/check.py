@@ -57,14 +57,17 @@ def check_bundle(
         "unet": onnx_export.UNetGraph(comps.unet),
         "vae_encoder": onnx_export.VAEEncoderGraph(comps.vae),
         "vae_decoder": onnx_export.VAEDecoderGraph(comps.vae),
+        "vae_decoder_fp32": onnx_export.VAEDecoderGraph(comps.vae),
     }
     for te_spec, te in zip(bundle.manifest["text_encoders"], comps.text_encoders, strict=True):
-        graphs[te_spec["component"]] = onnx_export.TextEncoderGraph(te.model)
+        graphs[te_spec["component"]] = onnx_export.TextEncoderGraph(
+            te.model, penultimate_only=te_spec.get("layer") == -2
+        )
     runners = load_backend(bundle, backend)
-    tol = TOLERANCE[bundle.manifest["precision"]]
     rng = np.random.default_rng(0)
     report = {"backend": backend, "precision": bundle.manifest["precision"], "components": {}}
     for name, runner in runners.items():
+        tol = TOLERANCE["fp32" if name.endswith("_fp32") else bundle.manifest["precision"]]
         feeds = _inputs(bundle, name, rng)
         got = runner(**feeds)
         with torch.no_grad():

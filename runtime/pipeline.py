@@ -45,10 +45,9 @@ def load_backend(bundle: Bundle, backend: str) -> dict[str, Callable]:
 
         return ort_backend.load_components(bundle, backend)
     if backend == "tensorrt":
-        raise NotImplementedError(
-            "the tensorrt runtime backend is not built yet (TensorRT cannot be installed on "
-            "the project's machines); use ort-cpu or ort-cuda"
-        )
+        from latentrt.runtime import tensorrt_backend
+
+        return tensorrt_backend.load_components(bundle)
     raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -51,6 +51,16 @@ class CFGDenoiser:
         self.concat = concat  # inpainting UNets: (B, 5, h, w) mask + masked-image latents
         self.timesteps = timesteps or {}  # exact timesteps of a diffusers schedule, by sigma
         self.calls = 0
+        # The UNet's text inputs are the same at every step: batch [uncond; cond] once here.
+        self._context = cond.context
+        self._added = cond.added or {}
+        if self.guided:
+            self._context = np.concatenate([cond.uncond, cond.context])
+            self._added = {
+                k: np.concatenate([cond.added_uncond[k], v]) for k, v in self._added.items()
+            }
+            if concat is not None:
+                self.concat = np.concatenate([concat, concat])
 
     @property
     def guided(self) -> bool:
@@ -58,29 +68,21 @@ class CFGDenoiser:
 
     def _model(self, x: np.ndarray, sigma: float) -> np.ndarray:
         """UNet output for the batch [uncond; cond] (or cond alone), as x0 estimates."""
-        c_in = 1.0 / np.sqrt(sigma**2 + 1.0)
-        sample = x * np.float32(c_in)
+        xx = np.concatenate([x, x]) if self.guided else x
+        sample = xx * np.float32(1.0 / np.sqrt(sigma**2 + 1.0))
         if self.concat is not None:
             sample = np.concatenate([sample, self.concat], axis=1)
-        context = self.cond.context
-        added = self.cond.added
-        if self.guided:
-            sample = np.concatenate([sample, sample])
-            context = np.concatenate([self.cond.uncond, context])
-            if added is not None:
-                added = {
-                    k: np.concatenate([self.cond.added_uncond[k], v]) for k, v in added.items()
-                }
         t = self.timesteps.get(sigma)
         if t is None:
             t = float(sigma_to_t(sigma, self.model_sigmas))
         t = np.full(sample.shape[0], t, dtype=np.float32)
-        out = self.unet(sample=sample, timestep=t, encoder_hidden_states=context, **(added or {}))
+        out = self.unet(
+            sample=sample, timestep=t, encoder_hidden_states=self._context, **self._added
+        )
         self.calls += 1
         out = out.astype(np.float32, copy=False)
         if not np.isfinite(out).all():
             raise NumericsError(f"the UNet returned NaN/Inf at sigma {sigma:.4g}")
-        xx = np.concatenate([x, x]) if self.guided else x
         if self.prediction_type == "epsilon":
             return xx - np.float32(sigma) * out
         if self.prediction_type == "v_prediction":
@@ -93,7 +95,8 @@ class CFGDenoiser:
         x0 = self._model(x, float(sigma))
         if not self.guided:
             return (x0, x0) if with_uncond else x0
-        uncond, cond = np.split(x0, 2)
+        half = x0.shape[0] // 2
+        uncond, cond = x0[:half], x0[half:]
         guided = uncond + np.float32(self.guidance) * (cond - uncond)
         return (guided, uncond) if with_uncond else guided
 

@@ -1,4 +1,4 @@
-"""The `latentrt` command line: export, build, generate, check, demo."""
+"""The `latentrt` command line: export, build, generate, check, bench, demo."""
 
 from __future__ import annotations
 
@@ -100,6 +100,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from latentrt.runtime.bench import bench, format_table
+
+    result = bench(
+        args.bundle,
+        backend=args.backend,
+        width=args.width,
+        height=args.height,
+        batch=args.batch,
+        steps=args.steps,
+        repeats=args.repeats,
+    )
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latentrt", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -142,6 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--backend", default="ort-cpu")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_check)
+
+    n = sub.add_parser("bench", help="per-component, per-step and end-to-end timings, memory")
+    n.add_argument("bundle")
+    n.add_argument("--backend", choices=["ort-cuda", "ort-cpu"], default="ort-cuda")
+    n.add_argument("--width", type=int)
+    n.add_argument("--height", type=int)
+    n.add_argument("--batch", type=int, default=1)
+    n.add_argument("--steps", type=int, default=30)
+    n.add_argument("--repeats", type=int, default=20)
+    n.add_argument("--json", help="also write the result as JSON to this file")
+    n.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="generate with the embedded default model")
     d.add_argument("-o", "--output", default="out/demo.png")

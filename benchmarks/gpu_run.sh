@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# GPU run for the ort-cuda backend: gpu tests, then the benchmarks of benchmarks/GPU.md.
+# Usage (repository root, on the GPU machine, onnxruntime-gpu installed to ~/ortgpu by
+# .device/install-ort-gpu.sh): bash benchmarks/gpu_run.sh tests|sd15|sdxl [more stages]
+# Logs and results.jsonl go to $OUT (default /tmp/latentrt_gpu_out).
+set -uo pipefail
+OUT=${OUT:-/tmp/latentrt_gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+ROOT=$(pwd)
+# Import the repo as the `latentrt` namespace without installing it (folders map to subpackages).
+PKG=$(mktemp -d)
+mkdir -p "$PKG/latentrt"
+cp -r "$ROOT"/latentrt/. "$PKG/latentrt/"
+for sub in samplers runtime graphs plugins export; do ln -s "$ROOT/$sub" "$PKG/latentrt/$sub"; done
+export PYTHONPATH=$PKG:$HOME/ortgpu${PYTHONPATH:+:$PYTHONPATH}
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python3 -c "import onnxruntime as o, torch; print('onnxruntime', o.__version__, o.get_available_providers(), 'torch', torch.__version__)"
+} 2>&1 | tee -a "$OUT/env.txt"
+for stage in "$@"; do
+  case "$stage" in
+    tests) timeout 300 python3 -P -m pytest --import-mode=append -q -m gpu tests/test_ort_cuda.py -rfE -x 2>&1 | tee "$OUT/pytest_gpu.txt" ;;
+    sd15) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sd15 --out "$OUT" 2>&1 | tee "$OUT/bench_sd15.txt" ;;
+    sdxl) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sdxl --out "$OUT" 2>&1 | tee "$OUT/bench_sdxl.txt" ;;
+    *) echo "unknown stage $stage"; exit 2 ;;
+  esac
+done

@@ -1,0 +1,307 @@
+"""`ort-cuda` backend: ONNX Runtime's CUDA provider with IOBinding and CUDA graphs.
+
+Each component is a `CudaComponent`, callable like `OrtComponent` (`component(**inputs) ->
+dict of numpy outputs`), with what the GPU path adds:
+
+- inputs are uploaded into device buffers bound with IOBinding; an input whose content equals
+  the last upload (the text embeddings, every step of a generation) is not copied again, so
+  embeddings stay resident on the GPU and a step moves only the latents and timesteps in and
+  the model output back;
+- the UNet is captured as a CUDA graph per fixed input shape: its session pins the symbolic
+  dims (batch, height, width, sequence) so ORT folds every shape computation away, binds
+  fixed device buffers, and replays the graph for every later step of that shape;
+- every output is checked for NaN/Inf. A component built in fp16 with an fp32 engine beside
+  it (the VAE) switches to that engine for good and recomputes; otherwise `NumericsError`
+  names the component, its precision and what to do.
+
+`run_device(**ortvalues)` is the device-resident fast path: OrtValues in, OrtValues out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from latentrt.errors import BackendError, BundleError, NumericsError
+from latentrt.runtime.bundle import Bundle
+from latentrt.runtime.ort_backend import ENGINE_INDEX, ORT_TYPES, engine_key
+
+TARGET = "ort-cuda"
+GRAPH_COMPONENTS = ("unet",)  # captured as CUDA graphs (called many times at one shape)
+# symbolic dims of the exported graphs, pinned per shape for CUDA-graph sessions
+_DIM_NAMES = {
+    "sample": {0: "batch", 2: "height", 3: "width"},
+    "encoder_hidden_states": {0: "batch", 1: "sequence"},
+}
+
+
+def provider_options(device_id: int = 0, cuda_graph: bool = False, **extra: str) -> dict:
+    """CUDA provider options: arena grown only as requested (peak memory), cuDNN search."""
+    opts = {
+        "device_id": str(device_id),
+        "arena_extend_strategy": "kSameAsRequested",
+        "cudnn_conv_algo_search": "EXHAUSTIVE",
+        "cudnn_conv_use_max_workspace": "1",
+        "do_copy_in_default_stream": "1",
+    }
+    if cuda_graph:
+        opts["enable_cuda_graph"] = "1"
+    opts.update({k: str(v) for k, v in extra.items()})
+    return opts
+
+
+def _require_cuda() -> None:
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise BackendError(
+            "backend ort-cuda needs onnxruntime-gpu with CUDAExecutionProvider; this "
+            f"onnxruntime ({ort.__version__}) has {ort.get_available_providers()}"
+        )
+
+
+def _session(
+    path: Path, device_id: int, cuda_graph: bool, dims: dict[str, int], extra: dict
+) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    for name, value in dims.items():
+        so.add_free_dimension_override_by_name(name, int(value))
+    providers = [("CUDAExecutionProvider", provider_options(device_id, cuda_graph, **extra))]
+    if not cuda_graph:
+        providers.append("CPUExecutionProvider")
+    return ort.InferenceSession(str(path), sess_options=so, providers=providers)
+
+
+@dataclass
+class _Bound:
+    """Device buffers of one input shape (and, for CUDA graphs, its session and outputs)."""
+
+    session: ort.InferenceSession
+    binding: ort.IOBinding
+    inputs: dict[str, ort.OrtValue] = field(default_factory=dict)
+    last: dict[str, np.ndarray] = field(default_factory=dict)
+    outputs: dict[str, ort.OrtValue] = field(default_factory=dict)
+
+
+class CudaComponent:
+    """One component on CUDAExecutionProvider; callable(**inputs) -> dict of numpy outputs."""
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        precision: str = "fp32",
+        fallback: Path | None = None,
+        cuda_graph: bool = False,
+        device_id: int = 0,
+        check_numerics: bool = True,
+        **options: str,
+    ) -> None:
+        _require_cuda()
+        self.name = name
+        self.path = Path(path)
+        self.precision = precision
+        self.fallback = Path(fallback) if fallback else None
+        self.cuda_graph = cuda_graph
+        self.device_id = device_id
+        self.check_numerics = check_numerics
+        self.options = options
+        self.info: dict[str, object] = {"precision": precision, "cuda_graph": cuda_graph}
+        self.session: ort.InferenceSession | None = None
+        session = self._plain()
+        self.inputs = {i.name: i for i in session.get_inputs()}
+        self.output_names = [o.name for o in session.get_outputs()]
+        self._out_specs = [(o.shape, ORT_TYPES[o.type]) for o in session.get_outputs()]
+        self._dtypes = {i.name: ORT_TYPES[i.type] for i in session.get_inputs()}
+        self._bound: dict[tuple, _Bound] = {}
+        if cuda_graph:  # the per-shape graph sessions hold the weights; keep one copy only
+            self.session = None
+
+    def _plain(self) -> ort.InferenceSession:
+        """The session without a CUDA graph (created on first use)."""
+        if self.session is None:
+            try:
+                self.session = _session(self.path, self.device_id, False, {}, self.options)
+            except Exception as e:  # ORT raises its own exception types per failure
+                raise BackendError(
+                    f"cannot load {self.name} from {self.path} on CUDA: {e}"
+                ) from None
+        return self.session
+
+    # --- binding ------------------------------------------------------------------------------
+
+    def _graph_dims(self, feeds: dict[str, np.ndarray]) -> dict[str, int]:
+        dims: dict[str, int] = {}
+        for name, axes in _DIM_NAMES.items():
+            if name in feeds:
+                for axis, sym in axes.items():
+                    dims[sym] = feeds[name].shape[axis]
+        return dims
+
+    def _bind(self, feeds: dict[str, np.ndarray]) -> _Bound:
+        key = tuple((k, v.shape) for k, v in sorted(feeds.items()))
+        b = self._bound.get(key)
+        if b is not None:
+            return b
+        session = None
+        dims = self._graph_dims(feeds)
+        if self.cuda_graph:
+            try:
+                session = _session(self.path, self.device_id, True, dims, self.options)
+            except Exception as e:  # e.g. a node ORT keeps on CPU: run without a graph
+                self.info["cuda_graph"] = False
+                self.info["cuda_graph_error"] = str(e).splitlines()[0][:300]
+                self.cuda_graph = False
+        session = session or self._plain()
+        b = _Bound(session, session.io_binding())
+        for k, v in feeds.items():
+            b.inputs[k] = ort.OrtValue.ortvalue_from_numpy(v, "cuda", self.device_id)
+            b.last[k] = v.copy()
+            b.binding.bind_ortvalue_input(k, b.inputs[k])
+        if self.cuda_graph:  # outputs at fixed addresses, shaped from the pinned dims
+            for o, (shape, dtype) in zip(self.output_names, self._out_shapes(b, dims), strict=True):
+                b.outputs[o] = ort.OrtValue.ortvalue_from_shape_and_type(
+                    shape, dtype, "cuda", self.device_id
+                )
+                b.binding.bind_ortvalue_output(o, b.outputs[o])
+        else:
+            for o in self.output_names:
+                b.binding.bind_output(o, "cuda", self.device_id)
+        self._bound[key] = b
+        return b
+
+    def _out_shapes(self, b: _Bound, dims: dict[str, int]) -> list[tuple[list[int], type]]:
+        """Output shapes and types: declared dims resolved by name, else one plain run."""
+        specs = [
+            ([d if isinstance(d, int) else dims.get(d) for d in shape], dtype)
+            for shape, dtype in self._out_specs
+        ]
+        if all(all(isinstance(d, int) for d in shape) for shape, _ in specs):
+            return specs
+        probe = self._plain().io_binding()
+        for k, v in b.inputs.items():
+            probe.bind_ortvalue_input(k, v)
+        for o in self.output_names:
+            probe.bind_output(o, "cuda", self.device_id)
+        self._plain().run_with_iobinding(probe)
+        return [(v.shape(), _np_type(v.data_type())) for v in probe.get_outputs()]
+
+    def _upload(self, b: _Bound, feeds: dict[str, np.ndarray]) -> None:
+        for k, v in feeds.items():
+            last = b.last[k]
+            if v is last or np.array_equal(v, last):
+                continue  # already resident (the embeddings, every step)
+            b.inputs[k].update_inplace(v)
+            b.last[k] = v.copy()
+
+    # --- calls --------------------------------------------------------------------------------
+
+    def _cast(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        unknown = set(feeds) - set(self.inputs)
+        missing = set(self.inputs) - set(feeds)
+        if unknown or missing:
+            raise BackendError(
+                f"{self.name}: inputs do not match the graph (missing {sorted(missing)}, "
+                f"unexpected {sorted(unknown)})"
+            )
+        return {k: np.ascontiguousarray(v, dtype=self._dtypes[k]) for k, v in feeds.items()}
+
+    def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
+        cast = self._cast(feeds)
+        try:
+            b = self._bind(cast)
+            self._upload(b, cast)
+            b.session.run_with_iobinding(b.binding)
+            outs = [v.numpy() for v in b.binding.get_outputs()]
+        except Exception as e:
+            shapes = {k: v.shape for k, v in cast.items()}
+            raise BackendError(f"{self.name} failed on CUDA with inputs {shapes}: {e}") from None
+        result = dict(zip(self.output_names, outs, strict=True))
+        if self.check_numerics:
+            bad = [k for k, v in result.items() if not np.isfinite(v).all()]
+            if bad:
+                return self._numerics(bad, feeds)
+        return result
+
+    def run_device(self, **feeds: ort.OrtValue) -> dict[str, ort.OrtValue]:
+        """Device fast path: OrtValues already on the GPU in, OrtValues on the GPU out."""
+        session = self._plain()
+        binding = session.io_binding()
+        for k, v in feeds.items():
+            binding.bind_ortvalue_input(k, v)
+        for o in self.output_names:
+            binding.bind_output(o, "cuda", self.device_id)
+        session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.get_outputs(), strict=True))
+
+    def _numerics(self, bad: list[str], feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.precision == "fp16" and self.fallback is not None:
+            self.info["fallback"] = "fp32 after NaN/Inf in fp16"
+            self.path, self.session, self._bound = self.fallback, None, {}
+            self._dtypes = {i.name: ORT_TYPES[i.type] for i in self._plain().get_inputs()}
+            self.precision, self.fallback, self.cuda_graph = "fp32", None, False
+            self.info["precision"] = "fp32"
+            return self(**feeds)
+        hint = (
+            f"rebuild it in fp32: build_engines(bundle, 'ort-cuda', precision={{'{self.name}': 'fp32'}})"
+            if self.precision == "fp16"
+            else "the inputs or weights are out of range"
+        )
+        raise NumericsError(
+            f"{self.name} ({self.precision}) returned NaN/Inf in {', '.join(bad)} for inputs "
+            f"{ {k: np.shape(v) for k, v in feeds.items()} }; {hint}"
+        )
+
+
+def _np_type(ort_type: str) -> type:
+    return ORT_TYPES[ort_type]
+
+
+def _index(bundle: Bundle) -> dict:
+    path = bundle.root / "engines" / TARGET / ENGINE_INDEX
+    try:
+        return json.loads(path.read_text())["components"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return {}
+
+
+def _engine(bundle: Bundle, name: str, entry: dict | None, file_key: str = "file") -> Path | None:
+    if not entry or entry.get("key") != engine_key(bundle, name, TARGET, entry.get("options", {})):
+        return None
+    try:
+        return bundle.path(entry[file_key], must_exist=True)
+    except (BundleError, KeyError):
+        return None
+
+
+def load_components(
+    bundle: Bundle | str | Path,
+    cuda_graph: bool = True,
+    device_id: int = 0,
+    **options: str,
+) -> dict[str, CudaComponent]:
+    """A CudaComponent per bundle component: built ort-cuda engines where current, else the
+    bundle's ONNX files (fp32 or as exported). The UNet is CUDA-graph captured per shape."""
+    _require_cuda()
+    b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    index = _index(b)
+    out = {}
+    for name in b.manifest["components"]:
+        entry = index.get(name)
+        path = _engine(b, name, entry)
+        precision = entry["options"].get("precision", "fp32") if path else "as exported"
+        fallback = _engine(b, name, entry, "fallback") if path else None
+        out[name] = CudaComponent(
+            name,
+            path or b.component_path(name),
+            precision=precision,
+            fallback=fallback,
+            cuda_graph=cuda_graph and name in GRAPH_COMPONENTS,
+            device_id=device_id,
+            **options,
+        )
+    return out

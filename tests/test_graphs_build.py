@@ -1,0 +1,87 @@
+"""`latentrt build` with the graphs/ recipes and `latentrt bench`, on CPU.
+
+ort-cuda engines are graph rewrites and need no GPU to build: their structure (fused ops, fp16
+weights, the fp32 VAE fallback, cache reuse) is checked here, their numerics in
+test_ort_cuda.py. ort-cpu engines must generate the same image as the unoptimized bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from latentrt.cli import main
+from latentrt.graphs._graph import MAX_IR_VERSION, check_model, count_ops
+from latentrt.runtime.build import build_engines
+from latentrt.runtime.pipeline import Pipeline
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from latentrt.export.bundle import export_bundle
+    from latentrt.export.tiny import build_models, write_diffusers_folder
+
+    root = tmp_path_factory.mktemp("build")
+    src = write_diffusers_folder(root / "src", *build_models("tiny", seed=4))
+    return export_bundle(src, root / "bundle")
+
+
+def test_ort_cuda_engines_build_without_a_gpu(bundle):
+    messages = []
+    dest = build_engines(bundle, "ort-cuda", progress=messages.append)
+    index = json.loads((dest / "index.json").read_text())["components"]
+    assert index["unet"]["options"]["precision"] == "fp16"
+    assert index["text_encoder"]["options"]["precision"] == "fp32"
+    for name in ("vae_decoder", "vae_encoder"):
+        assert (bundle / index[name]["fallback"]).is_file()
+    assert "fallback" not in index["unet"]
+    unet = onnx.load(str(bundle / index["unet"]["file"]))
+    check_model(unet)
+    assert unet.ir_version <= MAX_IR_VERSION
+    ops = count_ops(unet)
+    assert ops["com.microsoft.MultiHeadAttention"] > 0
+    assert ops["com.microsoft.SkipLayerNormalization"] > 0
+    gn_params = {i for n in unet.graph.node if n.op_type == "GroupNorm" for i in n.input[1:]}
+    weights = [t for t in unet.graph.initializer if np.prod(t.dims) > 64]
+    assert all(t.data_type == onnx.TensorProto.FLOAT for t in weights if t.name in gn_params)
+    halves = [t for t in weights if t.name not in gn_params]
+    assert halves and all(t.data_type == onnx.TensorProto.FLOAT16 for t in halves)
+    assert any("unet: fuse_attention" in m for m in messages)
+    messages.clear()
+    build_engines(bundle, "ort-cuda", progress=messages.append)
+    assert all(m.endswith("up to date") for m in messages)
+
+
+def test_ort_cpu_engines_generate_the_same_image(bundle, tmp_path):
+    plain = tmp_path / "plain"
+    shutil.copytree(bundle, plain, ignore=shutil.ignore_patterns("engines"))
+    build_engines(bundle, "ort-cpu")
+    latents = np.random.default_rng(0).standard_normal((1, 4, 8, 8), dtype=np.float32)
+    args = dict(width=64, height=64, steps=3, seed=2, latents=latents, output="np")
+    ref = Pipeline.load(plain, "ort-cpu").generate("a tree", **args)
+    pipe = Pipeline.load(bundle, "ort-cpu")
+    engine = pipe.components["unet"].session._model_path
+    assert "engines/ort-cpu" in engine
+    assert np.abs(pipe.generate("a tree", **args) - ref).max() <= 1e-5
+
+
+def test_bench_cli_on_cpu(bundle, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", str(bundle), "--backend", "ort-cpu", "--width", "64", "--height", "64"]
+    assert main([*args, "--steps", "2", "--repeats", "2", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["components"]) == {"text_encoder", "unet", "vae_encoder", "vae_decoder"}
+    assert all(c["runs"] == 2 and c["median_ms"] > 0 for c in r["components"].values())
+    parts = (
+        r["components"]["text_encoder"]["median_ms"] + r["components"]["vae_decoder"]["median_ms"]
+    )
+    parts += 2 * r["components"]["unet"]["median_ms"]
+    assert r["sum_components_s"] == pytest.approx(parts / 1e3)
+    assert r["overhead"] == pytest.approx(r["e2e_s"] / r["sum_components_s"])
+    assert r["per_step_ms"] > 0 and r["peak_rss_mib"] > 0
+    table = capsys.readouterr().out
+    assert "unet" in table and "end to end" in table

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 import torch
+from google.protobuf.message import EncodeError
 from torch import nn
 
 from latentrt.errors import ExportError
@@ -156,8 +157,7 @@ def export_graph(
 def save_onnx(model: onnx.ModelProto, path: Path) -> None:
     """Save and check a model, moving weights to `<name>.data` beside it when over 2 GB."""
     path = Path(path)
-    large = model.ByteSize() > PROTOBUF_LIMIT if _serializable(model) else True
-    if large:
+    if _too_large(model):
         onnx.save_model(
             model,
             str(path),
@@ -172,12 +172,12 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> None:
         onnx.save_model(model, str(path))
 
 
-def _serializable(model: onnx.ModelProto) -> bool:
+def _too_large(model: onnx.ModelProto) -> bool:
+    """Whether the model exceeds protobuf's 2 GB limit (protobuf raises past it)."""
     try:
-        model.ByteSize()
+        return model.ByteSize() > PROTOBUF_LIMIT
+    except (ValueError, EncodeError):
         return True
-    except ValueError:
-        return False
 
 
 def export_text_encoder(

@@ -40,10 +40,14 @@ DIFFUSERS_SCHEDULE = "diffusers"
 
 def load_backend(bundle: Bundle, backend: str) -> dict[str, Callable]:
     """name -> callable(**inputs) -> dict of outputs, for every component of the bundle."""
-    if backend in ("ort-cpu", "ort-cuda"):
+    if backend == "ort-cpu":
         from latentrt.runtime import ort_backend
 
         return ort_backend.load_components(bundle, backend)
+    if backend == "ort-cuda":
+        from latentrt.runtime import ort_cuda
+
+        return ort_cuda.load_components(bundle)
     if backend == "tensorrt":
         from latentrt.runtime import tensorrt_backend
 

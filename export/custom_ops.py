@@ -141,7 +141,7 @@ def groupnorm_silu(
 ) -> torch.Tensor:
     """GroupNorm then (when `activation`) SiLU; one `latentrt::GroupNormSiLU` node under `plugin_ops`."""
     act = int(bool(activation))
-    if _ENABLED.get():
+    if not torch.compiler.is_compiling() and _ENABLED.get():
         return _GroupNormSiLUFn.apply(x, gamma, beta, int(num_groups), float(eps), act)
     return _groupnorm_silu_math(x, gamma, beta, num_groups, eps, act)
 
@@ -161,7 +161,7 @@ def conv3d(
     d = tuple(int(v) for v in dilations)
     ct = int(causal_time)
     resolve_conv3d_pads(weight.shape[2:], p, d, ct)
-    if _ENABLED.get():
+    if not torch.compiler.is_compiling() and _ENABLED.get():
         if bias is None:
             bias = weight.new_zeros(weight.shape[0])
         return _Conv3dFn.apply(x, weight, bias, p, s, d, ct)

@@ -1,7 +1,7 @@
 """Tokens per second of latentrt's CLIPTokenizer vs transformers' CLIPTokenizer on the test corpus.
 
 Usage: python benchmarks/bench_tokenizer.py [--repeats 7]
-Prints a markdown table (median of the repeats) for benchmarks/TOKENIZER.md. transformers 5 has a
+Prints a markdown table (median of the repeats) for BENCHMARKS.md. transformers 5 has a
 single CLIPTokenizer, backed by the Rust `tokenizers` library; there is no pure-Python one to time.
 """
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU run for the ort-cuda backend: gpu tests, then the benchmarks of benchmarks/GPU.md.
+# GPU run for the ort-cuda backend: gpu tests, then the benchmarks of BENCHMARKS.md (ORT CUDA section).
 # Usage (repository root, on the GPU machine, onnxruntime-gpu installed to ~/ortgpu by
 # .device/install-ort-gpu.sh): bash benchmarks/gpu_run.sh tests|sd15|sdxl [more stages]
 # Logs and results.jsonl go to $OUT (default /tmp/latentrt_gpu_out).

@@ -82,6 +82,14 @@ def _digest(onnx_file: Path) -> str:
     return h.hexdigest()
 
 
+def _default_size(comps: Components) -> int:
+    """The size the model was trained at: the UNet's sample_size in pixels, else the family's."""
+    size = comps.unet.config.sample_size
+    if isinstance(size, int):
+        return size * 2 ** (len(comps.vae.config.block_out_channels) - 1)
+    return DEFAULT_SIZE[comps.family]
+
+
 def _replace(tmp: Path, out: Path) -> None:
     """Move the finished bundle into place; an existing bundle is swapped out, then removed."""
     if out.exists():
@@ -176,7 +184,7 @@ def _write_components(comps: Components, root: Path, precision: str, say) -> dic
         "prediction_type": comps.prediction_type,
         "scheduler": {k: v for k, v in comps.scheduler.items() if k != "prediction_type"},
         "shapes": {"batch": [1, MAX_BATCH], **SHAPES[comps.family]},
-        "default_size": DEFAULT_SIZE[comps.family],
+        "default_size": _default_size(comps),
         **({"sdxl": _sdxl_manifest(comps, pooled_dim)} if sdxl else {}),
         "provenance": {
             "source": Path(comps.source).name,

@@ -102,8 +102,13 @@ def write_diffusers_folder(
     unet: UNet2DCondition,
     vae: AutoencoderKL,
     scheduler: dict | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write the models as a diffusers StableDiffusionPipeline folder (safetensors weights)."""
+    """Write the models as a diffusers StableDiffusionPipeline folder (safetensors weights).
+
+    `dtype` (e.g. torch.float16) stores the weights in that precision, as diffusers' fp16
+    variants do; the loader casts them back to the model's dtype.
+    """
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     index = {
@@ -124,7 +129,10 @@ def write_diffusers_folder(
         d = root / name
         d.mkdir(exist_ok=True)
         (d / "config.json").write_text(json.dumps(config, indent=2))
-        state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+        state = {
+            k: (v.detach() if dtype is None else v.detach().to(dtype)).contiguous().cpu()
+            for k, v in module.state_dict().items()
+        }
         save_file(state, str(d / weights))
 
     component(

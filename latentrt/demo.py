@@ -1,7 +1,9 @@
-"""The embedded default: prepare a small bundle on this machine and generate one PNG with it.
+"""The embedded default: a small trained model shipped with the package, run on ORT CPU.
 
-No weights can be downloaded, so the default model is written locally as a diffusers folder,
-exported to a bundle through the normal export path (needs torch), and run on ORT CPU.
+`latentrt/default_model/` holds weights trained on synthetic shapes by
+`python -m latentrt.export.train` (see benchmarks/DEFAULT.md) in the diffusers layout. The demo
+exports them once to a bundle through the normal export path (needs torch) and generates with
+the torch-free runtime.
 """
 
 from __future__ import annotations
@@ -9,19 +11,20 @@ from __future__ import annotations
 from pathlib import Path
 
 DEFAULT_DIR = Path("out/default")
+DEFAULT_MODEL = Path(__file__).resolve().parent / "default_model"
+# What the model was trained for: 64x64 images; 20 steps are plenty.
+WIDTH = HEIGHT = 64
+STEPS = 20
+GUIDANCE = 3.0
 
 
 def prepare_default_bundle(workdir: Path = DEFAULT_DIR) -> Path:
-    """Write the default checkpoint and export it once; later calls reuse the bundle."""
+    """Export the shipped default model once; later calls reuse the bundle while it is current."""
     from latentrt.export.bundle import export_bundle, is_current
-    from latentrt.export.tiny import build_models, write_diffusers_folder
 
-    source = workdir / "checkpoint"
-    bundle = workdir / "bundle"
-    if not (source / "model_index.json").is_file():
-        write_diffusers_folder(source, *build_models("tiny", seed=0))
-    if not is_current(source, bundle, "fp32"):
-        export_bundle(source, bundle)
+    bundle = Path(workdir) / "bundle"
+    if not is_current(DEFAULT_MODEL, bundle, "fp32"):
+        export_bundle(DEFAULT_MODEL, bundle)
     return bundle
 
 
@@ -32,5 +35,13 @@ def run_demo(output: str | Path, prompt: str, seed: int = 0) -> Path:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline.load(prepare_default_bundle(), backend="ort-cpu")
-    (image,) = pipe.generate(prompt, width=64, height=64, steps=20, seed=seed, sampler="euler")
+    (image,) = pipe.generate(
+        prompt,
+        width=WIDTH,
+        height=HEIGHT,
+        steps=STEPS,
+        guidance=GUIDANCE,
+        seed=seed,
+        sampler="euler",
+    )
     return pipe.save(image, output)

@@ -5,7 +5,7 @@
 Exports the shipped `latentrt/default_model` through the normal path (once, into a temporary
 directory), then times whole `Pipeline.generate` calls (median of `repeats`, after one warm-up)
 and the components of one generation: the text encoder (prompt and negative prompt), one UNet
-call on the CFG batch of 2, and the VAE decoder. Prints a markdown table for DEFAULT.md.
+call on the CFG batch of 2, and the VAE decoder. Prints a markdown table for BENCHMARKS.md.
 """
 
 from __future__ import annotations

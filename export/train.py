@@ -120,7 +120,7 @@ class Recipe:
     cfg_dropout: float = 0.1
     # Chance that a training caption keeps its size word, background and position. The shipped
     # model saw complete captions only and follows shorter prompts ("a red circle") anyway: the
-    # checker confirms it (benchmarks/DEFAULT.md).
+    # checker confirms it (BENCHMARKS.md, "The embedded default model").
     p_size: float = 1.0
     p_background: float = 1.0
     p_position: float = 1.0

@@ -1,7 +1,7 @@
 """The embedded default: a small trained model shipped with the package, run on ORT CPU.
 
 `latentrt/default_model/` holds weights trained on synthetic shapes by
-`python -m latentrt.export.train` (see benchmarks/DEFAULT.md) in the diffusers layout. The demo
+`python -m latentrt.export.train` (see BENCHMARKS.md, "The embedded default model") in the diffusers layout. The demo
 exports them once to a bundle through the normal export path (needs torch) and generates with
 the torch-free runtime.
 """

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import latentrt
 from latentrt.errors import BundleError, ExportError
 from latentrt.export import onnx as onnx_export
 from latentrt.export.checkpoint import Components, file_hash, load_components
+from latentrt.runtime.atomic import replace_dir
 from latentrt.runtime.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST
 from latentrt.runtime.tokenizer import CLIPTokenizer
 
@@ -65,7 +65,7 @@ def export_bundle(
         for comp in manifest["components"].values():
             comp["sha256"] = _digest(tmp / comp["file"])
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -88,17 +88,6 @@ def _default_size(comps: Components) -> int:
     if isinstance(size, int):
         return size * 2 ** (len(comps.vae.config.block_out_channels) - 1)
     return DEFAULT_SIZE[comps.family]
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished bundle into place; an existing bundle is swapped out, then removed."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
 
 
 def _write_components(comps: Components, root: Path, precision: str, say) -> dict:

@@ -12,7 +12,6 @@ file's hash, the build options and the library versions decides whether an engin
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from latentrt.errors import BackendError
+from latentrt.runtime.atomic import replace_dir
 from latentrt.runtime.bundle import Bundle
 from latentrt.runtime.ort_backend import ENGINE_INDEX, engine_key
 
@@ -98,14 +98,7 @@ def build_engines(
                 p.unlink(missing_ok=True)
             entries[name] = entry
         (tmp / ENGINE_INDEX).write_text(json.dumps({"components": entries}, indent=2))
-        if dest.exists():
-            old_dir = dest.with_name(f".{target}.old-{os.getpid()}")
-            os.rename(dest, old_dir)
-            os.rename(tmp, dest)
-            shutil.rmtree(old_dir, ignore_errors=True)
-        else:
-            dest.parent.mkdir(exist_ok=True)
-            os.rename(tmp, dest)
+        replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -33,6 +33,7 @@ from latentrt.plugins.tensorrt_plugins import (
     register_plugins,
     sources_digest,
 )
+from latentrt.runtime.atomic import replace_dir
 from latentrt.runtime.bundle import Bundle
 
 TARGET = "tensorrt"
@@ -357,14 +358,7 @@ def build_tensorrt_engines(
             "timing_cache": f"engines/{TARGET}/{TIMING_CACHE}" if timing.is_file() else None,
         }
         (tmp / ENGINE_INDEX).write_text(json.dumps(index, indent=2))
-        if dest.exists():
-            old_dir = dest.with_name(f".{TARGET}.old-{os.getpid()}")
-            os.rename(dest, old_dir)
-            os.rename(tmp, dest)
-            shutil.rmtree(old_dir, ignore_errors=True)
-        else:
-            dest.parent.mkdir(exist_ok=True)
-            os.rename(tmp, dest)
+        replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

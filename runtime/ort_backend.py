@@ -52,6 +52,20 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     return so
 
 
+def cast_feeds(
+    name: str, dtypes: dict[str, type], feeds: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Check that `feeds` names exactly the graph's inputs; cast each to the input's dtype."""
+    unknown = set(feeds) - set(dtypes)
+    missing = set(dtypes) - set(feeds)
+    if unknown or missing:
+        raise BackendError(
+            f"{name}: inputs do not match the graph (missing {sorted(missing)}, "
+            f"unexpected {sorted(unknown)})"
+        )
+    return {k: np.ascontiguousarray(v, dtype=dtypes[k]) for k, v in feeds.items()}
+
+
 class OrtComponent:
     """One component's session with named, dtype-checked inputs and outputs as dicts."""
 
@@ -68,14 +82,7 @@ class OrtComponent:
         self._dtypes = {i.name: ORT_TYPES[i.type] for i in self.session.get_inputs()}
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
-        unknown = set(feeds) - set(self.inputs)
-        missing = set(self.inputs) - set(feeds)
-        if unknown or missing:
-            raise BackendError(
-                f"{self.name}: inputs do not match the graph (missing {sorted(missing)}, "
-                f"unexpected {sorted(unknown)})"
-            )
-        cast = {k: np.ascontiguousarray(v, dtype=self._dtypes[k]) for k, v in feeds.items()}
+        cast = cast_feeds(self.name, self._dtypes, feeds)
         try:
             outs = self.session.run(self.output_names, cast)
         except Exception as e:

@@ -28,7 +28,7 @@ import onnxruntime as ort
 
 from latentrt.errors import BackendError, BundleError, NumericsError
 from latentrt.runtime.bundle import Bundle
-from latentrt.runtime.ort_backend import ENGINE_INDEX, ORT_TYPES, engine_key
+from latentrt.runtime.ort_backend import ENGINE_INDEX, ORT_TYPES, cast_feeds, engine_key
 
 TARGET = "ort-cuda"
 GRAPH_COMPONENTS = ("unet",)  # captured as CUDA graphs (called many times at one shape)
@@ -201,14 +201,7 @@ class CudaComponent:
     # --- calls --------------------------------------------------------------------------------
 
     def _cast(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        unknown = set(feeds) - set(self.inputs)
-        missing = set(self.inputs) - set(feeds)
-        if unknown or missing:
-            raise BackendError(
-                f"{self.name}: inputs do not match the graph (missing {sorted(missing)}, "
-                f"unexpected {sorted(unknown)})"
-            )
-        return {k: np.ascontiguousarray(v, dtype=self._dtypes[k]) for k, v in feeds.items()}
+        return cast_feeds(self.name, self._dtypes, feeds)
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
         cast = self._cast(feeds)

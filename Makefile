@@ -1,6 +1,6 @@
 # latentrt build steps. `make engines` exports a checkpoint to a bundle and builds it for TARGET.
 PYTHON ?= python
-SRC ?= examples/default
+SRC ?= latentrt/default_model
 BUNDLE ?= out/bundle
 TARGET ?= ort-cpu
 PRECISION ?= fp32

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tempfile
 import warnings
@@ -34,6 +33,7 @@ from latentrt.errors import ExportError
 from latentrt.export.custom_ops import CUSTOM_OPSETS, plugin_ops
 from latentrt.export.models.vae3d import AutoencoderKLWan
 from latentrt.graphs.lower_plugins import MAX_IR_VERSION, count_plugin_nodes, lower_plugins
+from latentrt.runtime.atomic import replace_dir
 
 __all__ = ["MANIFEST", "OPSET", "export_video_vae"]
 
@@ -206,7 +206,6 @@ def export_video_vae(
     graphs: dict[str, Any] = {}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)
     try:
         for name, (module, args, names_in, names_out, dynamic) in jobs.items():
             graph = _export(module, args, names_in, names_out, dynamic, plugins)
@@ -240,9 +239,7 @@ def export_video_vae(
             "decoder_caches": dec_specs,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        replace_dir(tmp, out)  # `out` is absent or empty (checked above)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

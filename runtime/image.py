@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from latentrt.errors import InputError
+from latentrt.runtime.atomic import publish_file
 
 # A1111's display names for the samplers both tools have.
 A1111_SAMPLER_NAMES = {
@@ -148,7 +149,7 @@ def save_png(image: Image.Image, path: str | Path, parameters: str) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
+        publish_file(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise InputError(f"{path}: cannot write there ({e.strerror})") from None

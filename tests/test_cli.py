@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from PIL import Image
@@ -40,6 +41,11 @@ def test_export_build_generate_check(source, tmp_path, capsys):
     assert main(args) == 0
     im = Image.open(out)
     assert im.size == (64, 64)
+    umask = os.umask(0)
+    os.umask(umask)  # written aside then renamed, but with the modes a plain write would give
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert bundle.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (bundle / "engines" / "ort-cpu").stat().st_mode & 0o777 == 0o777 & ~umask
     assert "Seed: 5" in im.text["parameters"] and "Steps: 3" in im.text["parameters"]
 
     capsys.readouterr()

@@ -32,6 +32,7 @@ from latentrt.export.checkpoint import (
 from latentrt.export.single_file import clip as sf_clip
 from latentrt.export.single_file import unet as sf_unet
 from latentrt.export.single_file import vae as sf_vae
+from latentrt.runtime.atomic import publish_file
 
 
 def single_file_state_dict(comps: Components) -> dict[str, torch.Tensor]:
@@ -89,7 +90,7 @@ def write_single_file(source: str | Path | Components, path: str | Path) -> Path
     os.close(fd)
     try:
         save_file(sd, tmp, metadata={"format": "pt", "latentrt_family": comps.family})
-        os.replace(tmp, path)
+        publish_file(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -29,6 +29,7 @@ from latentrt.export.single_file.clip import (
     infer_openclip_config,
     openclip_to_diffusers,
 )
+from tests.test_clip import make_oracle
 
 TOL = 1e-5
 HEAD_DIM = 16
@@ -45,22 +46,6 @@ def tiny_config(act: str, proj: int | None, layers: int) -> CLIPTextConfig:
         hidden_act=act,
         projection_dim=proj,
     )
-
-
-def make_oracle(config: CLIPTextConfig, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    tconf = transformers.CLIPTextConfig(**config.to_transformers())
-    cls = (
-        transformers.CLIPTextModelWithProjection
-        if config.projection_dim
-        else transformers.CLIPTextModel
-    )
-    model = cls(tconf).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim == 1:
-                param.add_(0.1 * torch.randn_like(param))
-    return model
 
 
 def our_names(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -252,22 +252,26 @@ def test_config_round_trip(case: str) -> None:
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == want
 
 
+# The published SDXL base UNet config (the keys that differ from diffusers' defaults).
+SDXL_BASE = dict(
+    block_out_channels=[320, 640, 1280],
+    down_block_types=[DOWN, CA_DOWN, CA_DOWN],
+    up_block_types=[CA_UP, CA_UP, UP],
+    attention_head_dim=[5, 10, 20],
+    transformer_layers_per_block=[1, 2, 10],
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+
+
 def test_published_configs_build_the_same_parameters() -> None:
     """Full-size SD 1.5, SD 2.1 and SDXL base configs (meta tensors): identical names and shapes."""
     sd21 = dict(attention_head_dim=[5, 10, 20, 20], cross_attention_dim=1024)
     sd21.update(use_linear_projection=True, upcast_attention=True, sample_size=96)
-    sdxl = dict(
-        block_out_channels=[320, 640, 1280],
-        down_block_types=[DOWN, CA_DOWN, CA_DOWN],
-        up_block_types=[CA_UP, CA_UP, UP],
-        attention_head_dim=[5, 10, 20],
-        transformer_layers_per_block=[1, 2, 10],
-        cross_attention_dim=2048,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=2816,
-    )
+    sdxl = SDXL_BASE
     for config in ({"cross_attention_dim": 768}, sd21, sdxl):
         with torch.device("meta"):
             ref = UNet2DConditionModel(**config)

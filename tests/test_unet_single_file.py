@@ -17,7 +17,18 @@ from safetensors.torch import load_file, save_file
 
 from latentrt.export.models.unet import UNet2DCondition, UNetConfig
 from latentrt.export.single_file import unet as sf
-from tests.test_unet import CA_DOWN, CA_UP, CASES, DOWN, TOL, UP, inputs, reference, run_reference
+from tests.test_unet import (
+    CA_DOWN,
+    CA_UP,
+    CASES,
+    DOWN,
+    SDXL_BASE,
+    TOL,
+    UP,
+    inputs,
+    reference,
+    run_reference,
+)
 
 PREFIX = "model.diffusion_model."
 
@@ -144,18 +155,7 @@ PUBLISHED = {
         use_linear_projection=True,
         upcast_attention=True,
     ),
-    "sdxl-base": dict(
-        block_out_channels=[320, 640, 1280],
-        down_block_types=[DOWN, CA_DOWN, CA_DOWN],
-        up_block_types=[CA_UP, CA_UP, UP],
-        attention_head_dim=[5, 10, 20],
-        transformer_layers_per_block=[1, 2, 10],
-        cross_attention_dim=2048,
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=2816,
-    ),
+    "sdxl-base": SDXL_BASE,
     "sdxl-refiner": dict(
         block_out_channels=[384, 768, 1536, 1536],
         down_block_types=[DOWN, CA_DOWN, CA_DOWN, DOWN],

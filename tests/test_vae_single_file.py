@@ -20,15 +20,8 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from latentrt.errors import CheckpointError
 from latentrt.export.models.vae import AutoencoderKL, VAEConfig
 from latentrt.export.single_file.vae import from_diffusers, infer_config, to_diffusers
+from tests.test_vae import BASE
 
-BASE = {
-    "block_out_channels": [32, 64, 64],
-    "down_block_types": ["DownEncoderBlock2D"] * 3,
-    "up_block_types": ["UpDecoderBlock2D"] * 3,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "latent_channels": 4,
-}
 VARIANTS = {
     "sd": {},
     "bare": {

@@ -317,10 +317,13 @@ def run_sdxl(work: Path, out: Path, compile_: bool) -> None:
     recipe(raw, eng, "unet", "fp16")
     x = unet_inputs(cfg, 2, 1024)
     ref = torch_eager(unet, x, "sdxl-unet-1024-b2", out)
-    comp = CudaComponent("unet", eng, precision="fp16", cuda_graph=True)
     feeds = {k: v.float().cpu().numpy() for k, v in x.items()}
-    got = ort_times(comp, feeds, "sdxl-unet-1024-b2", out)
+    comp = CudaComponent("unet", eng, precision="fp16", cuda_graph=True)  # prefer_nhwc=1
+    got = ort_times(comp, feeds, "sdxl-unet-1024-b2", out, {"variant": "default (nhwc)"})
     compare("sdxl-unet-1024-b2", ref, got["out_sample"], out)
+    del comp
+    comp = CudaComponent("unet", eng, precision="fp16", cuda_graph=True, prefer_nhwc="0")
+    ort_times(comp, feeds, "sdxl-unet-1024-b2", out, {"variant": "prefer_nhwc=0"})
     del comp
     torch.cuda.empty_cache()
     vae_bench(AutoencoderKL(VAEConfig.from_diffusers(SDXL_VAE)), 1024, "sdxl-vae", work, out)
@@ -362,69 +365,114 @@ def write_sd15_source(work: Path) -> Path:
     return write_diffusers_folder(work / "sd15-src", te, unet, vae)
 
 
-def run_sd15(work: Path, out: Path, compile_: bool) -> None:
+def sd15_bundle(work: Path, out: Path) -> tuple[Path, Path]:
+    """The SD 1.5 source folder and its fp32 bundle with ort-cuda engines (reused if there)."""
     from latentrt.export.bundle import export_bundle
-    from latentrt.export.checkpoint import load_components
     from latentrt.runtime.build import build_engines
-    from latentrt.runtime.ort_cuda import CudaComponent
-    from latentrt.runtime.ort_cuda import load_components as cuda_components
 
+    src, bundle = work / "sd15-src", work / "sd15-bundle"
+    if (bundle / "engines" / "ort-cuda" / "index.json").is_file():
+        return src, bundle
     t0 = time.perf_counter()
     src = write_sd15_source(work)
-    bundle = export_bundle(src, work / "sd15-bundle", precision="fp32")
+    bundle = export_bundle(src, bundle, precision="fp32")
     print(f"sd15 source + fp32 bundle {time.perf_counter() - t0:.1f}s", flush=True)
     t0 = time.perf_counter()
     build_engines(bundle, "ort-cuda", progress=lambda m: print(m, flush=True))
     log(out, {"what": "sd15-build-ort-cuda", "seconds": time.perf_counter() - t0})
+    return src, bundle
 
+
+def run_sd15(work: Path, out: Path, compile_: bool) -> None:
+    from latentrt.export.checkpoint import load_components
+    from latentrt.runtime.ort_cuda import load_components as cuda_components
+
+    src, bundle = sd15_bundle(work, out)
     comps = load_components(src)
     unet = comps.unet.half().cuda().eval()
     x = unet_inputs(unet.config, 2, 512)
     ref = torch_eager(unet, x, "sd15-unet-512-b2", out)
-    ort = cuda_components(bundle)
+    ort = cuda_components(bundle)  # the defaults: CUDA graph, prefer_nhwc=1
     feeds = {k: v.float().cpu().numpy() for k, v in x.items()}
-    got = ort_times(ort["unet"], feeds, "sd15-unet-512-b2", out)
+    got = ort_times(ort["unet"], feeds, "sd15-unet-512-b2", out, {"variant": "default (nhwc)"})
     compare("sd15-unet-512-b2", ref, got["out_sample"], out)
+    nchw = cuda_components(bundle, prefer_nhwc="0")
+    ort_times(nchw["unet"], feeds, "sd15-unet-512-b2", out, {"variant": "prefer_nhwc=0"})
     plain = cuda_components(bundle, cuda_graph=False)
     ort_times(plain["unet"], feeds, "sd15-unet-512-b2", out, {"variant": "no cuda graph"})
-    try:  # NHWC convolutions let ORT's transpose optimizer cancel the GroupNorm transposes
-        nhwc = CudaComponent("unet", ort["unet"].path, "fp16", cuda_graph=True, prefer_nhwc="1")
-        ort_times(nhwc, feeds, "sd15-unet-512-b2", out, {"variant": "prefer_nhwc"})
-        del nhwc
-    except Exception as e:  # an ORT build without NHWC CUDA kernels
-        log(out, {"what": "sd15-unet-512-b2", "variant": "prefer_nhwc", "error": str(e)[:300]})
+    del nchw, plain
     vae = comps.vae.half().cuda().eval()
     z = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         ms = cuda_ms(lambda: vae.decode(z.half().cuda()))
     log(out, {"what": "sd15-vae-decode-512-b1", "impl": "torch-eager-fp16", **med(ms)})
     ort_times(ort["vae_decoder"], {"latent": z.numpy()}, "sd15-vae-decode-512-b1", out)
-    del ort, plain, comps
+    del ort, comps
     torch.cuda.empty_cache()
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [
-        sys.executable,
-        "-P",
-        "-m",
-        "latentrt.cli",
-        "bench",
-        str(bundle),
-        "--backend",
-        "ort-cuda",
-    ]
-    cmd += ["--width", "512", "--height", "512", "--steps", "30", "--json", str(out / "e2e.json")]
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
-    e2e = json.loads((out / "e2e.json").read_text())
-    log(out, {"what": "sd15-e2e-30-512-b1", "impl": "ort-cuda", **_pick(e2e)})
+    e2e_variants(bundle, out, env, [[]])
     cmd = [sys.executable, "-P", __file__, "--torch-e2e", str(src), "--out", str(out)]
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
     if compile_:
         torch_compiled(unet, x, "sd15-unet-512-b2", out)
 
 
+# `latentrt bench` flags of the end-to-end variants; each runs in a process of its own, so
+# each peak-memory figure is that configuration's alone.
+E2E_VARIANTS = [
+    [],
+    ["--option", "prefer_nhwc=0"],
+    ["--option", "cudnn_conv_use_max_workspace=0"],
+    ["--shared-arena"],
+    ["--shared-arena", "--option", "cudnn_conv_use_max_workspace=0"],
+]
+
+
+def e2e_variants(bundle: Path, out: Path, env: dict, variants: list[list[str]]) -> None:
+    """`latentrt bench` (30 steps, 512²) per variant, each in a fresh process without torch."""
+    for flags in variants:
+        cmd = [sys.executable, "-P", "-m", "latentrt.cli", "bench", str(bundle)]
+        cmd += ["--backend", "ort-cuda", "--width", "512", "--height", "512", "--steps", "30"]
+        cmd += ["--json", str(out / "e2e.json"), *flags]
+        r = subprocess.run(cmd, env=env, cwd=ROOT)
+        if r.returncode:
+            log(out, {"what": "sd15-e2e-30-512-b1", "flags": flags, "error": r.returncode})
+            continue
+        e2e = json.loads((out / "e2e.json").read_text())
+        log(out, {"what": "sd15-e2e-30-512-b1", "impl": "ort-cuda", "flags": flags, **_pick(e2e)})
+
+
+def run_sd15_compile(work: Path, out: Path) -> None:
+    """torch.compile of the SD 1.5 UNet (eager measured again beside it, same process)."""
+    from latentrt.export.checkpoint import load_components
+
+    src, _ = sd15_bundle(work, out)
+    unet = load_components(src).unet.half().cuda().eval()
+    x = unet_inputs(unet.config, 2, 512)
+    torch_eager(unet, x, "sd15-unet-512-b2", out)
+    torch_compiled(unet, x, "sd15-unet-512-b2", out)
+
+
+def run_sd15_memory(work: Path, out: Path) -> None:
+    """The end-to-end variants (provider options, shared arena) on the bundle `sd15` built."""
+    _, bundle = sd15_bundle(work, out)
+    e2e_variants(bundle, out, dict(os.environ, PYTHONUNBUFFERED="1"), E2E_VARIANTS[1:])
+
+
 def _pick(r: dict) -> dict:
-    keys = ("e2e_s", "sum_components_s", "overhead", "per_step_ms", "peak_gpu_mib", "memory_scope")
+    keys = (
+        "e2e_s",
+        "sum_components_s",
+        "overhead",
+        "per_step_ms",
+        "e2e_inside_ms",
+        "e2e_host_ms",
+        "peak_gpu_mib",
+        "peak_gpu_mib_with_components",
+        "memory_scope",
+        "cuda_graph",
+    )
     return {k: r[k] for k in keys if k in r} | {
         f"{k}_ms": v["median_ms"] for k, v in r["components"].items()
     }
@@ -496,7 +544,7 @@ def _patch_large_model_check() -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--arch", choices=["sd15", "sdxl"])
+    p.add_argument("--arch", choices=["sd15", "sd15-memory", "sd15-compile", "sdxl"])
     p.add_argument("--out", default="bench-out")
     p.add_argument("--work", default="/tmp/latentrt-bench")
     p.add_argument("--no-compile", action="store_true")
@@ -525,6 +573,10 @@ def main() -> None:
     )
     if args.arch == "sd15":
         run_sd15(work, out, not args.no_compile)
+    elif args.arch == "sd15-memory":
+        run_sd15_memory(work, out)
+    elif args.arch == "sd15-compile":
+        run_sd15_compile(work, out)
     else:
         run_sdxl(work, out, not args.no_compile)
 

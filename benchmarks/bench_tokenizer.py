@@ -23,7 +23,6 @@ sys.path.insert(0, str(ROOT))
 
 from latentrt.runtime.prompt import tokenize_prompt  # noqa: E402
 from latentrt.runtime.tokenizer import CLIPTokenizer  # noqa: E402
-
 from tests.prompt_corpus import build_corpus  # noqa: E402
 from tests.tokenizer_reference import write_clip_vocab_files  # noqa: E402
 

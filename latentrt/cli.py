@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from latentrt.errors import LatentRTError
+from latentrt.errors import InputError, LatentRTError
 from latentrt.progress import Progress
 
 
@@ -100,6 +100,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backend_options(pairs: list[str], shared_arena: bool) -> dict:
+    """`--option KEY=VALUE` pairs (ORT CUDA provider options) and `--shared-arena`."""
+    options: dict = {"shared_arena": True} if shared_arena else {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"--option takes KEY=VALUE, got {pair!r}")
+        options[key] = value
+    return options
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from latentrt.runtime.bench import bench, format_table
 
@@ -111,6 +122,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         batch=args.batch,
         steps=args.steps,
         repeats=args.repeats,
+        options=_backend_options(args.option, args.shared_arena),
     )
     print(format_table(result))
     if args.json:
@@ -171,6 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--steps", type=int, default=30)
     n.add_argument("--repeats", type=int, default=20)
     n.add_argument("--json", help="also write the result as JSON to this file")
+    n.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ort-cuda provider option overriding the default, e.g. prefer_nhwc=0 (repeatable)",
+    )
+    n.add_argument(
+        "--shared-arena", action="store_true", help="ort-cuda: one arena for all sessions"
+    )
     n.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="generate with the embedded default model")

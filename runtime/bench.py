@@ -151,12 +151,31 @@ def _feeds(spec: dict, dims: dict[str, int], rng: np.random.Generator) -> dict[s
     return out
 
 
+class _Timed:
+    """A component wrapper that adds up the wall time spent inside its calls."""
+
+    def __init__(self, component: Callable) -> None:
+        self.component = component
+        self.seconds = 0.0
+        self.calls = 0
+
+    def __call__(self, **feeds):
+        t0 = time.perf_counter()
+        try:
+            return self.component(**feeds)
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self.calls += 1
+
+
 def load(bundle: Bundle, backend: str, **options) -> dict[str, Callable]:
-    """The backend's components (ort-cuda with IOBinding and CUDA graphs)."""
+    """The backend's components; `options` go to ort-cuda (provider options, shared_arena)."""
     if backend == "ort-cuda":
         from latentrt.runtime import ort_cuda
 
         return ort_cuda.load_components(bundle, **options)
+    if options:
+        raise BackendError(f"backend options {sorted(options)} apply to ort-cuda only")
     if backend == "ort-cpu":
         from latentrt.runtime import ort_backend
 
@@ -176,8 +195,14 @@ def bench(
     e2e_repeats: int = 3,
     prompt: str = "a photograph of an astronaut riding a horse",
     components: dict[str, Callable] | None = None,
+    options: dict | None = None,
 ) -> dict:
-    """Measure a bundle on a backend; returns a JSON-ready dict (see `format_table`)."""
+    """Measure a bundle on a backend; returns a JSON-ready dict (see `format_table`).
+
+    Order: load, the end-to-end generations (peak memory of load + generate is recorded here,
+    the figure comparable to another runtime doing the same generation), then each component
+    alone (which may create sessions a txt2img never needs, such as the VAE encoder's).
+    """
     from latentrt.runtime.pipeline import Pipeline
 
     b = Bundle.open(bundle_path)
@@ -186,8 +211,9 @@ def bench(
     if mem is not None:
         mem.__enter__()
     try:
-        comps = components or load(b, backend)
-        pipe = Pipeline(b, comps, backend)
+        comps = components or load(b, backend, **(options or {}))
+        timed = {k: _Timed(c) for k, c in comps.items()}
+        pipe = Pipeline(b, timed, backend)
         default = b.manifest.get("default_size", 512 if b.family == "sd1" else 1024)
         width, height = width or default, height or default
         f = pipe.latent["downscale"]
@@ -205,6 +231,31 @@ def bench(
         }
         if gpu:
             result["device"] = _gpu_name()
+            result["options"] = dict(options or {})
+        stamps: list[float] = []
+        e2e = []
+        inside: list[dict[str, float]] = []
+        for _ in range(e2e_repeats + 1):
+            stamps.clear()
+            for c in timed.values():
+                c.seconds, c.calls = 0.0, 0
+            t0 = time.perf_counter()
+            pipe.generate(
+                prompt,
+                width=width,
+                height=height,
+                steps=steps,
+                batch=batch,
+                seed=0,
+                output="np",
+                callback=lambda _i: stamps.append(time.perf_counter()),
+            )
+            e2e.append(time.perf_counter() - t0)
+            inside.append({k: c.seconds for k, c in timed.items() if c.calls})
+        e2e, inside = e2e[1:], inside[1:]  # the first generation creates sessions and graphs
+        if mem is not None:
+            result["peak_gpu_mib"] = mem.peak / 2**20
+        if gpu:  # as the first calls resolved it (a graph capture can fail and fall back)
             result["cuda_graph"] = {
                 k: getattr(c, "info", {}).get("cuda_graph") for k, c in comps.items()
             }
@@ -232,36 +283,26 @@ def bench(
             ms = time_calls(_alternate(comps[name], [feeds, other]), repeats, warmup)
             result["components"][name] = _stats(ms)
 
-        stamps: list[float] = []
-        e2e = []
-        for _ in range(e2e_repeats + 1):
-            stamps.clear()
-            t0 = time.perf_counter()
-            pipe.generate(
-                prompt,
-                width=width,
-                height=height,
-                steps=steps,
-                batch=batch,
-                seed=0,
-                output="np",
-                callback=lambda _i: stamps.append(time.perf_counter()),
-            )
-            e2e.append(time.perf_counter() - t0)
-        e2e = e2e[1:]  # the first generation warms the per-shape sessions and graphs
         step_ms = np.diff(stamps) * 1e3 if len(stamps) > 1 else np.array([np.nan])
         c = result["components"]
         text = sum(v["median_ms"] for k, v in c.items() if k.startswith("text_encoder"))
         parts = text + steps * c["unet"]["median_ms"] + c["vae_decoder"]["median_ms"]
         result["per_step_ms"] = float(np.median(step_ms))
         result["e2e_s"] = float(np.median(e2e))
+        # where a generation's time went: inside each component's calls, and the rest (the
+        # numpy runtime: tokenizer, samplers, CFG, pre/post-processing)
+        result["e2e_inside_ms"] = {
+            k: float(np.median([r[k] for r in inside])) * 1e3 for k in inside[0]
+        }
+        host = [t - sum(r.values()) for t, r in zip(e2e, inside, strict=True)]
+        result["e2e_host_ms"] = float(np.median(host)) * 1e3
         result["sum_components_s"] = parts / 1e3
         result["overhead"] = result["e2e_s"] / result["sum_components_s"]
     finally:
         if mem is not None:
             mem.__exit__(None, None, None)
     if mem is not None:
-        result["peak_gpu_mib"] = mem.peak / 2**20
+        result["peak_gpu_mib_with_components"] = mem.peak / 2**20
         result["memory_scope"] = "process" if mem.process_level else "device rise over idle"
     else:
         result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -295,8 +336,14 @@ def format_table(r: dict) -> str:
         f"end to end {r['e2e_s']:.3f} s; components sum {r['sum_components_s']:.3f} s; "
         f"ratio {r['overhead']:.3f}"
     )
+    inside = ", ".join(f"{k} {v:.1f}" for k, v in r["e2e_inside_ms"].items())
+    lines.append(f"in the generation (ms): {inside}; runtime host {r['e2e_host_ms']:.1f}")
     if "peak_gpu_mib" in r:
-        lines.append(f"peak GPU memory {r['peak_gpu_mib']:.0f} MiB ({r['memory_scope']})")
+        lines.append(
+            f"peak GPU memory {r['peak_gpu_mib']:.0f} MiB for load + generate, "
+            f"{r['peak_gpu_mib_with_components']:.0f} MiB with every component timed "
+            f"({r['memory_scope']})"
+        )
     else:
         lines.append(f"peak resident memory {r['peak_rss_mib']:.0f} MiB")
     return "\n".join(lines)

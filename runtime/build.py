@@ -4,7 +4,7 @@ For ONNX Runtime targets the engine is the bundle's graph after the target's gra
 (`latentrt.graphs.recipes`; needs the `onnx` package at build time only): for `ort-cpu` the
 recipe's result is then optimized by ORT and saved so that sessions start without
 re-optimizing; for `ort-cuda` the recipe (fused GroupNorm / attention / bias ops, fp16 per
-component) is saved as is, and fp16 VAE components get an fp32 engine beside them that the
+component) is saved as is, and fp16 text encoders and VAEs get an fp32 engine beside them that the
 runtime falls back to on NaN/Inf. Building for `ort-cuda` needs no GPU. A key over the ONNX
 file's hash, the build options and the library versions decides whether an engine is current.
 """
@@ -72,7 +72,7 @@ def build_engines(
             entry = {"file": f"engines/{target}/{name}.{key}.onnx", "key": key, "options": options}
             if target == "ort-cuda":
                 _recipe_engine(source, tmp / f"{name}.{key}.onnx", target, name, prec, say)
-                if prec == "fp16" and name.startswith("vae"):
+                if prec == "fp16" and name.startswith(recipes.FALLBACK_COMPONENTS):
                     _recipe_engine(
                         source, tmp / f"{name}.{key}.fp32.onnx", target, name, "fp32", say
                     )

@@ -39,15 +39,22 @@ _DIM_NAMES = {
 }
 
 
+# CUDA provider options every session gets unless the caller overrides them.
+DEFAULT_OPTIONS = {
+    "arena_extend_strategy": "kSameAsRequested",  # grow by what is asked for (peak memory)
+    "cudnn_conv_algo_search": "EXHAUSTIVE",
+    "cudnn_conv_use_max_workspace": "1",
+    "do_copy_in_default_stream": "1",
+    # NHWC convolutions: ORT's layout pass then cancels the transposes around the NHWC-only
+    # fused GroupNorms.
+    "prefer_nhwc": "1",
+}
+_SHARED_ARENAS: set[int] = set()
+
+
 def provider_options(device_id: int = 0, cuda_graph: bool = False, **extra: str) -> dict:
-    """CUDA provider options: arena grown only as requested (peak memory), cuDNN search."""
-    opts = {
-        "device_id": str(device_id),
-        "arena_extend_strategy": "kSameAsRequested",
-        "cudnn_conv_algo_search": "EXHAUSTIVE",
-        "cudnn_conv_use_max_workspace": "1",
-        "do_copy_in_default_stream": "1",
-    }
+    """CUDA provider options: `DEFAULT_OPTIONS`, the device, CUDA graphs, then `extra`."""
+    opts = {"device_id": str(device_id), **DEFAULT_OPTIONS}
     if cuda_graph:
         opts["enable_cuda_graph"] = "1"
     opts.update({k: str(v) for k, v in extra.items()})
@@ -62,12 +69,35 @@ def _require_cuda() -> None:
         )
 
 
+def _register_shared_arena(device_id: int) -> None:
+    """One CUDA arena in ORT's environment that every session of this process allocates from,
+    instead of an arena per session (each keeps its own high-water mark)."""
+    if device_id in _SHARED_ARENAS:
+        return
+    mem = ort.OrtMemoryInfo(
+        "Cuda", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, device_id, ort.OrtMemType.DEFAULT
+    )
+    cfg = ort.OrtArenaCfg({"arena_extend_strategy": 1})  # kSameAsRequested
+    ort.create_and_register_allocator_v2(
+        "CUDAExecutionProvider", mem, {"device_id": str(device_id)}, cfg
+    )
+    _SHARED_ARENAS.add(device_id)
+
+
 def _session(
-    path: Path, device_id: int, cuda_graph: bool, dims: dict[str, int], extra: dict
+    path: Path,
+    device_id: int,
+    cuda_graph: bool,
+    dims: dict[str, int],
+    extra: dict,
+    shared_arena: bool = False,
 ) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    if shared_arena:
+        _register_shared_arena(device_id)
+        so.add_session_config_entry("session.use_env_allocators", "1")
     for name, value in dims.items():
         so.add_free_dimension_override_by_name(name, int(value))
     providers = [("CUDAExecutionProvider", provider_options(device_id, cuda_graph, **extra))]
@@ -99,9 +129,11 @@ class CudaComponent:
         cuda_graph: bool = False,
         device_id: int = 0,
         check_numerics: bool = True,
+        shared_arena: bool = False,
         **options: str,
     ) -> None:
         _require_cuda()
+        self.shared_arena = shared_arena
         self.name = name
         self.path = Path(path)
         self.precision = precision
@@ -112,20 +144,32 @@ class CudaComponent:
         self.options = options
         self.info: dict[str, object] = {"precision": precision, "cuda_graph": cuda_graph}
         self.session: ort.InferenceSession | None = None
+        self._bound: dict[tuple, _Bound] = {}
+        self._dtypes: dict[str, type] | None = None
+        self.output_names: list[str] = []
+        self._out_specs: list[tuple[list, type]] = []
+
+    def _metadata(self) -> None:
+        """Input dtypes and output specs, read from a plain session on the first call.
+
+        Sessions are created on first use, so a component a generation never calls (the VAE
+        encoder of a txt2img service) holds no GPU memory. A CUDA-graph component drops the
+        plain session afterwards: its per-shape graph sessions hold the weights.
+        """
         session = self._plain()
-        self.inputs = {i.name: i for i in session.get_inputs()}
         self.output_names = [o.name for o in session.get_outputs()]
         self._out_specs = [(o.shape, ORT_TYPES[o.type]) for o in session.get_outputs()]
         self._dtypes = {i.name: ORT_TYPES[i.type] for i in session.get_inputs()}
-        self._bound: dict[tuple, _Bound] = {}
-        if cuda_graph:  # the per-shape graph sessions hold the weights; keep one copy only
+        if self.cuda_graph:
             self.session = None
 
     def _plain(self) -> ort.InferenceSession:
         """The session without a CUDA graph (created on first use)."""
         if self.session is None:
             try:
-                self.session = _session(self.path, self.device_id, False, {}, self.options)
+                self.session = _session(
+                    self.path, self.device_id, False, {}, self.options, self.shared_arena
+                )
             except Exception as e:  # ORT raises its own exception types per failure
                 raise BackendError(
                     f"cannot load {self.name} from {self.path} on CUDA: {e}"
@@ -151,7 +195,9 @@ class CudaComponent:
         dims = self._graph_dims(feeds)
         if self.cuda_graph:
             try:
-                session = _session(self.path, self.device_id, True, dims, self.options)
+                session = _session(
+                    self.path, self.device_id, True, dims, self.options, self.shared_arena
+                )
             except Exception as e:  # e.g. a node ORT keeps on CPU: run without a graph
                 self.info["cuda_graph"] = False
                 self.info["cuda_graph_error"] = str(e).splitlines()[0][:300]
@@ -201,6 +247,8 @@ class CudaComponent:
     # --- calls --------------------------------------------------------------------------------
 
     def _cast(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._dtypes is None:
+            self._metadata()
         return cast_feeds(self.name, self._dtypes, feeds)
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
@@ -222,6 +270,8 @@ class CudaComponent:
 
     def run_device(self, **feeds: ort.OrtValue) -> dict[str, ort.OrtValue]:
         """Device fast path: OrtValues already on the GPU in, OrtValues on the GPU out."""
+        if self._dtypes is None:
+            self._metadata()
         session = self._plain()
         binding = session.io_binding()
         for k, v in feeds.items():
@@ -235,8 +285,8 @@ class CudaComponent:
         if self.precision == "fp16" and self.fallback is not None:
             self.info["fallback"] = "fp32 after NaN/Inf in fp16"
             self.path, self.session, self._bound = self.fallback, None, {}
-            self._dtypes = {i.name: ORT_TYPES[i.type] for i in self._plain().get_inputs()}
             self.precision, self.fallback, self.cuda_graph = "fp32", None, False
+            self._metadata()
             self.info["precision"] = "fp32"
             return self(**feeds)
         hint = (
@@ -275,10 +325,15 @@ def load_components(
     bundle: Bundle | str | Path,
     cuda_graph: bool = True,
     device_id: int = 0,
+    shared_arena: bool = False,
     **options: str,
 ) -> dict[str, CudaComponent]:
     """A CudaComponent per bundle component: built ort-cuda engines where current, else the
-    bundle's ONNX files (fp32 or as exported). The UNet is CUDA-graph captured per shape."""
+    bundle's ONNX files (fp32 or as exported). The UNet is CUDA-graph captured per shape.
+
+    `options` override `DEFAULT_OPTIONS` (CUDA provider options, e.g. prefer_nhwc="0");
+    `shared_arena` makes every session allocate from one arena registered in ORT's environment.
+    Sessions are created on each component's first call."""
     _require_cuda()
     b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     index = _index(b)
@@ -295,6 +350,7 @@ def load_components(
             fallback=fallback,
             cuda_graph=cuda_graph and name in GRAPH_COMPONENTS,
             device_id=device_id,
+            shared_arena=shared_arena,
             **options,
         )
     return out

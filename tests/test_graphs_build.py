@@ -35,8 +35,8 @@ def test_ort_cuda_engines_build_without_a_gpu(bundle):
     dest = build_engines(bundle, "ort-cuda", progress=messages.append)
     index = json.loads((dest / "index.json").read_text())["components"]
     assert index["unet"]["options"]["precision"] == "fp16"
-    assert index["text_encoder"]["options"]["precision"] == "fp32"
-    for name in ("vae_decoder", "vae_encoder"):
+    assert index["text_encoder"]["options"]["precision"] == "fp16"
+    for name in ("text_encoder", "vae_decoder", "vae_encoder"):
         assert (bundle / index[name]["fallback"]).is_file()
     assert "fallback" not in index["unet"]
     unet = onnx.load(str(bundle / index["unet"]["file"]))

@@ -67,11 +67,12 @@ def bundle(tmp_path_factory):
     return src, out
 
 
-@pytest.fixture(scope="module")
-def cuda(bundle):
+@pytest.fixture(scope="module", params=["nhwc", "nchw"])
+def cuda(bundle, request):
+    """The default components (NHWC convolutions) and the NCHW ones (prefer_nhwc=0)."""
     from latentrt.runtime.ort_cuda import load_components
 
-    return load_components(bundle[1])
+    return load_components(bundle[1], prefer_nhwc="1" if request.param == "nhwc" else "0")
 
 
 def test_engine_has_every_fusion(bundle):

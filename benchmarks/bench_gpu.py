@@ -331,6 +331,74 @@ def run_sdxl(work: Path, out: Path, compile_: bool) -> None:
         torch_compiled(unet, x, "sdxl-unet-1024-b2", out)
 
 
+def kernel_profile(fn, runs: int = 3) -> dict:
+    """GPU kernel time per kernel name over `runs` calls (CUPTI through torch.profiler: it sees
+    ORT's kernels as well as PyTorch's), in ms per call, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            fn()
+        torch.cuda.synchronize()
+    per: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            per[e.name] = per.get(e.name, 0.0) + e.time_range.elapsed_us() / 1e3 / runs
+    total = sum(per.values())
+    top = sorted(per.items(), key=lambda kv: -kv[1])[:40]
+    return {"kernel_ms_total": total, "kernels": len(per), "top": [(k[:120], v) for k, v in top]}
+
+
+def run_sdxl_profile(work: Path, out: Path) -> None:
+    """Where the SDXL step's GPU time goes: ORT (plain session) vs PyTorch eager and compiled."""
+    from latentrt.export.models.unet import UNet2DCondition, UNetConfig
+    from latentrt.runtime.ort_cuda import CudaComponent
+
+    cfg = UNetConfig.from_diffusers(SDXL_UNET)
+    unet = trained_like(UNet2DCondition(cfg), 0, True).half().cuda().eval()
+    raw, eng = work / "sdxl_unet.onnx", work / "sdxl_unet.ort-cuda.onnx"
+    if not eng.is_file():
+        export_unet_cuda(unet, raw, torch.float16)
+        recipe(raw, eng, "unet", "fp16")
+    x = unet_inputs(cfg, 2, 1024)
+    feeds = {k: v.float().cpu().numpy() for k, v in x.items()}
+    comp = CudaComponent("unet", eng, precision="fp16", cuda_graph=False)
+    log(
+        out,
+        {
+            "what": "sdxl-profile",
+            "impl": "ort-cuda-fp16",
+            **kernel_profile(lambda c=comp: c(**feeds)),
+        },
+    )
+    del comp
+    with torch.inference_mode():
+        log(
+            out,
+            {
+                "what": "sdxl-profile",
+                "impl": "torch-eager-fp16",
+                **kernel_profile(lambda: unet(**x)),
+            },
+        )
+        for knob in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit"):
+            if hasattr(torch._dynamo.config, knob):
+                setattr(torch._dynamo.config, knob, 1024)
+        compiled = torch.compile(unet)
+        compiled(**x)
+        log(
+            out,
+            {
+                "what": "sdxl-profile",
+                "impl": "torch-compile-fp16",
+                **kernel_profile(lambda: compiled(**x)),
+            },
+        )
+
+
 def vae_bench(vae, size: int, name: str, work: Path, out: Path) -> None:
     from latentrt.export import onnx as ox
     from latentrt.runtime.ort_cuda import CudaComponent
@@ -371,12 +439,11 @@ def sd15_bundle(work: Path, out: Path) -> tuple[Path, Path]:
     from latentrt.runtime.build import build_engines
 
     src, bundle = work / "sd15-src", work / "sd15-bundle"
-    if (bundle / "engines" / "ort-cuda" / "index.json").is_file():
-        return src, bundle
-    t0 = time.perf_counter()
-    src = write_sd15_source(work)
-    bundle = export_bundle(src, bundle, precision="fp32")
-    print(f"sd15 source + fp32 bundle {time.perf_counter() - t0:.1f}s", flush=True)
+    if not (bundle / "manifest.json").is_file():
+        t0 = time.perf_counter()
+        src = write_sd15_source(work)
+        bundle = export_bundle(src, bundle, precision="fp32")
+        print(f"sd15 source + fp32 bundle {time.perf_counter() - t0:.1f}s", flush=True)
     t0 = time.perf_counter()
     build_engines(bundle, "ort-cuda", progress=lambda m: print(m, flush=True))
     log(out, {"what": "sd15-build-ort-cuda", "seconds": time.perf_counter() - t0})
@@ -422,10 +489,9 @@ def run_sd15(work: Path, out: Path, compile_: bool) -> None:
 # each peak-memory figure is that configuration's alone.
 E2E_VARIANTS = [
     [],
+    ["--no-mem-pattern"],
+    ["--option", "cudnn_conv_algo_search=HEURISTIC"],
     ["--option", "prefer_nhwc=0"],
-    ["--option", "cudnn_conv_use_max_workspace=0"],
-    ["--shared-arena"],
-    ["--shared-arena", "--option", "cudnn_conv_use_max_workspace=0"],
 ]
 
 
@@ -544,7 +610,9 @@ def _patch_large_model_check() -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--arch", choices=["sd15", "sd15-memory", "sd15-compile", "sdxl"])
+    p.add_argument(
+        "--arch", choices=["sd15", "sd15-memory", "sd15-compile", "sdxl", "sdxl-profile"]
+    )
     p.add_argument("--out", default="bench-out")
     p.add_argument("--work", default="/tmp/latentrt-bench")
     p.add_argument("--no-compile", action="store_true")
@@ -577,6 +645,8 @@ def main() -> None:
         run_sd15_memory(work, out)
     elif args.arch == "sd15-compile":
         run_sd15_compile(work, out)
+    elif args.arch == "sdxl-profile":
+        run_sdxl_profile(work, out)
     else:
         run_sdxl(work, out, not args.no_compile)
 

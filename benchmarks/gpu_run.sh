@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU run for the ort-cuda backend: gpu tests, then the benchmarks of BENCHMARKS.md (ORT CUDA section).
 # Usage (repository root, on the GPU machine, onnxruntime-gpu installed to ~/ortgpu by
-# .device/install-ort-gpu.sh): bash benchmarks/gpu_run.sh tests|sd15|sd15-memory|sd15-compile|sdxl [more stages]
+# .device/install-ort-gpu.sh): bash benchmarks/gpu_run.sh tests|sd15|sd15-memory|sd15-compile|sdxl|sdxl-profile [more stages]
 # Logs and results.jsonl go to $OUT (default /tmp/latentrt_gpu_out).
 set -uo pipefail
 OUT=${OUT:-/tmp/latentrt_gpu_out}
@@ -25,6 +25,7 @@ for stage in "$@"; do
     sd15) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sd15 --no-compile --out "$OUT" 2>&1 | tee "$OUT/bench_sd15.txt" ;;
     sd15-compile) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sd15-compile --out "$OUT" 2>&1 | tee "$OUT/bench_sd15_compile.txt" ;;
     sd15-memory) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sd15-memory --out "$OUT" 2>&1 | tee "$OUT/bench_sd15_memory.txt" ;;
+    sdxl-profile) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sdxl-profile --out "$OUT" 2>&1 | tee "$OUT/bench_sdxl_profile.txt" ;;
     sdxl) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sdxl --out "$OUT" 2>&1 | tee "$OUT/bench_sdxl.txt" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac

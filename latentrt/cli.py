@@ -100,9 +100,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backend_options(pairs: list[str], shared_arena: bool) -> dict:
-    """`--option KEY=VALUE` pairs (ORT CUDA provider options) and `--shared-arena`."""
+def _backend_options(pairs: list[str], shared_arena: bool, mem_pattern: bool = True) -> dict:
+    """`--option KEY=VALUE` pairs (ORT CUDA provider options), `--shared-arena`,
+    `--no-mem-pattern`."""
     options: dict = {"shared_arena": True} if shared_arena else {}
+    if not mem_pattern:
+        options["mem_pattern"] = False
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
@@ -122,7 +125,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         batch=args.batch,
         steps=args.steps,
         repeats=args.repeats,
-        options=_backend_options(args.option, args.shared_arena),
+        options=_backend_options(args.option, args.shared_arena, args.mem_pattern),
     )
     print(format_table(result))
     if args.json:
@@ -192,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     n.add_argument(
         "--shared-arena", action="store_true", help="ort-cuda: one arena for all sessions"
+    )
+    n.add_argument(
+        "--no-mem-pattern",
+        dest="mem_pattern",
+        action="store_false",
+        help="ort-cuda: no pre-planned activation block per shape",
     )
     n.set_defaults(func=cmd_bench)
 

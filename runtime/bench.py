@@ -277,6 +277,9 @@ def bench(
             # its real per-step copies
             feeds = _feeds(b.component(name), {**dims, **extra}, rng)
             other = _feeds(b.component(name), {**dims, **extra}, rng)
+            for k in CONDITIONING:  # read-only, as CFGDenoiser passes them: kept resident
+                if k in feeds:
+                    feeds[k].flags.writeable = False
             other = {k: feeds[k] if k in CONDITIONING else v for k, v in other.items()}
             if "timestep" in other:
                 other["timestep"] = other["timestep"] + np.float32(1.0)

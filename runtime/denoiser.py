@@ -28,6 +28,13 @@ class Conditioning:
     added_uncond: dict[str, np.ndarray] | None = None
 
 
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """A read-only copy of `a` that owns its data (the caller's array is left as it is)."""
+    out = np.array(a, copy=True)
+    out.flags.writeable = False
+    return out
+
+
 class CFGDenoiser:
     """D(x, sigma) for a UNet with classifier-free guidance, uncond and cond in one batch."""
 
@@ -51,7 +58,13 @@ class CFGDenoiser:
         self.concat = concat  # inpainting UNets: (B, 5, h, w) mask + masked-image latents
         self.timesteps = timesteps or {}  # exact timesteps of a diffusers schedule, by sigma
         self.calls = 0
-        # The UNet's text inputs are the same at every step: batch [uncond; cond] once here.
+        # sigma -> t by interpolation in log sigma (samplers.sigma_to_t, with the table checked
+        # and its logarithm taken once instead of at every step)
+        sigma_to_t(model_sigmas[-1], model_sigmas)
+        self._log_sigmas = np.log(model_sigmas)
+        self._t_axis = np.arange(model_sigmas.size, dtype=np.float64)
+        # The UNet's text inputs are the same at every step: batch [uncond; cond] once here,
+        # as read-only arrays of their own, which a GPU backend keeps resident across steps.
         self._context = cond.context
         self._added = cond.added or {}
         if self.guided:
@@ -61,6 +74,10 @@ class CFGDenoiser:
             }
             if concat is not None:
                 self.concat = np.concatenate([concat, concat])
+        self._context = _frozen(self._context)
+        self._added = {k: _frozen(v) for k, v in self._added.items()}
+        if self.concat is not None:
+            self.concat = _frozen(self.concat)
 
     @property
     def guided(self) -> bool:
@@ -74,7 +91,7 @@ class CFGDenoiser:
             sample = np.concatenate([sample, self.concat], axis=1)
         t = self.timesteps.get(sigma)
         if t is None:
-            t = float(sigma_to_t(sigma, self.model_sigmas))
+            t = float(np.interp(np.log(sigma), self._log_sigmas, self._t_axis))
         t = np.full(sample.shape[0], t, dtype=np.float32)
         out = self.unet(
             sample=sample, timestep=t, encoder_hidden_states=self._context, **self._added

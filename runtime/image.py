@@ -90,7 +90,10 @@ def preprocess_mask(mask, width: int, height: int) -> np.ndarray:
 
 def postprocess(image: np.ndarray) -> np.ndarray:
     """Decoder output (B, 3, H, W) in [-1, 1] -> (B, H, W, 3) float32 in [0, 1]."""
-    return np.clip(image.astype(np.float32) / 2.0 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)
+    out = np.multiply(image, np.float32(0.5), dtype=np.float32)  # one new array, then in place
+    out += np.float32(0.5)
+    np.clip(out, 0.0, 1.0, out=out)
+    return out.transpose(0, 2, 3, 1)
 
 
 def to_pil(images: np.ndarray) -> list[Image.Image]:

@@ -3,10 +3,10 @@
 Each component is a `CudaComponent`, callable like `OrtComponent` (`component(**inputs) ->
 dict of numpy outputs`), with what the GPU path adds:
 
-- inputs are uploaded into device buffers bound with IOBinding; an input whose content equals
-  the last upload (the text embeddings, every step of a generation) is not copied again, so
-  embeddings stay resident on the GPU and a step moves only the latents and timesteps in and
-  the model output back;
+- inputs are uploaded into device buffers bound with IOBinding; an input that is the very
+  array of the last call and read-only (what `CFGDenoiser` passes for the text embeddings at
+  every step of a generation) is not copied again, so embeddings stay resident on the GPU and
+  a step moves only the latents and timesteps in and the model output back;
 - the UNet is captured as a CUDA graph per fixed input shape: its session pins the symbolic
   dims (batch, height, width, sequence) so ORT folds every shape computation away, binds
   fixed device buffers, and replays the graph for every later step of that shape;
@@ -91,10 +91,12 @@ def _session(
     dims: dict[str, int],
     extra: dict,
     shared_arena: bool = False,
+    mem_pattern: bool = True,
 ) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    so.enable_mem_pattern = mem_pattern
     if shared_arena:
         _register_shared_arena(device_id)
         so.add_session_config_entry("session.use_env_allocators", "1")
@@ -130,10 +132,12 @@ class CudaComponent:
         device_id: int = 0,
         check_numerics: bool = True,
         shared_arena: bool = False,
+        mem_pattern: bool = True,
         **options: str,
     ) -> None:
         _require_cuda()
         self.shared_arena = shared_arena
+        self.mem_pattern = mem_pattern
         self.name = name
         self.path = Path(path)
         self.precision = precision
@@ -146,6 +150,7 @@ class CudaComponent:
         self.session: ort.InferenceSession | None = None
         self._bound: dict[tuple, _Bound] = {}
         self._dtypes: dict[str, type] | None = None
+        self._cast_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.output_names: list[str] = []
         self._out_specs: list[tuple[list, type]] = []
 
@@ -168,7 +173,13 @@ class CudaComponent:
         if self.session is None:
             try:
                 self.session = _session(
-                    self.path, self.device_id, False, {}, self.options, self.shared_arena
+                    self.path,
+                    self.device_id,
+                    False,
+                    {},
+                    self.options,
+                    self.shared_arena,
+                    self.mem_pattern,
                 )
             except Exception as e:  # ORT raises its own exception types per failure
                 raise BackendError(
@@ -196,7 +207,13 @@ class CudaComponent:
         if self.cuda_graph:
             try:
                 session = _session(
-                    self.path, self.device_id, True, dims, self.options, self.shared_arena
+                    self.path,
+                    self.device_id,
+                    True,
+                    dims,
+                    self.options,
+                    self.shared_arena,
+                    self.mem_pattern,
                 )
             except Exception as e:  # e.g. a node ORT keeps on CPU: run without a graph
                 self.info["cuda_graph"] = False
@@ -206,7 +223,7 @@ class CudaComponent:
         b = _Bound(session, session.io_binding())
         for k, v in feeds.items():
             b.inputs[k] = ort.OrtValue.ortvalue_from_numpy(v, "cuda", self.device_id)
-            b.last[k] = v.copy()
+            b.last[k] = v
             b.binding.bind_ortvalue_input(k, b.inputs[k])
         if self.cuda_graph:  # outputs at fixed addresses, shaped from the pinned dims
             for o, (shape, dtype) in zip(self.output_names, self._out_shapes(b, dims), strict=True):
@@ -238,18 +255,26 @@ class CudaComponent:
 
     def _upload(self, b: _Bound, feeds: dict[str, np.ndarray]) -> None:
         for k, v in feeds.items():
-            last = b.last[k]
-            if v is last or np.array_equal(v, last):
-                continue  # already resident (the embeddings, every step)
+            if v is b.last.get(k) and _immutable(v):
+                continue  # the same read-only array as last call: still resident (embeddings)
             b.inputs[k].update_inplace(v)
-            b.last[k] = v.copy()
+            b.last[k] = v
 
     # --- calls --------------------------------------------------------------------------------
 
     def _cast(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._dtypes is None:
             self._metadata()
-        return cast_feeds(self.name, self._dtypes, feeds)
+        cast = cast_feeds(self.name, self._dtypes, feeds)
+        for k, v in feeds.items():  # a read-only input cast to the graph's dtype stays one
+            if cast[k] is not v and _immutable(v):
+                src, done = self._cast_cache.get(k, (None, None))
+                if src is not v:
+                    done = cast[k]
+                    done.flags.writeable = False
+                    self._cast_cache[k] = (v, done)
+                cast[k] = done
+        return cast
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
         cast = self._cast(feeds)
@@ -300,6 +325,12 @@ class CudaComponent:
         )
 
 
+def _immutable(a: np.ndarray) -> bool:
+    """Whether `a` cannot change behind our back: read-only and owning its data (a read-only
+    view could still change through a writable base)."""
+    return not a.flags.writeable and a.flags.owndata
+
+
 def _np_type(ort_type: str) -> type:
     return ORT_TYPES[ort_type]
 
@@ -326,13 +357,15 @@ def load_components(
     cuda_graph: bool = True,
     device_id: int = 0,
     shared_arena: bool = False,
+    mem_pattern: bool = True,
     **options: str,
 ) -> dict[str, CudaComponent]:
     """A CudaComponent per bundle component: built ort-cuda engines where current, else the
     bundle's ONNX files (fp32 or as exported). The UNet is CUDA-graph captured per shape.
 
     `options` override `DEFAULT_OPTIONS` (CUDA provider options, e.g. prefer_nhwc="0");
-    `shared_arena` makes every session allocate from one arena registered in ORT's environment.
+    `shared_arena` makes every session allocate from one arena registered in ORT's environment;
+    `mem_pattern=False` turns off ORT's pre-planned activation block per shape.
     Sessions are created on each component's first call."""
     _require_cuda()
     b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
@@ -351,6 +384,7 @@ def load_components(
             cuda_graph=cuda_graph and name in GRAPH_COMPONENTS,
             device_id=device_id,
             shared_arena=shared_arena,
+            mem_pattern=mem_pattern,
             **options,
         )
     return out

@@ -17,6 +17,7 @@ import pytest
 from latentrt.cli import main
 from latentrt.graphs._graph import MAX_IR_VERSION, check_model, count_ops
 from latentrt.runtime.build import build_engines
+from latentrt.runtime.bundle import Bundle
 from latentrt.runtime.pipeline import Pipeline
 
 
@@ -54,6 +55,25 @@ def test_ort_cuda_engines_build_without_a_gpu(bundle):
     messages.clear()
     build_engines(bundle, "ort-cuda", progress=messages.append)
     assert all(m.endswith("up to date") for m in messages)
+
+
+def test_ort_cuda_fp16_text_encoder_runs_and_matches_fp32(bundle):
+    """The fp16 text encoder engine passes ORT's type inference (ORT CPU loads it, as the CUDA
+    provider must) and stays within fp16 rounding of the fp32 graph on every output."""
+    import onnxruntime as ort
+
+    dest = build_engines(bundle, "ort-cuda")
+    entry = json.loads((dest / "index.json").read_text())["components"]["text_encoder"]
+    cpu = ["CPUExecutionProvider"]
+    fp16 = ort.InferenceSession(str(bundle / entry["file"]), providers=cpu)
+    source = Bundle.open(bundle).component_path("text_encoder")
+    fp32 = ort.InferenceSession(str(source), providers=cpu)
+    ids = np.full((2, 77), 49407, np.int64)
+    ids[:, :5] = [[49406, 320, 1125, 539, 49407], [49406, 49407, 49407, 49407, 49407]]
+    pairs = zip(fp16.run(None, {"input_ids": ids}), fp32.run(None, {"input_ids": ids}), strict=True)
+    for got, ref in pairs:
+        assert np.isfinite(got).all()
+        assert np.abs(got - ref).max() <= 1e-2 * max(1.0, np.abs(ref).max())
 
 
 def test_ort_cpu_engines_generate_the_same_image(bundle, tmp_path):

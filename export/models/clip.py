@@ -291,7 +291,7 @@ class CLIPTextModel(nn.Module):
         if stop == n:
             idx = self.eos_positions(input_ids)
             gather_idx = idx[:, None, None].expand(-1, 1, normed.shape[-1]).to(torch.int64)
-            pooled = normed.gather(1, gather_idx).squeeze(1)
+            pooled = normed.gather(1, gather_idx)[:, 0]  # (B, D); squeeze(1) exports an If
             if self.text_projection is not None:
                 embeds = self.text_projection(pooled)
         last = normed if (layer is None or final_norm) else x

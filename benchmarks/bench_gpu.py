@@ -325,6 +325,10 @@ def run_sdxl(work: Path, out: Path, compile_: bool) -> None:
     comp = CudaComponent("unet", eng, precision="fp16", cuda_graph=True, prefer_nhwc="0")
     ort_times(comp, feeds, "sdxl-unet-1024-b2", out, {"variant": "prefer_nhwc=0"})
     del comp
+    search = {"cudnn_conv_algo_search": "HEURISTIC"}
+    comp = CudaComponent("unet", eng, precision="fp16", cuda_graph=True, **search)
+    ort_times(comp, feeds, "sdxl-unet-1024-b2", out, {"variant": "cudnn HEURISTIC"})
+    del comp
     torch.cuda.empty_cache()
     vae_bench(AutoencoderKL(VAEConfig.from_diffusers(SDXL_VAE)), 1024, "sdxl-vae", work, out)
     if compile_:
@@ -489,8 +493,10 @@ def run_sd15(work: Path, out: Path, compile_: bool) -> None:
 # each peak-memory figure is that configuration's alone.
 E2E_VARIANTS = [
     [],
-    ["--no-mem-pattern"],
+    ["--mem-pattern"],
     ["--option", "cudnn_conv_algo_search=HEURISTIC"],
+    ["--shrink-arena"],
+    ["--shrink-arena", "--option", "cudnn_conv_algo_search=HEURISTIC"],
     ["--option", "prefer_nhwc=0"],
 ]
 
@@ -523,7 +529,8 @@ def run_sd15_compile(work: Path, out: Path) -> None:
 def run_sd15_memory(work: Path, out: Path) -> None:
     """The end-to-end variants (provider options, shared arena) on the bundle `sd15` built."""
     _, bundle = sd15_bundle(work, out)
-    e2e_variants(bundle, out, dict(os.environ, PYTHONUNBUFFERED="1"), E2E_VARIANTS[1:])
+    variants = json.loads(os.environ.get("E2E_VARIANTS", "null")) or E2E_VARIANTS[1:]
+    e2e_variants(bundle, out, dict(os.environ, PYTHONUNBUFFERED="1"), variants)
 
 
 def _pick(r: dict) -> dict:

@@ -26,7 +26,7 @@ for stage in "$@"; do
     sd15-compile) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sd15-compile --out "$OUT" 2>&1 | tee "$OUT/bench_sd15_compile.txt" ;;
     sd15-memory) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sd15-memory --out "$OUT" 2>&1 | tee "$OUT/bench_sd15_memory.txt" ;;
     sdxl-profile) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sdxl-profile --out "$OUT" 2>&1 | tee "$OUT/bench_sdxl_profile.txt" ;;
-    sdxl) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sdxl --out "$OUT" 2>&1 | tee "$OUT/bench_sdxl.txt" ;;
+    sdxl) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sdxl ${SDXL_FLAGS:-} --out "$OUT" 2>&1 | tee "$OUT/bench_sdxl.txt" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
 done

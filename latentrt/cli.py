@@ -100,12 +100,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backend_options(pairs: list[str], shared_arena: bool, mem_pattern: bool = True) -> dict:
-    """`--option KEY=VALUE` pairs (ORT CUDA provider options), `--shared-arena`,
-    `--no-mem-pattern`."""
-    options: dict = {"shared_arena": True} if shared_arena else {}
-    if not mem_pattern:
-        options["mem_pattern"] = False
+def _backend_options(pairs: list[str], flags: list[str]) -> dict:
+    """`--option KEY=VALUE` pairs (ORT CUDA provider options) and the session flags
+    (`--shared-arena`, `--mem-pattern`, `--shrink-arena`)."""
+    options: dict = {flag: True for flag in flags}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
@@ -125,7 +123,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         batch=args.batch,
         steps=args.steps,
         repeats=args.repeats,
-        options=_backend_options(args.option, args.shared_arena, args.mem_pattern),
+        options=_backend_options(args.option, args.session_flag or []),
     )
     print(format_table(result))
     if args.json:
@@ -193,15 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="ort-cuda provider option overriding the default, e.g. prefer_nhwc=0 (repeatable)",
     )
-    n.add_argument(
-        "--shared-arena", action="store_true", help="ort-cuda: one arena for all sessions"
-    )
-    n.add_argument(
-        "--no-mem-pattern",
-        dest="mem_pattern",
-        action="store_false",
-        help="ort-cuda: no pre-planned activation block per shape",
-    )
+    for flag, what in (
+        ("shared_arena", "one arena for all sessions"),
+        ("mem_pattern", "a pre-planned activation block per shape"),
+        ("shrink_arena", "hand unused arena memory back after each run"),
+    ):
+        n.add_argument(
+            "--" + flag.replace("_", "-"),
+            dest="session_flag",
+            action="append_const",
+            const=flag,
+            help=f"ort-cuda: {what}",
+        )
     n.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="generate with the embedded default model")

@@ -91,7 +91,7 @@ def _session(
     dims: dict[str, int],
     extra: dict,
     shared_arena: bool = False,
-    mem_pattern: bool = True,
+    mem_pattern: bool = False,
 ) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -132,10 +132,17 @@ class CudaComponent:
         device_id: int = 0,
         check_numerics: bool = True,
         shared_arena: bool = False,
-        mem_pattern: bool = True,
+        mem_pattern: bool = False,
+        shrink_arena: bool = False,
         **options: str,
     ) -> None:
         _require_cuda()
+        self._run_options = ort.RunOptions()
+        if shrink_arena:  # hand unused arena chunks back after each run (not for CUDA graphs)
+            self._run_options.add_run_config_entry(
+                "memory.enable_memory_arena_shrinkage", f"gpu:{device_id}"
+            )
+        self.shrink_arena = shrink_arena
         self.shared_arena = shared_arena
         self.mem_pattern = mem_pattern
         self.name = name
@@ -281,7 +288,8 @@ class CudaComponent:
         try:
             b = self._bind(cast)
             self._upload(b, cast)
-            b.session.run_with_iobinding(b.binding)
+            graph = self.cuda_graph and b.session is not self.session
+            b.session.run_with_iobinding(b.binding, None if graph else self._run_options)
             outs = [v.numpy() for v in b.binding.get_outputs()]
         except Exception as e:
             shapes = {k: v.shape for k, v in cast.items()}
@@ -357,7 +365,8 @@ def load_components(
     cuda_graph: bool = True,
     device_id: int = 0,
     shared_arena: bool = False,
-    mem_pattern: bool = True,
+    mem_pattern: bool = False,
+    shrink_arena: bool = False,
     **options: str,
 ) -> dict[str, CudaComponent]:
     """A CudaComponent per bundle component: built ort-cuda engines where current, else the
@@ -365,7 +374,9 @@ def load_components(
 
     `options` override `DEFAULT_OPTIONS` (CUDA provider options, e.g. prefer_nhwc="0");
     `shared_arena` makes every session allocate from one arena registered in ORT's environment;
-    `mem_pattern=False` turns off ORT's pre-planned activation block per shape.
+    `mem_pattern=True` turns on ORT's pre-planned activation block per shape (off by default:
+    measured 537 MiB lower peak on SD 1.5 without it, BENCHMARKS.md); `shrink_arena` hands
+    unused arena chunks back to the device after each run of a session without a CUDA graph.
     Sessions are created on each component's first call."""
     _require_cuda()
     b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
@@ -385,6 +396,7 @@ def load_components(
             device_id=device_id,
             shared_arena=shared_arena,
             mem_pattern=mem_pattern,
+            shrink_arena=shrink_arena,
             **options,
         )
     return out

@@ -489,8 +489,9 @@ class ReferenceSampler:
 
     @torch.no_grad()
     def _unet(self, sample: np.ndarray, timestep: np.ndarray, encoder_hidden_states: np.ndarray):
-        args = (
-            torch.from_numpy(a).to(self.device) for a in (sample, timestep, encoder_hidden_states)
+        args = (  # as_tensor copies the read-only arrays CFGDenoiser passes
+            torch.as_tensor(np.array(a), device=self.device)
+            for a in (sample, timestep, encoder_hidden_states)
         )
         return self.unet(*args).float().cpu().numpy()
 

@@ -163,66 +163,17 @@ class Pipeline:
         `denoising_end`/`denoising_start` in (0, 1) cut the schedule as diffusers' SDXL
         pipelines do; `image` may be a (B, C_latent, h, w) latent array instead of pixels.
         """
-        prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
+        prompts, negatives = self._check_request(
+            prompt, negative_prompt, batch, output, steps, sampler, scheduler,
+            image, mask, denoising_start, denoising_end,
+        )  # fmt: skip
         batch = len(prompts)
-        negatives = (
-            [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
-        )
-        if len(negatives) != batch:
-            raise InputError(f"{len(negatives)} negative prompts for {batch} prompts")
-        if not 1 <= batch <= self.bundle.manifest["shapes"]["batch"][1]:
-            raise InputError(f"batch must be in [1, {self.bundle.manifest['shapes']['batch'][1]}]")
-        if output not in OUTPUTS:
-            raise InputError(f"output must be one of {OUTPUTS}, got {output!r}")
-        if not isinstance(steps, int | np.integer) or steps < 1:
-            raise InputError(f"steps must be a positive integer, got {steps!r}")
-        if sampler not in samplers.SAMPLERS:
-            raise SamplerError(
-                f"unknown sampler {sampler!r}; known: {', '.join(samplers.SAMPLERS)}"
-            )
-        if (
-            scheduler is not None
-            and scheduler != DIFFUSERS_SCHEDULE
-            and scheduler not in samplers.SCHEDULERS
-        ):
-            known = ", ".join([*samplers.SCHEDULERS, DIFFUSERS_SCHEDULE])
-            raise SamplerError(f"unknown scheduler {scheduler!r}; known: {known}")
-        if mask is not None and image is None:
-            raise InputError("mask= needs image=")
-        for name, v in (("denoising_start", denoising_start), ("denoising_end", denoising_end)):
-            if v is not None and not (isinstance(v, float | int) and 0.0 < v < 1.0):
-                raise InputError(f"{name} must be a fraction in (0, 1), got {v!r}")
-        if denoising_start is not None and image is None:
-            raise InputError("denoising_start= needs image= (the latents to continue from)")
-        if (
-            denoising_start is not None
-            and denoising_end is not None
-            and denoising_start >= denoising_end
-        ):
-            raise InputError(
-                f"denoising_start {denoising_start} must be below denoising_end {denoising_end}"
-            )
         latent_image = self._latent_image(image)
         if strength is None:
             strength = 0.8 if image is not None and mask is None else 1.0
         if not 0.0 < strength <= 1.0:
             raise InputError(f"strength must be in (0, 1], got {strength}")
-        if latent_image is not None:
-            f = self.latent["downscale"]
-            lh, lw = latent_image.shape[2] * f, latent_image.shape[3] * f
-            if (width or lw, height or lh) != (lw, lh):
-                raise InputError(f"a latent image= is {lw}x{lh} pixels, not {width}x{height}")
-            width, height = lw, lh
-        elif image is not None and (width is None or height is None):
-            w0, h0 = _image_size(image)
-            step = self.latent["downscale"]
-            width = width or w0 - w0 % step
-            height = height or h0 - h0 % step
-        default = self.bundle.manifest.get(
-            "default_size", 512 if self.bundle.family in ("sd1",) else 768
-        )
-        width, height = width or default, height or default
-        self._check_size(width, height)
+        width, height = self._output_size(image, latent_image, width, height)
         if self.inpainting and (image is None or mask is None):
             raise InputError("this bundle's UNet is an inpainting model: pass image= and mask=")
 
@@ -268,22 +219,10 @@ class Pipeline:
                 image_latent = self.encode(pixels, rng)
 
         n = len(sigmas) - 1
-        if denoising_start is not None:
-            start = self.split_index(sigmas, timesteps, denoising_start)
-        elif image_latent is not None:
-            start = steps - min(int(steps * strength), steps)
-        else:
-            start = 0
-        stop = n if denoising_end is None else self.split_index(sigmas, timesteps, denoising_end)
-        if start >= stop:
-            what = (
-                f"denoising_start {denoising_start}"
-                if denoising_start is not None
-                else f"strength {strength}"
-            )
-            if denoising_end is not None:
-                what += f" and denoising_end {denoising_end}"
-            raise InputError(f"no step to run: {what} with {steps} steps")
+        start, stop = self._window(
+            sigmas, timesteps, steps, strength, image_latent is not None,
+            denoising_start, denoising_end,
+        )  # fmt: skip
         sigmas = sigmas[start : stop + 1]
         if "prev_sigmas" in options:
             options["prev_sigmas"] = options["prev_sigmas"][start:stop]
@@ -313,15 +252,122 @@ class Pipeline:
         final = options["prev_sigmas"][-1] if "prev_sigmas" in options else sigmas[-1]
         if final > 0 and stop == n:  # a schedule that stops short of sigma 0 (DDIM's final alpha)
             x = x / np.float32(np.sqrt(final**2 + 1.0))
+        return self._output(x, output, prompts[0], negatives[0], steps, sampler, scheduler,
+                            guidance, seed, width, height)  # fmt: skip
+
+    # --- generate's parts -----------------------------------------------------------------------
+
+    def _check_request(
+        self, prompt, negative_prompt, batch, output, steps, sampler, scheduler,
+        image, mask, denoising_start, denoising_end,
+    ) -> tuple[list[str], list[str]]:  # fmt: skip
+        """Validate `generate`'s arguments that need no model work; (prompts, negatives)."""
+        prompts = [prompt] * batch if isinstance(prompt, str) else list(prompt)
+        batch = len(prompts)
+        negatives = (
+            [negative_prompt] * batch if isinstance(negative_prompt, str) else list(negative_prompt)
+        )
+        if len(negatives) != batch:
+            raise InputError(f"{len(negatives)} negative prompts for {batch} prompts")
+        if not 1 <= batch <= self.bundle.manifest["shapes"]["batch"][1]:
+            raise InputError(f"batch must be in [1, {self.bundle.manifest['shapes']['batch'][1]}]")
+        if output not in OUTPUTS:
+            raise InputError(f"output must be one of {OUTPUTS}, got {output!r}")
+        if not isinstance(steps, int | np.integer) or steps < 1:
+            raise InputError(f"steps must be a positive integer, got {steps!r}")
+        if sampler not in samplers.SAMPLERS:
+            raise SamplerError(
+                f"unknown sampler {sampler!r}; known: {', '.join(samplers.SAMPLERS)}"
+            )
+        if (
+            scheduler is not None
+            and scheduler != DIFFUSERS_SCHEDULE
+            and scheduler not in samplers.SCHEDULERS
+        ):
+            known = ", ".join([*samplers.SCHEDULERS, DIFFUSERS_SCHEDULE])
+            raise SamplerError(f"unknown scheduler {scheduler!r}; known: {known}")
+        if mask is not None and image is None:
+            raise InputError("mask= needs image=")
+        for name, v in (("denoising_start", denoising_start), ("denoising_end", denoising_end)):
+            if v is not None and not (isinstance(v, float | int) and 0.0 < v < 1.0):
+                raise InputError(f"{name} must be a fraction in (0, 1), got {v!r}")
+        if denoising_start is not None and image is None:
+            raise InputError("denoising_start= needs image= (the latents to continue from)")
+        if (
+            denoising_start is not None
+            and denoising_end is not None
+            and denoising_start >= denoising_end
+        ):
+            raise InputError(
+                f"denoising_start {denoising_start} must be below denoising_end {denoising_end}"
+            )
+        return prompts, negatives
+
+    def _output_size(
+        self, image, latent_image: np.ndarray | None, width: int | None, height: int | None
+    ) -> tuple[int, int]:
+        """(width, height): a latent image's size, else the given one, else an input image's
+        (rounded down to the latent grid), else the bundle's default; checked against its range."""
+        if latent_image is not None:
+            f = self.latent["downscale"]
+            lh, lw = latent_image.shape[2] * f, latent_image.shape[3] * f
+            if (width or lw, height or lh) != (lw, lh):
+                raise InputError(f"a latent image= is {lw}x{lh} pixels, not {width}x{height}")
+            width, height = lw, lh
+        elif image is not None and (width is None or height is None):
+            w0, h0 = _image_size(image)
+            step = self.latent["downscale"]
+            width = width or w0 - w0 % step
+            height = height or h0 - h0 % step
+        default = self.bundle.manifest.get(
+            "default_size", 512 if self.bundle.family in ("sd1",) else 768
+        )
+        width, height = width or default, height or default
+        self._check_size(width, height)
+        return width, height
+
+    def _window(
+        self,
+        sigmas: np.ndarray,
+        timesteps: dict[float, float] | None,
+        steps: int,
+        strength: float,
+        from_image: bool,
+        denoising_start: float | None,
+        denoising_end: float | None,
+    ) -> tuple[int, int]:
+        """(start, stop) step indices to run: img2img strength or the SDXL hand-off points."""
+        n = len(sigmas) - 1
+        if denoising_start is not None:
+            start = self.split_index(sigmas, timesteps, denoising_start)
+        elif from_image:
+            start = steps - min(int(steps * strength), steps)
+        else:
+            start = 0
+        stop = n if denoising_end is None else self.split_index(sigmas, timesteps, denoising_end)
+        if start >= stop:
+            what = (
+                f"denoising_start {denoising_start}"
+                if denoising_start is not None
+                else f"strength {strength}"
+            )
+            if denoising_end is not None:
+                what += f" and denoising_end {denoising_end}"
+            raise InputError(f"no step to run: {what} with {steps} steps")
+        return start, stop
+
+    def _output(
+        self, x, output, prompt, negative, steps, sampler, scheduler, guidance, seed, width, height
+    ):
+        """Final latents -> what `output` asks for; PIL images carry A1111 parameters."""
         if output == "latent":
             return x
         images = postprocess(self.decode(x))
         if output == "np":
             return images
-        pil = to_pil(images)
         params = format_parameters(
-            prompts[0],
-            negatives[0],
+            prompt,
+            negative,
             steps=steps,
             sampler=sampler,
             scheduler=scheduler or ("diffusers" if sampler == "ddim" else "normal"),
@@ -332,6 +378,7 @@ class Pipeline:
             model_hash=self.bundle.manifest["provenance"]["source_sha256"],
             model_name=self.bundle.manifest["provenance"]["source"],
         )
+        pil = to_pil(images)
         for im in pil:
             im.info["parameters"] = params
         return pil

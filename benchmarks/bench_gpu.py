@@ -31,7 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from latentrt.export.onnx import export_unet
+from latentrt.runtime.bench import time_calls
+
 ROOT = Path(__file__).resolve().parents[1]
+SDXL_POOLED = 1280  # OpenCLIP bigG's pooled width: text_embeds of the SDXL base UNet
 
 SD15_UNET = {
     "act_fn": "silu",
@@ -176,18 +180,6 @@ def cuda_ms(fn, repeats: int = 20, warmup: int = 5) -> list[float]:
     return out
 
 
-def host_ms(fn, repeats: int = 20, warmup: int = 5) -> list[float]:
-    """Host milliseconds of `repeats` synchronous calls after `warmup`."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
 def med(ms: list[float]) -> dict:
     return {"median_ms": float(np.median(ms)), "min_ms": float(np.min(ms)), "runs": len(ms)}
 
@@ -241,30 +233,10 @@ def torch_compiled(model: nn.Module, inputs: dict, name: str, out: Path) -> None
 def ort_times(component, feeds: dict, name: str, out: Path, extra: dict | None = None) -> dict:
     """Host timings of a CudaComponent call (synchronous; copies in and out included)."""
     first = component(**feeds)
-    ms = host_ms(lambda: component(**feeds))
+    ms = time_calls(lambda: component(**feeds), repeats=20, warmup=5)
     rec = {"what": name, "impl": "ort-cuda-fp16", **med(ms), **dict(component.info)}
     log(out, {**rec, **(extra or {})})
     return first
-
-
-def export_unet_cuda(model, path: Path, dtype) -> None:
-    """export/onnx.export_unet's graph, traced on the GPU (fast for full-size models)."""
-    from latentrt.export import onnx as ox
-
-    cfg = model.config
-    x = unet_inputs(cfg, 2, 128, "cuda", dtype)
-    names = ["sample", "timestep", "encoder_hidden_states"]
-    dyn = {
-        "sample": {0: "batch", 2: "height", 3: "width"},
-        "timestep": {0: "batch"},
-        "encoder_hidden_states": {0: "batch", 1: "sequence"},
-        "out_sample": {0: "batch", 2: "height", 3: "width"},
-    }
-    if cfg.addition_embed_type == "text_time":
-        names += ["text_embeds", "time_ids"]
-        dyn |= {"text_embeds": {0: "batch"}, "time_ids": {0: "batch"}}
-    args = tuple(x[n] for n in names)
-    ox.export_graph(ox.UNetGraph(model), args, path, names, ["out_sample"], dyn)
 
 
 def recipe(src: Path, dst: Path, component: str, precision: str) -> None:
@@ -312,7 +284,7 @@ def run_sdxl(work: Path, out: Path, compile_: bool) -> None:
     log(out, {"what": "sdxl-unet", "params_m": sum(p.numel() for p in unet.parameters()) / 1e6})
     raw, eng = work / "sdxl_unet.onnx", work / "sdxl_unet.ort-cuda.onnx"
     t0 = time.perf_counter()
-    export_unet_cuda(unet, raw, torch.float16)
+    export_unet(unet, raw, "fp16", text_embeds_dim=SDXL_POOLED)
     print(f"export sdxl unet {time.perf_counter() - t0:.1f}s", flush=True)
     recipe(raw, eng, "unet", "fp16")
     x = unet_inputs(cfg, 2, 1024)
@@ -365,7 +337,7 @@ def run_sdxl_profile(work: Path, out: Path) -> None:
     unet = trained_like(UNet2DCondition(cfg), 0, True).half().cuda().eval()
     raw, eng = work / "sdxl_unet.onnx", work / "sdxl_unet.ort-cuda.onnx"
     if not eng.is_file():
-        export_unet_cuda(unet, raw, torch.float16)
+        export_unet(unet, raw, "fp16", text_embeds_dim=SDXL_POOLED)
         recipe(raw, eng, "unet", "fp16")
     x = unet_inputs(cfg, 2, 1024)
     feeds = {k: v.float().cpu().numpy() for k, v in x.items()}

@@ -5,14 +5,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/latentrt_train_out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-ROOT=$(pwd)
-# Import the repo as the `latentrt` namespace without installing it (folders map to subpackages).
-PKG=$(mktemp -d)
-mkdir -p "$PKG/latentrt"
-cp -r "$ROOT"/latentrt/. "$PKG/latentrt/"
-for sub in samplers runtime graphs plugins export; do ln -s "$ROOT/$sub" "$PKG/latentrt/$sub"; done
-export PYTHONPATH=$PKG${PYTHONPATH:+:$PYTHONPATH}
+source benchmarks/gpu_env.sh
 {
   date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv

@@ -205,9 +205,10 @@ def export_unet(
     cfg = model.config
     dtype = DTYPES[precision]
     m = UNetGraph(model.to(dtype))
-    sample = torch.randn(2, cfg.in_channels, 8 * 2, 8 * 2, dtype=dtype)
-    t = torch.tensor([999.0, 1.0], dtype=torch.float32)
-    ctx = torch.randn(2, 77, cfg.cross_attention_dim, dtype=dtype)
+    dev = next(model.parameters()).device  # traced where the model lives (a GPU is faster)
+    sample = torch.randn(2, cfg.in_channels, 8 * 2, 8 * 2, dtype=dtype, device=dev)
+    t = torch.tensor([999.0, 1.0], dtype=torch.float32, device=dev)
+    ctx = torch.randn(2, 77, cfg.cross_attention_dim, dtype=dtype, device=dev)
     args = [sample, t, ctx]
     names = ["sample", "timestep", "encoder_hidden_states"]
     dyn = {
@@ -218,7 +219,10 @@ def export_unet(
     }
     if cfg.addition_embed_type == "text_time":
         pooled, n_time = sdxl_added_dims(model, text_embeds_dim)
-        args += [torch.randn(2, pooled, dtype=dtype), torch.ones(2, n_time, dtype=dtype)]
+        args += [
+            torch.randn(2, pooled, dtype=dtype, device=dev),
+            torch.ones(2, n_time, dtype=dtype, device=dev),
+        ]
         names += ["text_embeds", "time_ids"]
         dyn |= {"text_embeds": {0: "batch"}, "time_ids": {0: "batch"}}
     return export_graph(m, tuple(args), path, names, ["out_sample"], dyn)

@@ -270,17 +270,19 @@ class CudaComponent:
     # --- calls --------------------------------------------------------------------------------
 
     def _cast(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Inputs in the graph's dtypes; a read-only input is cast once and the cast reused
+        (a read-only cast, so `_upload` keeps it resident too)."""
         if self._dtypes is None:
             self._metadata()
-        cast = cast_feeds(self.name, self._dtypes, feeds)
-        for k, v in feeds.items():  # a read-only input cast to the graph's dtype stays one
-            if cast[k] is not v and _immutable(v):
-                src, done = self._cast_cache.get(k, (None, None))
-                if src is not v:
-                    done = cast[k]
-                    done.flags.writeable = False
-                    self._cast_cache[k] = (v, done)
-                cast[k] = done
+        reused = {}
+        for k, v in feeds.items():
+            src, done = self._cast_cache.get(k, (None, None))
+            reused[k] = done if src is v and _immutable(v) else v
+        cast = cast_feeds(self.name, self._dtypes, reused)
+        for k, v in feeds.items():
+            if cast[k] is not v and cast[k] is not reused[k] and _immutable(v):
+                cast[k].flags.writeable = False
+                self._cast_cache[k] = (v, cast[k])
         return cast
 
     def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:

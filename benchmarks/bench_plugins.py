@@ -86,11 +86,22 @@ def _sets(nbytes: int) -> int:
     return max(2, min(64, ROTATE_BYTES // max(nbytes, 1)))
 
 
-def bench_groupnorm(shapes, dtypes) -> list[str]:
+def _gn_inputs(shape, dtype, layout: str, k: int):
+    """k input/output pairs of an NCHW `shape` stored in `layout`, plus gamma and beta."""
+    n, c, h, w = shape
+    stored = (n, h, w, c) if layout == "NHWC" else shape
+    xs = [torch.randn(stored, device="cuda", dtype=dtype) for _ in range(k)]
+    ys = [torch.empty_like(x) for x in xs]
+    g = torch.randn(c, device="cuda", dtype=dtype)
+    b = torch.randn(c, device="cuda", dtype=dtype)
+    return xs, ys, g, b
+
+
+def bench_groupnorm(shapes, dtypes, layout: str = "NCHW") -> list[str]:
     rows = [
-        "| shape | dtype | fused ms | unfused ms | speedup | fused TB/s | % of 3.35 spec "
+        "| shape | layout | dtype | fused ms | unfused ms | speedup | fused TB/s | % of 3.35 spec "
         "| copy TB/s | % of copy | plan | timing |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for shape in shapes:
         for dt in dtypes:
@@ -98,10 +109,7 @@ def bench_groupnorm(shapes, dtypes) -> list[str]:
             c = shape[1]
             nbytes = torch.Size(shape).numel() * torch.finfo(dtype).bits // 8
             k = _sets(2 * nbytes)
-            xs = [torch.randn(shape, device="cuda", dtype=dtype) for _ in range(k)]
-            ys = [torch.empty_like(x) for x in xs]
-            g = torch.randn(c, device="cuda", dtype=dtype)
-            b = torch.randn(c, device="cuda", dtype=dtype)
+            xs, ys, g, b = _gn_inputs(shape, dtype, layout, k)
 
             fused = [
                 partial(
@@ -112,13 +120,15 @@ def bench_groupnorm(shapes, dtypes) -> list[str]:
                     32,
                     1e-5,
                     1,
-                    "NCHW",
+                    layout,
                     out=ys[i],
                     stream=_CURRENT,
                 )
                 for i in range(k)
             ]
-            unfused = [partial(_gn_silu_torch, xs[i], g, b) for i in range(k)]
+            # PyTorch on the same memory: NHWC as channels_last NCHW views.
+            views = [x.permute(0, 3, 1, 2) for x in xs] if layout == "NHWC" else xs
+            unfused = [partial(_gn_silu_torch, views[i], g, b) for i in range(k)]
             copy = [partial(ys[i].copy_, xs[i]) for i in range(k)]
             t_f, mode_f = _time_graph(fused)
             t_u, _ = _time_graph(unfused)
@@ -130,14 +140,14 @@ def bench_groupnorm(shapes, dtypes) -> list[str]:
                 c,
                 shape[2] * shape[3],
                 32,
-                False,
+                layout == "NHWC",
                 nbytes // torch.Size(shape).numel(),
                 True,
                 torch.cuda.get_device_properties(0).multi_processor_count,
                 torch.cuda.get_device_properties(0).shared_memory_per_block_optin,
             )
             rows.append(
-                f"| {'x'.join(map(str, shape))} | {dt} | {t_f:.4f} | {t_u:.4f} | {t_u / t_f:.2f}x "
+                f"| {'x'.join(map(str, shape))} | {layout} | {dt} | {t_f:.4f} | {t_u:.4f} | {t_u / t_f:.2f}x "
                 f"| {bw:.2f} | {100 * bw / SPEC_TBPS:.0f}% | {bw_c:.2f} | {100 * bw / bw_c:.0f}% "
                 f"| cs{plan.cluster}/{plan.threads}t/{'cached' if plan.cached else '2-read'} "
                 f"| {mode_f} |"
@@ -224,21 +234,19 @@ def bench_conv(cases, dtypes, channels_last=False) -> list[str]:
     return rows
 
 
-def sweep_clusters(shapes) -> list[str]:
-    """Fused GroupNorm+SiLU fp16 time per forced cluster size (planner's choice marked)."""
+def sweep_plans(shapes) -> list[str]:
+    """Fused GroupNorm+SiLU fp16 NCHW time per forced cluster size and block size."""
+    plans = [(cs, t) for cs in (1, 2, 4, 8) for t in (256, 512)]
     rows = [
-        "| shape | cs1 ms | cs2 ms | cs4 ms | cs8 ms | planner |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| shape | " + " | ".join(f"cs{cs}/{t}t" for cs, t in plans) + " | planner |",
+        "| --- |" + " --- |" * (len(plans) + 1),
     ]
     for shape in shapes:
         nbytes = torch.Size(shape).numel() * 2
         k = _sets(2 * nbytes)
-        xs = [torch.randn(shape, device="cuda", dtype=torch.float16) for _ in range(k)]
-        ys = [torch.empty_like(x) for x in xs]
-        g = torch.randn(shape[1], device="cuda", dtype=torch.float16)
-        b = torch.randn(shape[1], device="cuda", dtype=torch.float16)
+        xs, ys, g, b = _gn_inputs(shape, torch.float16, "NCHW", k)
         cells = []
-        for cs in (1, 2, 4, 8):
+        for cs, threads in plans:
             fns = [
                 partial(
                     harness.groupnorm_silu,
@@ -252,6 +260,7 @@ def sweep_clusters(shapes) -> list[str]:
                     out=ys[i],
                     stream=_CURRENT,
                     cluster=cs,
+                    threads=threads,
                 )
                 for i in range(k)
             ]
@@ -268,7 +277,10 @@ def sweep_clusters(shapes) -> list[str]:
             props.multi_processor_count,
             props.shared_memory_per_block_optin,
         )
-        rows.append(f"| {'x'.join(map(str, shape))} | {' | '.join(cells)} | cs{plan.cluster} |")
+        rows.append(
+            f"| {'x'.join(map(str, shape))} | {' | '.join(cells)} "
+            f"| cs{plan.cluster}/{plan.threads}t |"
+        )
         print(rows[-1], flush=True)
         torch.cuda.empty_cache()
     return rows
@@ -296,6 +308,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
     ap.add_argument("--profile", action="store_true", help="one launch per kernel, for ncu")
+    ap.add_argument("--gn-only", action="store_true", help="GroupNorm+SiLU tables only")
     args = ap.parse_args()
     if args.profile:
         profile_once()
@@ -321,10 +334,15 @@ def main() -> None:
     ]
     if args.quick:
         gn_shapes, conv_cases = gn_shapes[:2], conv_cases[:2]
-    print("\n## GroupNorm+SiLU (NCHW, 32 groups)\n")
-    gn = bench_groupnorm(gn_shapes, ["float16", "float32"])
-    print("\n## GroupNorm+SiLU fp16: forced cluster sizes\n")
-    sweep = sweep_clusters(gn_shapes)
+    print("\n## GroupNorm+SiLU (32 groups)\n")
+    gn = bench_groupnorm(gn_shapes, ["float16", "float32", "bfloat16"])
+    gn += bench_groupnorm(gn_shapes, ["float16"], layout="NHWC")[2:]
+    print("\n## GroupNorm+SiLU fp16: forced cluster and block sizes\n")
+    sweep = sweep_plans(gn_shapes)
+    if args.gn_only:
+        print("\n# summary\n")
+        print("\n".join(gn + [""] + sweep))
+        return
     print("\n## Conv3d k3, causal zero padding\n")
     cv = bench_conv(conv_cases, ["float16", "bfloat16"])
     cv_last = bench_conv(conv_cases, ["float16"], channels_last=True)

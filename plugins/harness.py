@@ -161,23 +161,22 @@ def groupnorm_plan(
     sms: int,
     smem_optin: int,
     cluster: int | None = None,
+    threads: int | None = None,
 ) -> GroupNormPlan:
     """Cluster size, block size, vector width and caching for one GroupNormSiLU launch.
 
-    `cluster` (1, 2, 4 or 8) overrides the cluster-size choice, for benchmark sweeps.
+    `cluster` (1, 2, 4 or 8) and `threads` (256 or 512) override the planner, for benchmark
+    sweeps.
     """
     cg = c // num_groups
     vmax = 16 // itemsize
     vec = aligned and (cg % vmax == 0 if channels_last else spatial % vmax == 0)
     v = vmax if vec else 1
     total = cg * spatial // v
-    ngroups = n * num_groups
     cs = 1
-    while cs < 8 and ngroups * cs * 10 < 9 * sms:
+    while cs < 8 and -(-total // cs) > 4096 and n * num_groups * cs * 2 <= 2 * sms:
         cs *= 2
-    while cs < 8 and -(-cg * spatial // cs) > 32768 and ngroups * cs * 2 < 3 * sms:
-        cs *= 2
-    affine = (cg * 4 + 15) // 16 * 16
+    affine = (2 * cg * 4 + 15) // 16 * 16
     budget = smem_optin - 2048
 
     def cache_bytes(k: int) -> int:
@@ -191,7 +190,10 @@ def groupnorm_plan(
         cs = cluster
     cached = affine + cache_bytes(cs) <= budget
     smem = affine + (cache_bytes(cs) if cached else 0)
-    threads = 512 if -(-total // cs) >= 2048 else 256
+    if threads is None:
+        threads = 512
+    elif threads not in (256, 512):
+        raise InputError(f"threads must be 256 or 512, got {threads}")
     return GroupNormPlan(cs, threads, vec, cached, smem)
 
 
@@ -206,11 +208,12 @@ def groupnorm_silu(
     out: Any = None,
     stream: Any = None,
     cluster: int | None = None,
+    threads: int | None = None,
 ) -> Any:
     """Fused GroupNorm + optional SiLU on the GPU; returns `out` (allocated when None).
 
-    x is (N, C, *spatial) for NCHW/NCDHW or (N, *spatial, C) for NHWC/NDHWC. `cluster`
-    overrides the planner's cluster size (benchmark sweeps only).
+    x is (N, C, *spatial) for NCHW/NCDHW or (N, *spatial, C) for NHWC/NDHWC. `cluster` and
+    `threads` override the planner's choices (benchmark sweeps only).
     """
     cupy = _cupy()
     if layout not in _CHANNELS_LAST:
@@ -246,6 +249,7 @@ def groupnorm_silu(
         sms,
         optin,
         cluster,
+        threads,
     )
     name = f"latentrt_gn_silu_{'nhwc' if last else 'nchw'}_{_SUFFIX[xd.dtype]}_c{plan.cluster}"
     kern = _module("groupnorm_silu.cu").get_function(name)

@@ -141,18 +141,26 @@ def test_kernel_source_inlines_common_header():
 
 def test_groupnorm_plan_unet_and_fallback():
     # H100: 132 SMs, 227 KB opt-in shared memory per block.
-    p = harness.groupnorm_plan(2, 320, 64 * 64, 32, False, 2, True, 132, 232448)
-    assert (p.cluster, p.vec, p.cached) == (2, True, True)
-    assert p.smem == 48 + 10 * 4096 * 2 // 2
-    # Many groups: one block per group already fills the GPU.
-    assert harness.groupnorm_plan(8, 320, 4096, 32, False, 2, True, 132, 232448).cluster == 1
-    p = harness.groupnorm_plan(1, 512, 128 * 128, 32, False, 4, True, 132, 232448)
-    assert p.cached and p.cluster == 8 and p.smem <= 232448 - 2048
+    sms, optin = 132, 232448
+    # A UNet group (10 x 64 x 64 fp16, 5120 vectors), 64 groups: clusters of 2, slice cached
+    # after gamma/beta.
+    p = harness.groupnorm_plan(2, 320, 64 * 64, 32, False, 2, True, sms, optin)
+    assert (p.cluster, p.threads, p.vec, p.cached) == (2, 512, True, True)
+    assert p.smem == 2 * 10 * 4 + 10 * 4096 * 2 // 2
+    # 256 such groups fill the GPU with one block each.
+    assert harness.groupnorm_plan(8, 320, 4096, 32, False, 2, True, sms, optin).cluster == 1
+    # A small group (40 x 16 x 16, 1280 vectors): one block.
+    assert harness.groupnorm_plan(2, 1280, 256, 32, False, 2, True, sms, optin).cluster == 1
+    # A VAE group (16 x 128 x 128 fp32, 65536 vectors): clusters of 8, still one read.
+    p = harness.groupnorm_plan(1, 512, 128 * 128, 32, False, 4, True, sms, optin)
+    assert p.cached and p.cluster == 8 and p.smem <= optin - 2048
     # A group of 16 x 512 x 512 fp32 (16 MB) cannot sit on chip: two reads instead.
-    p = harness.groupnorm_plan(1, 32, 512 * 512, 2, False, 4, True, 132, 232448)
+    p = harness.groupnorm_plan(1, 32, 512 * 512, 2, False, 4, True, sms, optin)
     assert (p.cluster, p.cached) == (8, False)
     # Channels-last with 10 channels per group cannot use 16-byte fp16 vectors.
-    assert not harness.groupnorm_plan(2, 320, 4096, 32, True, 2, True, 132, 232448).vec
+    assert not harness.groupnorm_plan(2, 320, 4096, 32, True, 2, True, sms, optin).vec
+    with pytest.raises(InputError, match="threads"):
+        harness.groupnorm_plan(2, 320, 4096, 32, False, 2, True, sms, optin, threads=1024)
 
 
 def test_conv3d_plan_picks_tensor_cores_for_wide_half_convs():

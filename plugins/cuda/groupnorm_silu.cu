@@ -3,7 +3,7 @@
 // One (batch, group) pair is normalized by a thread-block cluster of CS blocks (CS in 1, 2, 4,
 // 8). Each block takes a contiguous slice of the group's elements, reads it once with 16-byte
 // loads, keeps it in shared memory and accumulates Welford statistics (count, mean, M2) in
-// fp32. Blocks merge their statistics through distributed shared memory (Chan's parallel
+// fp32, one (count, mean, M2) per batch of loads (sums shifted by a sample) merged per thread. Blocks merge their statistics through distributed shared memory (Chan's parallel
 // formula, in rank order so every block gets bit-identical results), then normalize the slice
 // from shared memory and write it once. When a group's slice does not fit in shared memory
 // the same kernel re-reads the slice from global memory instead (the two-pass fallback).
@@ -47,6 +47,15 @@ __device__ __forceinline__ void cluster_sync_all() {
                    : "memory");
 }
 
+// The two halves of a cluster barrier: a block arrives once it no longer reads its peers' shared
+// memory and waits only before it exits, so the wait costs nothing on the critical path.
+__device__ __forceinline__ void cluster_arrive() {
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
 // Reads a float from the shared memory of block `rank` of this cluster (same variable).
 __device__ __forceinline__ float load_cluster_shared(const float* local, unsigned rank) {
   unsigned addr;
@@ -60,20 +69,18 @@ __device__ __forceinline__ float load_cluster_shared(const float* local, unsigne
   return v;
 }
 
-template <typename T, int V>
-__device__ __forceinline__ void accumulate_pack(WelfordStat& s, const Pack<T, V>& p) {
-  float f[V];
-  float sum = 0.0f;
-#pragma unroll
-  for (int j = 0; j < V; ++j) {
-    f[j] = to_f32(p.v[j]);
-    sum += f[j];
+// SiLU. fp32: exp and a fast divide (for t < -88 exp(-t) is inf and the divide gives the limit,
+// -0), two MUFU operations. 16-bit outputs: sigmoid(t) = 0.5 + 0.5 tanh(t / 2) with the one-MUFU
+// tanh.approx (relative error ~5e-4, below fp16/bf16 rounding of the result's 1e-2 budget).
+template <typename T>
+__device__ __forceinline__ float silu(float t) {
+  if constexpr (sizeof(T) == 4) {
+    return __fdividef(t, 1.0f + __expf(-t));
+  } else {
+    float th;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(th) : "f"(0.5f * t));
+    return t * fmaf(0.5f, th, 0.5f);
   }
-  const float mb = sum * (1.0f / V);
-  float m2b = 0.0f;
-#pragma unroll
-  for (int j = 0; j < V; ++j) m2b += (f[j] - mb) * (f[j] - mb);
-  welford_merge(s, static_cast<float>(V), mb, m2b);
 }
 
 template <int LAYOUT, int V>
@@ -124,16 +131,25 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
   const unsigned start = min(total, rank * per);
   const unsigned end = min(total, start + per);
 
-  float* s_scale = reinterpret_cast<float*>(smem_raw);
-  const unsigned affine_bytes = ((Cg * 4u + 15u) / 16u) * 16u;
+  // Shared memory: per-channel scale a and shift b (y = x * a + b before the SiLU), then the
+  // slice cache.
+  float* s_a = reinterpret_cast<float*>(smem_raw);
+  float* s_b = s_a + Cg;
+  const unsigned affine_bytes = ((2u * Cg * 4u + 15u) / 16u) * 16u;
   Pack<T, V>* cache = reinterpret_cast<Pack<T, V>*>(smem_raw + affine_bytes);
 
   const unsigned tid = threadIdx.x;
   const unsigned bs = blockDim.x;
-  constexpr int U = 4;
+  constexpr int U = 4;  // more spills registers under the 64-register bound
 
-  // Pass 1: read the slice once, cache it, accumulate statistics. U loads are in flight per
-  // thread before the first use, the tail included.
+  // gamma and beta first: their loads are in flight together with the first data loads.
+  for (unsigned c = tid; c < Cg; c += bs) {
+    s_a[c] = to_f32(gamma[g * Cg + c]);
+    s_b[c] = to_f32(beta[g * Cg + c]);
+  }
+
+  // Pass 1: read the slice once (U vector loads in flight per thread), cache it, and fold each
+  // batch's (count, mean, M2) into the thread's Welford statistics.
   WelfordStat st{0.0f, 0.0f, 0.0f};
   for (unsigned v0 = start + tid; v0 < end; v0 += U * bs) {
     Pack<T, V> p[U];
@@ -141,13 +157,25 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
     for (int u = 0; u < U; ++u)
       if (v0 + u * bs < end)
         p[u] = *reinterpret_cast<const Pack<T, V>*>(xg + ix.offset(v0 + u * bs));
+    // Sums shifted by the batch's first element (a sample of the data, so no cancellation).
+    const float k = to_f32(p[0].v[0]);
+    float s1 = 0.0f, s2 = 0.0f;
+    unsigned count = 0;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (v0 + u * bs < end) {
-        accumulate_pack(st, p[u]);
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          const float d = to_f32(p[u].v[j]) - k;
+          s1 += d;
+          s2 = fmaf(d, d, s2);
+        }
+        count += V;
         if (cached) cache[v0 + u * bs - start] = p[u];
       }
     }
+    const float nb = static_cast<float>(count);
+    welford_merge(st, nb, k + s1 / nb, fmaxf(s2 - s1 * s1 / nb, 0.0f));
   }
 
   // Block reduction.
@@ -169,10 +197,15 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
       s_block[0] = w.n;
       s_block[1] = w.mean;
       s_block[2] = w.m2;
+      if constexpr (CS == 1) {
+        s_final[0] = w.mean;
+        s_final[1] = rsqrtf(w.m2 / w.n + eps);
+      }
     }
   }
 
-  // Cluster reduction through distributed shared memory, in rank order.
+  // Cluster reduction through distributed shared memory, in rank order (every block gets
+  // bit-identical statistics).
   if constexpr (CS > 1) {
     cluster_sync_all();
     if (warp == 0) {
@@ -188,28 +221,27 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
         s_final[1] = rsqrtf(w.m2 / w.n + eps);
       }
     }
-    cluster_sync_all();  // no block leaves while a peer may still read its s_block
-  } else {
-    if (tid == 0) {
-      s_final[0] = s_block[1];
-      s_final[1] = rsqrtf(s_block[2] / s_block[0] + eps);
-    }
-    __syncthreads();
+    cluster_arrive();  // done with the peers' s_block; the matching wait is at the end
   }
+  __syncthreads();
   const float mean = s_final[0];
   const float rstd = s_final[1];
-  for (unsigned c = tid; c < Cg; c += bs) s_scale[c] = to_f32(gamma[g * Cg + c]) * rstd;
+  for (unsigned c = tid; c < Cg; c += bs) {
+    const float a = s_a[c] * rstd;
+    s_b[c] -= mean * a;
+    s_a[c] = a;
+  }
   __syncthreads();
 
-  // Pass 2: normalize, affine, SiLU, write once.
+  // Pass 2: scale and shift, SiLU, write once.
   auto emit = [&](unsigned vi, const Pack<T, V>& p) {
     const unsigned c0 = ix.channel(vi);
     Pack<T, V> o;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       const unsigned c = LAYOUT == kLayoutChannelsFirst ? c0 : c0 + j;
-      float t = (to_f32(p.v[j]) - mean) * s_scale[c] + to_f32(beta[g * Cg + c]);
-      if (act) t = t / (1.0f + __expf(-t));
+      float t = fmaf(to_f32(p.v[j]), s_a[c], s_b[c]);
+      if (act) t = silu<T>(t);
       o.v[j] = from_f32<T>(t);
     }
     *reinterpret_cast<Pack<T, V>*>(yg + ix.offset(vi)) = o;
@@ -225,6 +257,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
     for (int u = 0; u < U; ++u)
       if (v0 + u * bs < end) emit(v0 + u * bs, p[u]);
   }
+  if constexpr (CS > 1) cluster_wait();  // no block exits while a peer may still read s_block
 }
 
 template <typename T, int LAYOUT, int CS>
@@ -243,7 +276,7 @@ __device__ __forceinline__ void groupnorm_silu_kernel(const T* x, const T* gamma
 // Kernel entry points, looked up by name from the harness:
 // latentrt_gn_silu_{nchw|nhwc}_{f32|f16|bf16}_c{1|2|4|8}; grid.x = N * G * CS.
 #define LRT_GN_KERNEL(T, SUF, LAYOUT, LNAME, CS)                                                  \
-  extern "C" __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(512)                    \
+  extern "C" __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(512, 2)                  \
       latentrt_gn_silu_##LNAME##_##SUF##_c##CS(const T* x, const T* gamma, const T* beta, T* y,   \
                                                int C, int S, int G, float eps, int act,           \
                                                int cached, int vec) {                             \
@@ -286,20 +319,21 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   p.vec = aligned && vec_shape ? 1 : 0;
   const long long v = p.vec ? vmax : 1;
   const long long total = cg * spatial / v;
+  // One block per group until a block's slice passes 4096 vectors (64 KB), then clusters of up
+  // to 8 while the grid stays one wave (two 512-thread blocks per SM): the DSMEM merge and its
+  // barriers cost more than they save on smaller slices. Then split until a slice fits in
+  // shared memory. Tuned on H100 (BENCHMARKS.md, plugin kernels).
   const long long ngroups = static_cast<long long>(n) * groups;
-  // Enough blocks for ~one per SM; then split big groups further while the grid stays under
-  // 1.5 blocks per SM (tuned on H100, benchmarks/PLUGINS.md); then split until a slice fits.
   int cs = 1;
-  while (cs < 8 && ngroups * cs * 10 < 9LL * sms) cs *= 2;
-  while (cs < 8 && (cg * spatial + cs - 1) / cs > 32768 && ngroups * cs * 2 < 3LL * sms) cs *= 2;
-  const long long affine = (cg * 4 + 15) / 16 * 16;
+  while (cs < 8 && (total + cs - 1) / cs > 4096 && ngroups * cs * 2 <= 2LL * sms) cs *= 2;
+  const long long affine = (2 * cg * 4 + 15) / 16 * 16;
   const long long budget = smem_optin - 2048;
   auto cache_bytes = [&](int k) { return (total + k - 1) / k * v * static_cast<long long>(elem); };
   while (cs < 8 && affine + cache_bytes(cs) > budget) cs *= 2;
   p.cluster = cs;
   p.cached = affine + cache_bytes(cs) <= budget ? 1 : 0;
   p.smem = static_cast<size_t>(affine + (p.cached ? cache_bytes(cs) : 0));
-  p.threads = (total + cs - 1) / cs >= 2048 ? 512 : 256;
+  p.threads = 512;
   return p;
 }
 

@@ -145,7 +145,7 @@ class GroupNormPlan:
 
     cluster: int
     threads: int
-    vec: bool
+    vec: int  # elements per vector access: 16 bytes' worth, 2 or 1
     cached: bool
     smem: int
 
@@ -170,11 +170,14 @@ def groupnorm_plan(
     """
     cg = c // num_groups
     vmax = 16 // itemsize
-    vec = aligned and (cg % vmax == 0 if channels_last else spatial % vmax == 0)
-    v = vmax if vec else 1
+    run = cg if channels_last else spatial  # a group's contiguous runs
+    v = 1 if not aligned else vmax if run % vmax == 0 else 2 if run % 2 == 0 else 1
     total = cg * spatial // v
+    ngroups = n * num_groups
     cs = 1
-    while cs < 8 and -(-total // cs) > 4096 and n * num_groups * cs * 2 <= 2 * sms:
+    while cs < 8 and -(-total // cs) > 2048 and ngroups * cs * 2 <= sms:
+        cs *= 2
+    while cs < 8 and -(-total // cs) >= 8192 and ngroups * cs * 2 <= 2 * sms:
         cs *= 2
     affine = (2 * cg * 4 + 15) // 16 * 16
     budget = smem_optin - 2048
@@ -194,7 +197,7 @@ def groupnorm_plan(
         threads = 512
     elif threads not in (256, 512):
         raise InputError(f"threads must be 256 or 512, got {threads}")
-    return GroupNormPlan(cs, threads, vec, cached, smem)
+    return GroupNormPlan(cs, threads, v, cached, smem)
 
 
 def groupnorm_silu(
@@ -265,7 +268,7 @@ def groupnorm_silu(
         np.float32(eps),
         _i(activation),
         _i(int(plan.cached)),
-        _i(int(plan.vec)),
+        _i(plan.vec),
     )
     with _stream(stream):
         kern((n * num_groups * plan.cluster,), (plan.threads,), args, shared_mem=plan.smem)

@@ -145,7 +145,7 @@ def test_groupnorm_plan_unet_and_fallback():
     # A UNet group (10 x 64 x 64 fp16, 5120 vectors), 64 groups: clusters of 2, slice cached
     # after gamma/beta.
     p = harness.groupnorm_plan(2, 320, 64 * 64, 32, False, 2, True, sms, optin)
-    assert (p.cluster, p.threads, p.vec, p.cached) == (2, 512, True, True)
+    assert (p.cluster, p.threads, p.vec, p.cached) == (2, 512, 8, True)
     assert p.smem == 2 * 10 * 4 + 10 * 4096 * 2 // 2
     # 256 such groups fill the GPU with one block each.
     assert harness.groupnorm_plan(8, 320, 4096, 32, False, 2, True, sms, optin).cluster == 1
@@ -157,8 +157,9 @@ def test_groupnorm_plan_unet_and_fallback():
     # A group of 16 x 512 x 512 fp32 (16 MB) cannot sit on chip: two reads instead.
     p = harness.groupnorm_plan(1, 32, 512 * 512, 2, False, 4, True, sms, optin)
     assert (p.cluster, p.cached) == (8, False)
-    # Channels-last with 10 channels per group cannot use 16-byte fp16 vectors.
-    assert not harness.groupnorm_plan(2, 320, 4096, 32, True, 2, True, sms, optin).vec
+    # Channels-last with 10 channels per group: pairs of fp16 channels instead of 16 bytes.
+    assert harness.groupnorm_plan(2, 320, 4096, 32, True, 2, True, sms, optin).vec == 2
+    assert harness.groupnorm_plan(2, 320, 4096, 32, True, 2, False, sms, optin).vec == 1
     with pytest.raises(InputError, match="threads"):
         harness.groupnorm_plan(2, 320, 4096, 32, False, 2, True, sms, optin, threads=1024)
 

@@ -149,7 +149,8 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
   }
 
   // Pass 1: read the slice once (U vector loads in flight per thread), cache it, and fold each
-  // batch's (count, mean, M2) into the thread's Welford statistics.
+  // batch's (count, mean, M2) into the thread's Welford statistics. (Filling the cache with
+  // cp.async, the whole slice in flight at once, measured 5-15% slower on H100.)
   WelfordStat st{0.0f, 0.0f, 0.0f};
   for (unsigned v0 = start + tid; v0 < end; v0 += U * bs) {
     Pack<T, V> p[U];
@@ -265,8 +266,10 @@ __device__ __forceinline__ void groupnorm_silu_kernel(const T* x, const T* gamma
                                                       T* y, int C, int S, int G, float eps,
                                                       int act, int cached, int vec) {
   constexpr int VMAX = 16 / static_cast<int>(sizeof(T));
-  if (vec)
+  if (vec == VMAX)
     groupnorm_silu_body<T, LAYOUT, CS, VMAX>(x, gamma, beta, y, C, S, G, eps, act, cached);
+  else if (vec == 2)
+    groupnorm_silu_body<T, LAYOUT, CS, 2>(x, gamma, beta, y, C, S, G, eps, act, cached);
   else
     groupnorm_silu_body<T, LAYOUT, CS, 1>(x, gamma, beta, y, C, S, G, eps, act, cached);
 }
@@ -303,7 +306,7 @@ namespace {
 struct GnPlan {
   int cluster;
   int threads;
-  int vec;
+  int vec;  // elements per vector access: 16 bytes' worth, 2 or 1
   int cached;
   size_t smem;
 };
@@ -312,23 +315,27 @@ struct GnPlan {
 GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, size_t elem,
                       bool aligned, int sms, int smem_optin) {
   const long long cg = c / groups;
+  // The widest vector that divides a group's contiguous runs (the spatial size channels-first,
+  // the group's channels channels-last): 16 bytes, else 2 elements (channels-last groups of
+  // 10, 20 or 40 fp16 channels), else scalars.
   const int vmax = static_cast<int>(16 / elem);
-  const bool vec_shape = layout == latentrt::kLayoutChannelsFirst ? spatial % vmax == 0
-                                                                  : cg % vmax == 0;
+  const long long run = layout == latentrt::kLayoutChannelsFirst ? spatial : cg;
   GnPlan p{};
-  p.vec = aligned && vec_shape ? 1 : 0;
-  const long long v = p.vec ? vmax : 1;
+  p.vec = !aligned ? 1 : run % vmax == 0 ? vmax : run % 2 == 0 ? 2 : 1;
+  const long long v = p.vec;
   const long long total = cg * spatial / v;
-  // One block per group until a block's slice passes 4096 vectors (64 KB), then clusters of up
-  // to 8 while the grid stays one wave (two 512-thread blocks per SM): the DSMEM merge and its
-  // barriers cost more than they save on smaller slices. Then split until a slice fits in
-  // shared memory. Tuned on H100 (BENCHMARKS.md, plugin kernels).
+  // Split groups over clusters until the grid reaches one block per SM (slices of up to 2048
+  // vectors stay whole: the DSMEM merge costs more than it saves), slices of 128 KB and more
+  // until two blocks per SM; then until a slice fits in shared memory. Tuned on H100
+  // (BENCHMARKS.md, plugin kernels).
   const long long ngroups = static_cast<long long>(n) * groups;
+  auto slice = [&](int k) { return (total + k - 1) / k; };
   int cs = 1;
-  while (cs < 8 && (total + cs - 1) / cs > 4096 && ngroups * cs * 2 <= 2LL * sms) cs *= 2;
+  while (cs < 8 && slice(cs) > 2048 && ngroups * cs * 2 <= sms) cs *= 2;
+  while (cs < 8 && slice(cs) >= 8192 && ngroups * cs * 2 <= 2LL * sms) cs *= 2;
   const long long affine = (2 * cg * 4 + 15) / 16 * 16;
   const long long budget = smem_optin - 2048;
-  auto cache_bytes = [&](int k) { return (total + k - 1) / k * v * static_cast<long long>(elem); };
+  auto cache_bytes = [&](int k) { return slice(k) * v * static_cast<long long>(elem); };
   while (cs < 8 && affine + cache_bytes(cs) > budget) cs *= 2;
   p.cluster = cs;
   p.cached = affine + cache_bytes(cs) <= budget ? 1 : 0;

@@ -193,8 +193,8 @@ def groupnorm_plan(
         cs = cluster
     cached = affine + cache_bytes(cs) <= budget
     smem = affine + (cache_bytes(cs) if cached else 0)
-    if threads is None:
-        threads = 512
+    if threads is None:  # 256: three blocks of a cluster of 8 share an SM (see the .cu)
+        threads = 256 if cs == 8 and cached and 3 * smem <= smem_optin else 512
     elif threads not in (256, 512):
         raise InputError(f"threads must be 256 or 512, got {threads}")
     return GroupNormPlan(cs, threads, v, cached, smem)

@@ -340,7 +340,9 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   p.cluster = cs;
   p.cached = affine + cache_bytes(cs) <= budget ? 1 : 0;
   p.smem = static_cast<size_t>(affine + (p.cached ? cache_bytes(cs) : 0));
-  p.threads = 512;
+  // Clusters of 8 two-per-SM do not all fit at once (30 of 8 resident on an H100); 256-thread
+  // blocks let three share an SM when their slices fit three times in shared memory.
+  p.threads = cs == 8 && p.cached && 3 * static_cast<long long>(p.smem) <= smem_optin ? 256 : 512;
   return p;
 }
 

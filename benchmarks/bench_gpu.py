@@ -529,7 +529,7 @@ def torch_e2e(src: Path, out: Path) -> None:
     from latentrt.runtime.bench import NvmlMemory
     from latentrt.samplers import get_sigmas, sigmas_from_alphas_cumprod
 
-    mem = NvmlMemory().__enter__()
+    mem = NvmlMemory().start()
     comps = load_components(src)
     te = comps.text_encoders[0].model.half().cuda().eval()
     unet = comps.unet.half().cuda().eval()
@@ -556,8 +556,10 @@ def torch_e2e(src: Path, out: Path) -> None:
         return vae.decode(x / 0.18215)
 
     with torch.inference_mode():
-        ms = cuda_ms(generate, repeats=3, warmup=1)
-    mem.__exit__(None, None, None)
+        generate()  # load + the first generation sampled, as latentrt bench does
+        torch.cuda.synchronize()
+        mem.stop()
+        ms = cuda_ms(generate, repeats=3, warmup=0)
     log(
         out,
         {

@@ -32,7 +32,12 @@ _DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int
 
 
 class NvmlMemory:
-    """Samples GPU memory in a background thread through NVML (ctypes, no extra package)."""
+    """Samples GPU memory in a background thread through NVML (ctypes, no extra package).
+
+    `start()`/`stop()` (or `with`) bracket what is measured; `peak` holds across brackets. The
+    sampler competes with the measured code for the GIL and the driver, so timings are taken
+    with it stopped.
+    """
 
     def __init__(self, device: int = 0, interval: float = 0.002) -> None:
         self.interval = interval
@@ -48,7 +53,7 @@ class NvmlMemory:
             raise BackendError(f"NVML has no device {device}")
         self.baseline = self._device_used()
         self.process_level = self._process_used() is not None
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread: threading.Thread | None = None
 
     def _device_used(self) -> int:
         class Memory(ctypes.Structure):
@@ -90,14 +95,26 @@ class NvmlMemory:
             self.peak = max(self.peak, self.current())
             time.sleep(self.interval)
 
-    def __enter__(self) -> NvmlMemory:
+    def start(self) -> NvmlMemory:
+        """Start sampling (a fresh thread)."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+    def stop(self) -> None:
+        """Stop sampling; the reading taken now counts towards `peak`."""
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
         self.peak = max(self.peak, self.current())
+
+    def __enter__(self) -> NvmlMemory:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def time_calls(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
@@ -199,9 +216,11 @@ def bench(
 ) -> dict:
     """Measure a bundle on a backend; returns a JSON-ready dict (see `format_table`).
 
-    Order: load, the end-to-end generations (peak memory of load + generate is recorded here,
-    the figure comparable to another runtime doing the same generation), then each component
-    alone (which may create sessions a txt2img never needs, such as the VAE encoder's).
+    Order: load and a first generation with GPU memory sampled (the peak of load + generate,
+    comparable to another runtime doing the same generation; the first call also creates the
+    sessions and CUDA graphs), then the timed generations and each component alone with the
+    sampler stopped, then one more call of every component sampled (components a txt2img
+    never runs, such as the VAE encoder, add their sessions there).
     """
     from latentrt.runtime.pipeline import Pipeline
 
@@ -209,7 +228,7 @@ def bench(
     gpu = backend != "ort-cpu"
     mem = NvmlMemory() if gpu else None
     if mem is not None:
-        mem.__enter__()
+        mem.start()
     try:
         comps = components or load(b, backend, **(options or {}))
         timed = {k: _Timed(c) for k, c in comps.items()}
@@ -235,7 +254,10 @@ def bench(
         stamps: list[float] = []
         e2e = []
         inside: list[dict[str, float]] = []
-        for _ in range(e2e_repeats + 1):
+        for i in range(e2e_repeats + 1):
+            if i == 1 and mem is not None:  # load + the first generation sampled; time the rest
+                mem.stop()
+                result["peak_gpu_mib"] = mem.peak / 2**20
             stamps.clear()
             for c in timed.values():
                 c.seconds, c.calls = 0.0, 0
@@ -253,7 +275,8 @@ def bench(
             e2e.append(time.perf_counter() - t0)
             inside.append({k: c.seconds for k, c in timed.items() if c.calls})
         e2e, inside = e2e[1:], inside[1:]  # the first generation creates sessions and graphs
-        if mem is not None:
+        if mem is not None and "peak_gpu_mib" not in result:  # no timed generations
+            mem.stop()
             result["peak_gpu_mib"] = mem.peak / 2**20
         if gpu:  # as the first calls resolved it (a graph capture can fail and fall back)
             result["cuda_graph"] = {
@@ -271,6 +294,7 @@ def bench(
             elif name == "vae_encoder":
                 enc = {"batch": batch, "height": height, "width": width}
                 plan.append((name, enc))
+        all_feeds = {}
         for name, extra in plan:
             # two input sets that differ where a generation's inputs change between calls
             # (latents, timesteps, images) and share the conditioning, so each call pays
@@ -285,6 +309,12 @@ def bench(
                 other["timestep"] = other["timestep"] + np.float32(1.0)
             ms = time_calls(_alternate(comps[name], [feeds, other]), repeats, warmup)
             result["components"][name] = _stats(ms)
+            all_feeds[name] = feeds
+        if mem is not None:
+            mem.start()
+            for name, feeds in all_feeds.items():
+                comps[name](**feeds)
+            mem.stop()
 
         step_ms = np.diff(stamps) * 1e3 if len(stamps) > 1 else np.array([np.nan])
         c = result["components"]
@@ -303,7 +333,7 @@ def bench(
         result["overhead"] = result["e2e_s"] / result["sum_components_s"]
     finally:
         if mem is not None:
-            mem.__exit__(None, None, None)
+            mem.stop()
     if mem is not None:
         result["peak_gpu_mib_with_components"] = mem.peak / 2**20
         result["memory_scope"] = "process" if mem.process_level else "device rise over idle"

@@ -105,3 +105,49 @@ def test_bench_cli_on_cpu(bundle, tmp_path, capsys):
     assert r["per_step_ms"] > 0 and r["peak_rss_mib"] > 0
     table = capsys.readouterr().out
     assert "unet" in table and "end to end" in table
+
+
+def test_bench_times_gpu_runs_with_the_memory_sampler_stopped(bundle, monkeypatch):
+    """Peak memory is sampled over load + the first generation and one more call of each
+    component; every timed call runs with the sampler stopped (it competes for the GIL)."""
+    from latentrt.runtime import bench as bench_mod
+    from latentrt.runtime.ort_backend import load_components
+
+    class FakeSampler:
+        active = False
+        process_level = True
+
+        def __init__(self):
+            self.peak = 0
+
+        def start(self):
+            FakeSampler.active = True
+            return self
+
+        def stop(self):
+            FakeSampler.active = False
+            self.peak = 123 * 2**20
+
+    calls: list[tuple[str, bool]] = []
+
+    def recording(name, component):
+        def call(**feeds):
+            calls.append((name, FakeSampler.active))
+            return component(**feeds)
+
+        return call
+
+    monkeypatch.setattr(bench_mod, "NvmlMemory", FakeSampler)
+    monkeypatch.setattr(bench_mod, "_gpu_name", lambda: "fake GPU")
+    loaded = load_components(Bundle.open(bundle), "ort-cpu")
+    comps = {k: recording(k, c) for k, c in loaded.items()}
+    r = bench_mod.bench(
+        bundle, "ort-cuda", 64, 64, steps=2, repeats=2, warmup=1, e2e_repeats=2, components=comps
+    )
+    assert r["peak_gpu_mib"] == r["peak_gpu_mib_with_components"] == 123
+    sampled = [name for name, active in calls if active]
+    # the first generation (text encoder, 2 UNet steps, VAE decoder) and one call of each
+    # component at the end; none of the 2 timed generations' or the components' timed calls
+    first = ["text_encoder", "unet", "unet", "vae_decoder"]
+    assert sampled == first + ["text_encoder", "unet", "vae_encoder", "vae_decoder"]
+    assert len(calls) > len(sampled) + 2 * len(first)

@@ -83,10 +83,11 @@ class CFGDenoiser:
     def guided(self) -> bool:
         return self.cond.uncond is not None
 
-    def _model(self, x: np.ndarray, sigma: float) -> np.ndarray:
-        """UNet output for the batch [uncond; cond] (or cond alone), as x0 estimates."""
-        xx = np.concatenate([x, x]) if self.guided else x
-        sample = xx * np.float32(1.0 / np.sqrt(sigma**2 + 1.0))
+    def _unet_out(self, x: np.ndarray, sigma: float) -> np.ndarray:
+        """The UNet's raw output for the batch [uncond; cond] (or cond alone)."""
+        sample = x * np.float32(1.0 / np.sqrt(sigma**2 + 1.0))
+        if self.guided:
+            sample = np.concatenate([sample, sample])
         if self.concat is not None:
             sample = np.concatenate([sample, self.concat], axis=1)
         t = self.timesteps.get(sigma)
@@ -97,25 +98,33 @@ class CFGDenoiser:
             sample=sample, timestep=t, encoder_hidden_states=self._context, **self._added
         )
         self.calls += 1
-        out = out.astype(np.float32, copy=False)
-        if not np.isfinite(out).all():
-            raise NumericsError(f"the UNet returned NaN/Inf at sigma {sigma:.4g}")
+        return out.astype(np.float32, copy=False)
+
+    def _x0(self, x: np.ndarray, out: np.ndarray, sigma: float) -> np.ndarray:
+        """The x0 estimate from a model output (linear in `out`, so CFG may come first)."""
         if self.prediction_type == "epsilon":
-            return xx - np.float32(sigma) * out
+            return x - np.float32(sigma) * out
         if self.prediction_type == "v_prediction":
-            return xx * np.float32(1.0 / (sigma**2 + 1.0)) - out * np.float32(
+            return x * np.float32(1.0 / (sigma**2 + 1.0)) - out * np.float32(
                 sigma / np.sqrt(sigma**2 + 1.0)
             )
         return out
 
     def __call__(self, x: np.ndarray, sigma: float, with_uncond: bool = False):
-        x0 = self._model(x, float(sigma))
-        if not self.guided:
-            return (x0, x0) if with_uncond else x0
-        half = x0.shape[0] // 2
-        uncond, cond = x0[:half], x0[half:]
-        guided = uncond + np.float32(self.guidance) * (cond - uncond)
-        return (guided, uncond) if with_uncond else guided
+        sigma = float(sigma)
+        out = self._unet_out(x, sigma)
+        uncond = None
+        if self.guided:  # guidance on the model output: half the batch for the rest
+            half = out.shape[0] // 2
+            uncond, cond = out[:half], out[half:]
+            out = uncond + np.float32(self.guidance) * (cond - uncond)
+        # NaN/Inf anywhere in the UNet's output reaches the guided one (0 * NaN is NaN)
+        if not np.isfinite(out).all():
+            raise NumericsError(f"the UNet returned NaN/Inf at sigma {sigma:.4g}")
+        x0 = self._x0(x, out, sigma)
+        if not with_uncond:
+            return x0
+        return x0, (self._x0(x, uncond, sigma) if uncond is not None else x0)
 
 
 class InpaintBlendDenoiser:

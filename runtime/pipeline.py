@@ -469,7 +469,7 @@ class Pipeline:
             self.latent["shift_factor"]
         )
         if not self.vae_upcast:
-            image = self.components["vae_decoder"](latent=z)["image"].astype(np.float32)
+            image = self.components["vae_decoder"](latent=z)["image"].astype(np.float32, copy=False)
             if np.isfinite(image).all():
                 return image
             if not self.fp32_decoder:
@@ -477,7 +477,7 @@ class Pipeline:
                     "the VAE decoder returned NaN/Inf (fp16 overflow?) and the bundle has no fp32 "
                     "decoder to fall back on; export it with precision='fp32'"
                 )
-        image = self.components[self.fp32_decoder](latent=z)["image"].astype(np.float32)
+        image = self.components[self.fp32_decoder](latent=z)["image"].astype(np.float32, copy=False)
         if not np.isfinite(image).all():
             raise NumericsError("the fp32 VAE decoder returned NaN/Inf: the latents are broken")
         return image

@@ -294,3 +294,56 @@ def test_prediction_conversion_equals_compvis_denoisers(ext, prediction_type):
         out_net = net(torch.from_numpy(x * input_scale(prediction_type, sigma)), torch.tensor([t]))
         ours = denoised_from_output(prediction_type, out_net.numpy(), x, sigma)
         np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_cfg_denoiser_equals_compvis_denoiser_with_cfg_on_x0(ext, prediction_type):
+    """runtime.denoiser.CFGDenoiser (guidance applied to the model output) against k-diffusion's
+    CompVis denoisers with the guidance of k-diffusion's sample scripts (on the x0 estimates)."""
+    from latentrt.errors import NumericsError
+    from latentrt.runtime.denoiser import CFGDenoiser, Conditioning
+
+    ac = torch.from_numpy(alphas_cumprod_for("scaled_linear", 0.00085, 0.012, 1000))
+    rng = np.random.default_rng(3)
+    weight = rng.standard_normal(SHAPE[1:])
+    context = rng.standard_normal((SHAPE[0], 4, 5)).astype(np.float32)
+    uncond = rng.standard_normal((SHAPE[0], 4, 5)).astype(np.float32)
+
+    def net(x, t, ctx):  # numpy; depends on the sample, the timestep and the conditioning
+        shift = ctx.mean(axis=(1, 2)).reshape(-1, 1, 1, 1)
+        return np.tanh(x) * weight + 0.01 * t.reshape(-1, 1, 1, 1) + shift
+
+    def apply_model(x, t, cond):
+        return torch.from_numpy(net(x.numpy(), t.numpy(), cond.numpy()))
+
+    inner = types.SimpleNamespace(alphas_cumprod=ac, apply_model=apply_model)
+    cls = ext.CompVisDenoiser if prediction_type == "epsilon" else ext.CompVisVDenoiser
+    wrapper = cls(inner)
+    model_sigmas = ((1 - ac) / ac).sqrt().numpy()
+
+    def unet(sample, timestep, encoder_hidden_states):
+        return net(sample, timestep, encoder_hidden_states).astype(np.float32)
+
+    guidance = 6.5
+    den = CFGDenoiser(unet, model_sigmas, prediction_type, Conditioning(context, uncond), guidance)
+    x = (rng.standard_normal(SHAPE) * 3.0).astype(np.float32)
+    for sigma in (0.05, 1.7, 9.0):
+        xx = torch.from_numpy(np.concatenate([x, x]).astype(np.float64))
+        both = wrapper(
+            xx,
+            torch.full((2 * SHAPE[0],), sigma),
+            cond=torch.from_numpy(np.concatenate([uncond, context]).astype(np.float64)),
+        ).numpy()
+        ref_u, ref_c = both[: SHAPE[0]], both[SHAPE[0] :]
+        guided, un = den(x, sigma, with_uncond=True)
+        np.testing.assert_allclose(guided, ref_u + guidance * (ref_c - ref_u), rtol=2e-4, atol=2e-4)
+        np.testing.assert_allclose(un, ref_u, rtol=1e-5, atol=1e-5)
+
+    def broken(sample, timestep, encoder_hidden_states):
+        out = unet(sample, timestep, encoder_hidden_states)
+        out[0, 0, 0, 0] = np.nan  # in the uncond half only
+        return out
+
+    den = CFGDenoiser(broken, model_sigmas, prediction_type, Conditioning(context, uncond), 1.0)
+    with pytest.raises(NumericsError, match="the UNet returned NaN/Inf at sigma 1.7"):
+        den(x, 1.7)

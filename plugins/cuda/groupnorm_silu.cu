@@ -1,12 +1,14 @@
 // latentrt GroupNormSiLU: y = SiLU?((x - mean_g) / sqrt(var_g + eps) * gamma[c] + beta[c]).
 //
 // One (batch, group) pair is normalized by a thread-block cluster of CS blocks (CS in 1, 2, 4,
-// 8). Each block takes a contiguous slice of the group's elements, reads it once with 16-byte
-// loads, keeps it in shared memory and accumulates Welford statistics (count, mean, M2) in
-// fp32, one (count, mean, M2) per batch of loads (sums shifted by a sample) merged per thread. Blocks merge their statistics through distributed shared memory (Chan's parallel
-// formula, in rank order so every block gets bit-identical results), then normalize the slice
-// from shared memory and write it once. When a group's slice does not fit in shared memory
-// the same kernel re-reads the slice from global memory instead (the two-pass fallback).
+// 8). Each block takes a contiguous slice of the group's elements, reads it once with vector
+// loads (16 bytes, or 2 elements where 16 bytes do not divide the group's runs), keeps it in
+// shared memory and accumulates statistics in fp32: per batch of loads an exact (count, mean,
+// M2) from sums shifted by a sample of the batch, merged per thread with Welford's update.
+// Blocks merge their statistics through distributed shared memory (Chan's parallel formula, in
+// rank order so every block gets bit-identical results), then scale and shift the slice from
+// shared memory and write it once. When a group's slice does not fit in shared memory the same
+// kernel re-reads the slice from global memory instead (the two-pass fallback).
 //
 // Layouts: channels-first (N, C, *spatial), where a group is one contiguous run of
 // C/G * S elements, and channels-last (N, *spatial, C), where a group is C/G consecutive

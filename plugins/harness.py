@@ -148,6 +148,11 @@ class GroupNormPlan:
     vec: int  # elements per vector access: 16 bytes' worth, 2 or 1
     cached: bool
     smem: int
+    tile: int = 1  # channels-last groups per cluster (1: one group, the general body)
+
+
+MAX_TILE_GROUPS = 32  # kMaxTileGroups
+STATIC_SMEM_RESERVE = 8192  # both bodies' static shared memory (7.5 KB)
 
 
 def groupnorm_plan(
@@ -163,27 +168,39 @@ def groupnorm_plan(
     cluster: int | None = None,
     threads: int | None = None,
 ) -> GroupNormPlan:
-    """Cluster size, block size, vector width and caching for one GroupNormSiLU launch.
+    """Cluster size, block size, vector width, caching and tiling of one GroupNormSiLU launch.
 
-    `cluster` (1, 2, 4 or 8) and `threads` (256 or 512) override the planner, for benchmark
-    sweeps.
+    `cluster` (1, 2, 4 or 8) and `threads` (256 or 512; not for tiles) override the planner,
+    for benchmark sweeps.
     """
     cg = c // num_groups
     vmax = 16 // itemsize
     run = cg if channels_last else spatial  # a group's contiguous runs
     v = 1 if not aligned else vmax if run % vmax == 0 else 2 if run % 2 == 0 else 1
-    total = cg * spatial // v
-    ngroups = n * num_groups
+    tile = 1
+    if channels_last and cg * itemsize < 32:  # runs shorter than a sector: see the .cu
+        while (
+            tile * 2 <= MAX_TILE_GROUPS
+            and num_groups % (tile * 2) == 0
+            and tile * cg * itemsize < 64
+        ):
+            tile *= 2
+    row_vectors = tile * cg // v
+    units = n * num_groups // tile
+
+    def slice_(k: int) -> int:
+        return -(-spatial // k) * row_vectors if tile > 1 else -(-(cg * spatial // v) // k)
+
     cs = 1
-    while cs < 8 and -(-total // cs) > 2048 and ngroups * cs * 2 <= sms:
+    while cs < 8 and slice_(cs) > 2048 and units * cs * 2 <= sms:
         cs *= 2
-    while cs < 8 and -(-total // cs) >= 8192 and ngroups * cs * 2 <= 2 * sms:
+    while cs < 8 and slice_(cs) >= 8192 and units * cs * 2 <= 2 * sms:
         cs *= 2
-    affine = (2 * cg * 4 + 15) // 16 * 16
-    budget = smem_optin - 2048
+    affine = (2 * tile * cg * 4 + 15) // 16 * 16
+    budget = smem_optin - STATIC_SMEM_RESERVE
 
     def cache_bytes(k: int) -> int:
-        return -(-total // k) * v * itemsize
+        return slice_(k) * v * itemsize
 
     while cs < 8 and affine + cache_bytes(cs) > budget:
         cs *= 2
@@ -193,11 +210,15 @@ def groupnorm_plan(
         cs = cluster
     cached = affine + cache_bytes(cs) <= budget
     smem = affine + (cache_bytes(cs) if cached else 0)
+    if tile > 1:  # whole rows per pass
+        if threads is not None:
+            raise InputError("threads cannot be forced for a channels-last tile")
+        return GroupNormPlan(cs, 512 // row_vectors * row_vectors, v, cached, smem, tile)
     if threads is None:  # 256: three blocks of a cluster of 8 share an SM (see the .cu)
         threads = 256 if cs == 8 and cached and 3 * smem <= smem_optin else 512
     elif threads not in (256, 512):
         raise InputError(f"threads must be 256 or 512, got {threads}")
-    return GroupNormPlan(cs, threads, v, cached, smem)
+    return GroupNormPlan(cs, threads, v, cached, smem, tile)
 
 
 def groupnorm_silu(
@@ -269,9 +290,11 @@ def groupnorm_silu(
         _i(activation),
         _i(int(plan.cached)),
         _i(plan.vec),
+        _i(plan.tile),
     )
     with _stream(stream):
-        kern((n * num_groups * plan.cluster,), (plan.threads,), args, shared_mem=plan.smem)
+        grid = n * num_groups // plan.tile * plan.cluster
+        kern((grid,), (plan.threads,), args, shared_mem=plan.smem)
     return yd.obj
 
 

@@ -159,9 +159,19 @@ def test_groupnorm_plan_unet_and_fallback():
     # A group of 16 x 512 x 512 fp32 (16 MB) cannot sit on chip: two reads instead.
     p = harness.groupnorm_plan(1, 32, 512 * 512, 2, False, 4, True, sms, optin)
     assert (p.cluster, p.cached) == (8, False)
-    # Channels-last with 10 channels per group: pairs of fp16 channels instead of 16 bytes.
-    assert harness.groupnorm_plan(2, 320, 4096, 32, True, 2, True, sms, optin).vec == 2
+    # Channels-last with 10 channels per group: pairs of fp16 channels instead of 16 bytes, in
+    # tiles of 4 groups (80-byte rows) whose 20 vectors a row 500 threads cover 25 times.
+    p = harness.groupnorm_plan(2, 320, 4096, 32, True, 2, True, sms, optin)
+    assert (p.vec, p.tile, p.threads, p.cluster, p.cached) == (2, 4, 500, 8, True)
+    assert p.smem == 2 * 40 * 4 + 4096 // 8 * 40 * 2
     assert harness.groupnorm_plan(2, 320, 4096, 32, True, 2, False, sms, optin).vec == 1
+    # 3 bf16 channels a group: tiles of 16 groups (96-byte rows), 480 threads.
+    p = harness.groupnorm_plan(1, 96, 9 * 33 * 33, 32, True, 2, True, sms, optin)
+    assert (p.vec, p.tile, p.threads) == (1, 16, 480)
+    # Runs of a sector (32 bytes) and more stay one group per cluster.
+    assert harness.groupnorm_plan(1, 512, 128 * 128, 32, True, 2, True, sms, optin).tile == 1
+    with pytest.raises(InputError, match="tile"):
+        harness.groupnorm_plan(2, 320, 4096, 32, True, 2, True, sms, optin, threads=256)
     with pytest.raises(InputError, match="threads"):
         harness.groupnorm_plan(2, 320, 4096, 32, False, 2, True, sms, optin, threads=1024)
 

@@ -263,11 +263,192 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
   if constexpr (CS > 1) cluster_wait();  // no block exits while a peer may still read s_block
 }
 
+// Channels-last with small groups: a cluster normalizes a tile of GT consecutive groups of one
+// image, so a row of the tile (GT * Cg channels at one spatial position) is one contiguous run
+// that a warp reads coalesced, where one group alone is a 20-80-byte run every C elements. Each
+// thread keeps one column of the tile (one group) for all its rows; statistics are reduced per
+// group in the block and across the cluster as in the one-group body. V divides Cg, so no
+// vector straddles two groups; blockDim is a multiple of the row's vector count.
+constexpr int kMaxTileGroups = 32;
+
+// The tile body's static shared memory, declared once per kernel (not per vector width).
+struct TileShared {
+  float stat[3][512];               // every thread's (n, mean, M2)
+  float block[kMaxTileGroups][3];   // per group, this block
+  float final[kMaxTileGroups][2];   // per group, (mean, rstd) of the cluster
+};
+
+template <typename T, int CS, int V>
+__device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x,
+                                                         const T* __restrict__ gamma,
+                                                         const T* __restrict__ beta,
+                                                         T* __restrict__ y, int C, int S, int G,
+                                                         float eps, int act, int cached, int GT,
+                                                         TileShared& sh) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  auto& s_stat = sh.stat;
+  auto& s_block = sh.block;
+  auto& s_final = sh.final;
+
+  const unsigned Cg = static_cast<unsigned>(C / G);
+  const unsigned RW = static_cast<unsigned>(GT) * Cg;  // channels in a tile row
+  const unsigned VR = RW / V;                           // vectors in a tile row
+  const unsigned VPG = Cg / V;                          // vectors of one group in a row
+  const unsigned tiles = static_cast<unsigned>(G / GT);
+  const unsigned unit = blockIdx.x / CS;
+  const unsigned rank = blockIdx.x % CS;
+  const unsigned n = unit / tiles;
+  const unsigned tile = unit % tiles;
+  const long long base = static_cast<long long>(n) * S * C + static_cast<long long>(tile) * RW;
+  const T* xg = x + base;
+  T* yg = y + base;
+
+  const unsigned per = (static_cast<unsigned>(S) + CS - 1) / CS;  // rows of this block
+  const unsigned start = min(static_cast<unsigned>(S), rank * per);
+  const unsigned end = min(static_cast<unsigned>(S), start + per);
+
+  float* s_a = reinterpret_cast<float*>(smem_raw);
+  float* s_b = s_a + RW;
+  const unsigned affine_bytes = ((2u * RW * 4u + 15u) / 16u) * 16u;
+  Pack<T, V>* cache = reinterpret_cast<Pack<T, V>*>(smem_raw + affine_bytes);
+
+  const unsigned tid = threadIdx.x;
+  const unsigned bs = blockDim.x;
+  const unsigned R = bs / VR;  // rows per pass
+  const unsigned col = tid % VR;
+  const unsigned r0 = tid / VR;
+  constexpr int U = 4;
+
+  for (unsigned c = tid; c < RW; c += bs) {
+    s_a[c] = to_f32(gamma[tile * RW + c]);
+    s_b[c] = to_f32(beta[tile * RW + c]);
+  }
+
+  auto at = [&](unsigned r) { return static_cast<long long>(r) * C + col * V; };
+  WelfordStat st{0.0f, 0.0f, 0.0f};
+  if (r0 < R) {
+    for (unsigned rr = start + r0; rr < end; rr += U * R) {
+      Pack<T, V> p[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (rr + u * R < end) p[u] = *reinterpret_cast<const Pack<T, V>*>(xg + at(rr + u * R));
+      const float k = to_f32(p[0].v[0]);
+      float s1 = 0.0f, s2 = 0.0f;
+      unsigned count = 0;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (rr + u * R < end) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            const float d = to_f32(p[u].v[j]) - k;
+            s1 += d;
+            s2 = fmaf(d, d, s2);
+          }
+          count += V;
+          if (cached) cache[(rr + u * R - start) * VR + col] = p[u];
+        }
+      }
+      const float nb = static_cast<float>(count);
+      welford_merge(st, nb, k + s1 / nb, fmaxf(s2 - s1 * s1 / nb, 0.0f));
+    }
+  }
+  s_stat[0][tid] = st.n;
+  s_stat[1][tid] = st.mean;
+  s_stat[2][tid] = st.m2;
+  __syncthreads();
+
+  // Per group: its threads are the VPG columns of the group in each of the R row slots.
+  // blockDim need not be a multiple of 32: only whole warps (warp < nw) reduce.
+  const unsigned lane = tid & 31u;
+  const unsigned warp = tid >> 5;
+  const unsigned nw = bs >> 5;
+  for (unsigned gi = warp; warp < nw && gi < static_cast<unsigned>(GT); gi += nw) {
+    WelfordStat w{0.0f, 0.0f, 0.0f};
+    for (unsigned m = lane; m < VPG * R; m += 32) {
+      const unsigned t = (m / VPG) * VR + gi * VPG + m % VPG;
+      welford_merge(w, s_stat[0][t], s_stat[1][t], s_stat[2][t]);
+    }
+    welford_warp_reduce(w);
+    if (lane == 0) {
+      s_block[gi][0] = w.n;
+      s_block[gi][1] = w.mean;
+      s_block[gi][2] = w.m2;
+      if constexpr (CS == 1) {
+        s_final[gi][0] = w.mean;
+        s_final[gi][1] = rsqrtf(w.m2 / w.n + eps);
+      }
+    }
+  }
+  if constexpr (CS > 1) {
+    cluster_sync_all();
+    for (unsigned gi = warp; warp < nw && gi < static_cast<unsigned>(GT); gi += nw) {
+      WelfordStat w{0.0f, 0.0f, 0.0f};
+      if (lane < CS) {
+        w.n = load_cluster_shared(&s_block[gi][0], lane);
+        w.mean = load_cluster_shared(&s_block[gi][1], lane);
+        w.m2 = load_cluster_shared(&s_block[gi][2], lane);
+      }
+      welford_warp_reduce(w);
+      if (lane == 0) {
+        s_final[gi][0] = w.mean;
+        s_final[gi][1] = rsqrtf(w.m2 / w.n + eps);
+      }
+    }
+    cluster_arrive();
+  }
+  __syncthreads();
+  for (unsigned c = tid; c < RW; c += bs) {
+    const unsigned gi = c / Cg;
+    const float a = s_a[c] * s_final[gi][1];
+    s_b[c] -= s_final[gi][0] * a;
+    s_a[c] = a;
+  }
+  __syncthreads();
+
+  if (r0 < R) {
+    for (unsigned rr = start + r0; rr < end; rr += U * R) {
+      Pack<T, V> p[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (rr + u * R < end)
+          p[u] = cached ? cache[(rr + u * R - start) * VR + col]
+                        : *reinterpret_cast<const Pack<T, V>*>(xg + at(rr + u * R));
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (rr + u * R < end) {
+          Pack<T, V> o;
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            const unsigned c = col * V + j;
+            float t = fmaf(to_f32(p[u].v[j]), s_a[c], s_b[c]);
+            if (act) t = silu<T>(t);
+            o.v[j] = from_f32<T>(t);
+          }
+          *reinterpret_cast<Pack<T, V>*>(yg + at(rr + u * R)) = o;
+        }
+      }
+    }
+  }
+  if constexpr (CS > 1) cluster_wait();
+}
+
 template <typename T, int LAYOUT, int CS>
 __device__ __forceinline__ void groupnorm_silu_kernel(const T* x, const T* gamma, const T* beta,
                                                       T* y, int C, int S, int G, float eps,
-                                                      int act, int cached, int vec) {
+                                                      int act, int cached, int vec, int gt) {
   constexpr int VMAX = 16 / static_cast<int>(sizeof(T));
+  if constexpr (LAYOUT == kLayoutChannelsLast) {
+    if (gt > 1) {
+      __shared__ TileShared sh;
+      if (vec == VMAX)
+        groupnorm_silu_tile_body<T, CS, VMAX>(x, gamma, beta, y, C, S, G, eps, act, cached, gt, sh);
+      else if (vec == 2)
+        groupnorm_silu_tile_body<T, CS, 2>(x, gamma, beta, y, C, S, G, eps, act, cached, gt, sh);
+      else
+        groupnorm_silu_tile_body<T, CS, 1>(x, gamma, beta, y, C, S, G, eps, act, cached, gt, sh);
+      return;
+    }
+  }
   if (vec == VMAX)
     groupnorm_silu_body<T, LAYOUT, CS, VMAX>(x, gamma, beta, y, C, S, G, eps, act, cached);
   else if (vec == 2)
@@ -279,14 +460,15 @@ __device__ __forceinline__ void groupnorm_silu_kernel(const T* x, const T* gamma
 }  // namespace latentrt
 
 // Kernel entry points, looked up by name from the harness:
-// latentrt_gn_silu_{nchw|nhwc}_{f32|f16|bf16}_c{1|2|4|8}; grid.x = N * G * CS.
+// latentrt_gn_silu_{nchw|nhwc}_{f32|f16|bf16}_c{1|2|4|8}; grid.x = N * G / gt * CS (gt, the
+// groups of a channels-last tile, is 1 for one group per cluster).
 #define LRT_GN_KERNEL(T, SUF, LAYOUT, LNAME, CS)                                                  \
   extern "C" __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(512, 2)                  \
       latentrt_gn_silu_##LNAME##_##SUF##_c##CS(const T* x, const T* gamma, const T* beta, T* y,   \
                                                int C, int S, int G, float eps, int act,           \
-                                               int cached, int vec) {                             \
+                                               int cached, int vec, int gt) {                     \
     latentrt::groupnorm_silu_kernel<T, LAYOUT, CS>(x, gamma, beta, y, C, S, G, eps, act, cached, \
-                                                   vec);                                          \
+                                                   vec, gt);                                      \
   }
 #define LRT_GN_LAYOUT(T, SUF, LAYOUT, LNAME) \
   LRT_GN_KERNEL(T, SUF, LAYOUT, LNAME, 1)    \
@@ -311,6 +493,7 @@ struct GnPlan {
   int vec;  // elements per vector access: 16 bytes' worth, 2 or 1
   int cached;
   size_t smem;
+  int tile;  // channels-last groups per cluster (1: one group, the general body)
 };
 
 // The launch plan; plugins/harness.py mirrors this function (keep the two in step).
@@ -325,23 +508,37 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   GnPlan p{};
   p.vec = !aligned ? 1 : run % vmax == 0 ? vmax : run % 2 == 0 ? 2 : 1;
   const long long v = p.vec;
-  const long long total = cg * spatial / v;
-  // Split groups over clusters until the grid reaches one block per SM (slices of up to 2048
-  // vectors stay whole: the DSMEM merge costs more than it saves), slices of 128 KB and more
-  // until two blocks per SM; then until a slice fits in shared memory. Tuned on H100
-  // (BENCHMARKS.md, plugin kernels).
-  const long long ngroups = static_cast<long long>(n) * groups;
-  auto slice = [&](int k) { return (total + k - 1) / k; };
+  // Channels-last groups whose run a row is shorter than a 32-byte sector are normalized in
+  // tiles of consecutive groups with rows of 64 bytes or more (groupnorm_silu_tile_body; at 32
+  // and 40 bytes tiles measured no faster on H100).
+  p.tile = 1;
+  if (layout == latentrt::kLayoutChannelsLast && cg * static_cast<long long>(elem) < 32)
+    while (p.tile * 2 <= latentrt::kMaxTileGroups && groups % (p.tile * 2) == 0 &&
+           p.tile * cg * static_cast<long long>(elem) < 64)
+      p.tile *= 2;
+  const long long row_vectors = p.tile * cg / v;
+  // Split units (groups or tiles) over clusters until the grid reaches one block per SM (slices
+  // of up to 2048 vectors stay whole: the DSMEM merge costs more than it saves), slices of 128
+  // KB and more until two blocks per SM; then until a slice fits in shared memory. Tuned on
+  // H100 (BENCHMARKS.md, plugin kernels). A tile's blocks split its rows.
+  const long long units = static_cast<long long>(n) * groups / p.tile;
+  auto slice = [&](int k) {
+    return p.tile > 1 ? (spatial + k - 1) / k * row_vectors : (cg * spatial / v + k - 1) / k;
+  };
   int cs = 1;
-  while (cs < 8 && slice(cs) > 2048 && ngroups * cs * 2 <= sms) cs *= 2;
-  while (cs < 8 && slice(cs) >= 8192 && ngroups * cs * 2 <= 2LL * sms) cs *= 2;
-  const long long affine = (2 * cg * 4 + 15) / 16 * 16;
-  const long long budget = smem_optin - 2048;
+  while (cs < 8 && slice(cs) > 2048 && units * cs * 2 <= sms) cs *= 2;
+  while (cs < 8 && slice(cs) >= 8192 && units * cs * 2 <= 2LL * sms) cs *= 2;
+  const long long affine = (2 * p.tile * cg * 4 + 15) / 16 * 16;
+  const long long budget = smem_optin - 8192;  // static shared memory of both bodies: 7.5 KB
   auto cache_bytes = [&](int k) { return slice(k) * v * static_cast<long long>(elem); };
   while (cs < 8 && affine + cache_bytes(cs) > budget) cs *= 2;
   p.cluster = cs;
   p.cached = affine + cache_bytes(cs) <= budget ? 1 : 0;
   p.smem = static_cast<size_t>(affine + (p.cached ? cache_bytes(cs) : 0));
+  if (p.tile > 1) {  // whole rows per pass
+    p.threads = static_cast<int>(512 / row_vectors * row_vectors);
+    return p;
+  }
   // Clusters of 8 two-per-SM do not all fit at once (30 of 8 resident on an H100); 256-thread
   // blocks let three share an SM when their slices fit three times in shared memory.
   p.threads = cs == 8 && p.cached && 3 * static_cast<long long>(p.smem) <= smem_optin ? 256 : 512;
@@ -349,7 +546,8 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
 }
 
 template <typename T>
-using GnKernel = void (*)(const T*, const T*, const T*, T*, int, int, int, float, int, int, int);
+using GnKernel = void (*)(const T*, const T*, const T*, T*, int, int, int, float, int, int, int,
+                          int);
 
 #define LRT_GN_TABLE(SUF)                                                                        \
   {{latentrt_gn_silu_nchw_##SUF##_c1, latentrt_gn_silu_nchw_##SUF##_c2,                          \
@@ -400,9 +598,9 @@ int launch_groupnorm_silu(const T* x, const T* gamma, const T* beta, T* y, int n
   err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(p.smem));
   if (err != cudaSuccess) return err;
-  const unsigned grid = static_cast<unsigned>(n) * groups * p.cluster;
+  const unsigned grid = static_cast<unsigned>(n) * groups / p.tile * p.cluster;
   k<<<grid, p.threads, p.smem, stream>>>(x, gamma, beta, y, c, static_cast<int>(spatial), groups,
-                                         eps, activation, p.cached, p.vec);
+                                         eps, activation, p.cached, p.vec, p.tile);
   return cudaGetLastError();
 }
 

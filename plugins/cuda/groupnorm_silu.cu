@@ -12,7 +12,9 @@
 //
 // Layouts: channels-first (N, C, *spatial), where a group is one contiguous run of
 // C/G * S elements, and channels-last (N, *spatial, C), where a group is C/G consecutive
-// channels at every spatial position. x, gamma, beta, y share one dtype (fp32, fp16, bf16).
+// channels at every spatial position; channels-last groups narrower than a 32-byte sector are
+// normalized a tile of consecutive groups per cluster (groupnorm_silu_tile_body). x, gamma,
+// beta, y share one dtype (fp32, fp16, bf16).
 #include "common.cuh"
 
 namespace latentrt {

@@ -87,6 +87,43 @@ __device__ __forceinline__ float silu(float t) {
   }
 }
 
+// Folds the first `valid` of U loaded vectors into st: an exact (count, mean, M2) of the
+// batch from sums shifted by its first element (a sample of the data, so no cancellation).
+template <typename T, int V, int U>
+__device__ __forceinline__ void fold_batch(WelfordStat& st, const Pack<T, V> (&p)[U], int valid) {
+  const float k = to_f32(p[0].v[0]);
+  float s1 = 0.0f, s2 = 0.0f;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    if (u < valid) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const float d = to_f32(p[u].v[j]) - k;
+        s1 += d;
+        s2 = fmaf(d, d, s2);
+      }
+    }
+  }
+  const float nb = static_cast<float>(valid * V);
+  welford_merge(st, nb, k + s1 / nb, fmaxf(s2 - s1 * s1 / nb, 0.0f));
+}
+
+// y = SiLU?(x * a[c] + b[c]) for one vector; its channels are c0 for every element
+// (channels-first) or c0, c0 + 1, ... (channels-last).
+template <typename T, int V, bool PER_ELEMENT>
+__device__ __forceinline__ Pack<T, V> scale_shift(const Pack<T, V>& p, const float* a,
+                                                  const float* b, unsigned c0, int act) {
+  Pack<T, V> o;
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const unsigned c = PER_ELEMENT ? c0 + j : c0;
+    float t = fmaf(to_f32(p.v[j]), a[c], b[c]);
+    if (act) t = silu<T>(t);
+    o.v[j] = from_f32<T>(t);
+  }
+  return o;
+}
+
 template <int LAYOUT, int V>
 struct GroupIndexer {
   unsigned S;    // spatial size
@@ -162,25 +199,14 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
     for (int u = 0; u < U; ++u)
       if (v0 + u * bs < end)
         p[u] = *reinterpret_cast<const Pack<T, V>*>(xg + ix.offset(v0 + u * bs));
-    // Sums shifted by the batch's first element (a sample of the data, so no cancellation).
-    const float k = to_f32(p[0].v[0]);
-    float s1 = 0.0f, s2 = 0.0f;
-    unsigned count = 0;
+    int valid = 0;
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
+    for (int u = 0; u < U; ++u)
       if (v0 + u * bs < end) {
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-          const float d = to_f32(p[u].v[j]) - k;
-          s1 += d;
-          s2 = fmaf(d, d, s2);
-        }
-        count += V;
         if (cached) cache[v0 + u * bs - start] = p[u];
+        ++valid;
       }
-    }
-    const float nb = static_cast<float>(count);
-    welford_merge(st, nb, k + s1 / nb, fmaxf(s2 - s1 * s1 / nb, 0.0f));
+    fold_batch(st, p, valid);
   }
 
   // Block reduction.
@@ -240,16 +266,8 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
 
   // Pass 2: scale and shift, SiLU, write once.
   auto emit = [&](unsigned vi, const Pack<T, V>& p) {
-    const unsigned c0 = ix.channel(vi);
-    Pack<T, V> o;
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      const unsigned c = LAYOUT == kLayoutChannelsFirst ? c0 : c0 + j;
-      float t = fmaf(to_f32(p.v[j]), s_a[c], s_b[c]);
-      if (act) t = silu<T>(t);
-      o.v[j] = from_f32<T>(t);
-    }
-    *reinterpret_cast<Pack<T, V>*>(yg + ix.offset(vi)) = o;
+    *reinterpret_cast<Pack<T, V>*>(yg + ix.offset(vi)) =
+        scale_shift<T, V, LAYOUT == kLayoutChannelsLast>(p, s_a, s_b, ix.channel(vi), act);
   };
   for (unsigned v0 = start + tid; v0 < end; v0 += U * bs) {
     Pack<T, V> p[U];
@@ -316,7 +334,7 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
 
   const unsigned tid = threadIdx.x;
   const unsigned bs = blockDim.x;
-  const unsigned R = bs / VR;  // rows per pass
+  const unsigned R = bs / VR;  // rows per pass (blockDim is a multiple of VR)
   const unsigned col = tid % VR;
   const unsigned r0 = tid / VR;
   constexpr int U = 4;
@@ -328,31 +346,19 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
 
   auto at = [&](unsigned r) { return static_cast<long long>(r) * C + col * V; };
   WelfordStat st{0.0f, 0.0f, 0.0f};
-  if (r0 < R) {
-    for (unsigned rr = start + r0; rr < end; rr += U * R) {
-      Pack<T, V> p[U];
+  for (unsigned rr = start + r0; rr < end; rr += U * R) {
+    Pack<T, V> p[U];
 #pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (rr + u * R < end) p[u] = *reinterpret_cast<const Pack<T, V>*>(xg + at(rr + u * R));
-      const float k = to_f32(p[0].v[0]);
-      float s1 = 0.0f, s2 = 0.0f;
-      unsigned count = 0;
+    for (int u = 0; u < U; ++u)
+      if (rr + u * R < end) p[u] = *reinterpret_cast<const Pack<T, V>*>(xg + at(rr + u * R));
+    int valid = 0;
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (rr + u * R < end) {
-#pragma unroll
-          for (int j = 0; j < V; ++j) {
-            const float d = to_f32(p[u].v[j]) - k;
-            s1 += d;
-            s2 = fmaf(d, d, s2);
-          }
-          count += V;
-          if (cached) cache[(rr + u * R - start) * VR + col] = p[u];
-        }
+    for (int u = 0; u < U; ++u)
+      if (rr + u * R < end) {
+        if (cached) cache[(rr + u * R - start) * VR + col] = p[u];
+        ++valid;
       }
-      const float nb = static_cast<float>(count);
-      welford_merge(st, nb, k + s1 / nb, fmaxf(s2 - s1 * s1 / nb, 0.0f));
-    }
+    fold_batch(st, p, valid);
   }
   s_stat[0][tid] = st.n;
   s_stat[1][tid] = st.mean;
@@ -407,29 +413,18 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
   }
   __syncthreads();
 
-  if (r0 < R) {
-    for (unsigned rr = start + r0; rr < end; rr += U * R) {
-      Pack<T, V> p[U];
+  for (unsigned rr = start + r0; rr < end; rr += U * R) {
+    Pack<T, V> p[U];
 #pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (rr + u * R < end)
-          p[u] = cached ? cache[(rr + u * R - start) * VR + col]
-                        : *reinterpret_cast<const Pack<T, V>*>(xg + at(rr + u * R));
+    for (int u = 0; u < U; ++u)
+      if (rr + u * R < end)
+        p[u] = cached ? cache[(rr + u * R - start) * VR + col]
+                      : *reinterpret_cast<const Pack<T, V>*>(xg + at(rr + u * R));
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (rr + u * R < end) {
-          Pack<T, V> o;
-#pragma unroll
-          for (int j = 0; j < V; ++j) {
-            const unsigned c = col * V + j;
-            float t = fmaf(to_f32(p[u].v[j]), s_a[c], s_b[c]);
-            if (act) t = silu<T>(t);
-            o.v[j] = from_f32<T>(t);
-          }
-          *reinterpret_cast<Pack<T, V>*>(yg + at(rr + u * R)) = o;
-        }
-      }
-    }
+    for (int u = 0; u < U; ++u)
+      if (rr + u * R < end)
+        *reinterpret_cast<Pack<T, V>*>(yg + at(rr + u * R)) =
+            scale_shift<T, V, true>(p[u], s_a, s_b, col * V, act);
   }
   if constexpr (CS > 1) cluster_wait();
 }

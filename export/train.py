@@ -9,12 +9,14 @@ streams: such reruns are meant to reach the same quality, which `--eval` measure
 checker. Stages:
 
 1. `shapes_data` renders `Recipe.scenes` captioned 64x64 images.
-2. An AutoencoderKL with downscale 4 (16x16x4 latents) learns to reconstruct them (L1 + L2 and
-   a small KL term); the latent scaling factor is 1 / std of the encoded dataset.
+2. An AutoencoderKL with downscale 4 (16x16x4 latents) learns to reconstruct random 32x32 crops
+   of them (L1 + L2 and a small KL term); the latent scaling factor is 1 / std of the encoded
+   dataset (whole images).
 3. A CLIP-architecture text encoder (the real CLIP BPE vocabulary through `runtime.tokenizer`)
    and a cross-attention UNet learn epsilon prediction on the SD 1.x training noise schedule,
-   with min-SNR loss weighting, classifier-free guidance dropout (the caption becomes the empty
-   prompt, exactly what the runtime encodes for an empty negative prompt) and an EMA of both.
+   with min-SNR loss weighting, offset noise, captions that drop their optional parts at random,
+   classifier-free guidance dropout (the caption becomes the empty prompt, exactly what the
+   runtime encodes for an empty negative prompt) and an EMA of both.
 4. The EMA weights are written in the diffusers layout as fp16 safetensors.
 
 The models are the project's reference modules, so the folder loads, exports and runs through
@@ -108,8 +110,12 @@ class Recipe:
 
     seed: int = 0
     scenes: int = 30000
-    vae_steps: int = 2000
+    vae_steps: int = 3000
     vae_batch: int = 16
+    # Side of the random square crops the VAE trains on (RESOLUTION: whole images). The VAE is
+    # convolutional: 32-pixel crops cost a quarter of a whole image per step and, given 1.5x the
+    # steps, reconstruct better (BENCHMARKS.md, "The embedded default model").
+    vae_crop: int = 32
     vae_lr: float = 1e-3
     kl_weight: float = 1e-5
     steps: int = 4000
@@ -118,13 +124,16 @@ class Recipe:
     warmup: int = 200
     ema_decay: float = 0.999
     cfg_dropout: float = 0.1
-    # Chance that a training caption keeps its size word, background and position. The shipped
-    # model saw complete captions only and follows shorter prompts ("a red circle") anyway: the
-    # checker confirms it (BENCHMARKS.md, "The embedded default model").
-    p_size: float = 1.0
-    p_background: float = 1.0
-    p_position: float = 1.0
+    # Chance that a training caption keeps its size word, background and position: prompts that
+    # name only a colour and a shape ("a red circle") are then seen in training too.
+    p_size: float = 0.8
+    p_background: float = 0.8
+    p_position: float = 0.8
     min_snr_gamma: float = 5.0
+    # Std of a per-image, per-channel constant added to the training noise ("offset noise"). The
+    # SD 1.x schedule never reaches zero signal, so without it a model reads the background
+    # colour off the initial noise's channel means and cannot draw a prompt's colour there.
+    offset_noise: float = 0.1
     grad_clip: float = 1.0
 
 
@@ -160,6 +169,21 @@ def _to_pixels(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+def _random_crops(images: torch.Tensor, side: int, gen: torch.Generator) -> torch.Tensor:
+    """A random (side, side) window of each of (B, H, W, C) images; the images when side = H."""
+    b, h, w, _ = images.shape
+    if side == h == w:
+        return images
+    if not 0 < side <= min(h, w):
+        raise ValueError(f"crop side {side} does not fit {h}x{w} images")
+    dev = images.device
+    top = torch.randint(h - side + 1, (b, 1), generator=gen, device=dev)
+    left = torch.randint(w - side + 1, (b, 1), generator=gen, device=dev)
+    span = torch.arange(side, device=dev)
+    rows, cols = (top + span)[:, :, None], (left + span)[:, None, :]  # (B, side, 1), (B, 1, side)
+    return images[torch.arange(b, device=dev)[:, None, None], rows, cols]
+
+
 # --- stage 2: the autoencoder -------------------------------------------------------------------
 
 
@@ -181,7 +205,7 @@ def train_vae(
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, recipe.vae_steps, recipe.vae_lr, recipe.warmup)
         idx = torch.randint(len(images), (recipe.vae_batch,), generator=gen, device=images.device)
-        x = _to_pixels(images[idx])
+        x = _to_pixels(_random_crops(images[idx], recipe.vae_crop, gen))
         mean, logvar = vae.encode(x)
         eps = torch.randn(mean.shape, generator=gen, device=mean.device)
         y = vae.decode(mean + torch.exp(0.5 * logvar) * eps)
@@ -263,6 +287,15 @@ def caption_variants(
     return ids.astype(np.int64), probs
 
 
+def training_noise(shape: torch.Size, offset: float, gen: torch.Generator) -> torch.Tensor:
+    """Unit Gaussian noise of (B, C, H, W) `shape` plus `offset` x a per-image, per-channel
+    Gaussian constant (offset noise: the channel means become unreliable evidence of colour)."""
+    noise = torch.randn(shape, generator=gen, device=gen.device)
+    if offset:
+        noise = noise + offset * torch.randn((*shape[:2], 1, 1), generator=gen, device=gen.device)
+    return noise
+
+
 def _adam_impl(device: torch.device) -> dict:
     """AdamW's fused kernel on the CPU (its per-parameter loop is ~10% of a CPU step); the
     default (foreach) on CUDA, which made the shipped weights."""
@@ -319,7 +352,7 @@ def train_diffusion(
         tokens = torch.where(drop[:, None], empty_ids[None], tokens)
         z = means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen, device=device)
         t = torch.randint(len(ac), (b,), generator=gen, device=device)
-        noise = torch.randn(z.shape, generator=gen, device=device)
+        noise = training_noise(z.shape, recipe.offset_noise, gen)
         a = ac[t][:, None, None, None]
         x_t = a.sqrt() * z + (1.0 - a).sqrt() * noise
         context = text(tokens).last_hidden_state

@@ -230,6 +230,33 @@ def test_demo_draws_its_prompt(tmp_path, monkeypatch):
 # --- the training script ------------------------------------------------------------------------
 
 
+def test_vae_crops_are_windows_of_their_own_images():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 64, 64, 3), dtype=torch.uint8, generator=gen)
+    crops = train._random_crops(images, 32, gen)
+    assert crops.shape == (64, 32, 32, 3)
+    corners = set()
+    for image, crop in zip(images, crops, strict=True):
+        windows = image.unfold(0, 32, 1).unfold(1, 32, 1).permute(0, 1, 3, 4, 2)  # (33, 33, ...)
+        found = (windows == crop).flatten(2).all(-1).nonzero()
+        assert len(found) == 1
+        corners.add(tuple(found[0].tolist()))
+    assert len(corners) > 32  # each image gets its own window
+    assert train._random_crops(images, 64, gen) is images
+    with pytest.raises(ValueError, match="crop side 80"):
+        train._random_crops(images, 80, gen)
+
+
+def test_offset_noise_moves_the_channel_means():
+    """Per-image, per-channel means of (B, 4, 16, 16) noise: std 1/16 plain, sqrt(o^2 + 1/256)."""
+    gen = torch.Generator().manual_seed(0)
+    plain = train.training_noise(torch.Size((4096, 4, 16, 16)), 0.0, gen)
+    offset = train.training_noise(torch.Size((4096, 4, 16, 16)), 0.1, gen)
+    assert plain.mean((2, 3)).std().item() == pytest.approx(1 / 16, rel=0.03)
+    assert offset.mean((2, 3)).std().item() == pytest.approx((0.01 + 1 / 256) ** 0.5, rel=0.03)
+    assert (offset - offset.mean((2, 3), keepdim=True)).std().item() == pytest.approx(1, rel=0.01)
+
+
 def test_training_is_reproducible(tmp_path):
     """Two runs of a tiny recipe write the same bytes; the folder loads through the normal path."""
     recipe = train.Recipe(scenes=48, vae_steps=2, vae_batch=2, steps=2, batch=2, warmup=1)

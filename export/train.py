@@ -481,6 +481,14 @@ def train(
 # --- generation with the PyTorch reference ------------------------------------------------------
 
 
+def pipeline_noise(seeds: Sequence[int], shape: tuple[int, ...]) -> np.ndarray:
+    """The unit-variance noise `Pipeline.generate(seed=s)` starts from for a batch of 1 of
+    latent `shape` (1, C, h, w), one row per seed: to batch single-seed generations."""
+    return np.concatenate(
+        [np.random.default_rng(s).standard_normal(shape, dtype=np.float32) for s in seeds]
+    )
+
+
 class ReferenceSampler:
     """txt2img with the reference modules of a diffusers folder and `latentrt.samplers`.
 
@@ -550,9 +558,7 @@ class ReferenceSampler:
             height // self.downscale,
             width // self.downscale,
         )
-        noise = np.concatenate(
-            [np.random.default_rng(s).standard_normal(shape, dtype=np.float32) for s in seeds]
-        )
+        noise = pipeline_noise(seeds, shape)
         guided = guidance > 1.0
         cond = Conditioning(
             self.encode(prompts), self.encode([negative_prompt] * len(prompts)) if guided else None

@@ -63,10 +63,7 @@ def _chunks(jobs: list) -> list[list]:
 
 
 def _noise(seeds) -> np.ndarray:
-    """The unit-variance noise `Pipeline.generate(seed=s)` starts from, one row per seed."""
-    return np.concatenate(
-        [np.random.default_rng(s).standard_normal((1, 4, 16, 16), dtype=np.float32) for s in seeds]
-    )
+    return train.pipeline_noise(seeds, (1, 4, 16, 16))
 
 
 def _hit_rate(images, jobs) -> float:

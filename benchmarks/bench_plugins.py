@@ -157,6 +157,50 @@ def bench_groupnorm(shapes, dtypes, layout: str = "NCHW") -> list[str]:
     return rows
 
 
+def _conv_inputs(shape, cout, dtype, channels_last: bool):
+    """Rotating inputs and outputs, weights (plain and packed) and bias of one Conv3d case."""
+    n, cin, d, h, w = shape
+    k = max(2, min(16, ROTATE_BYTES // (3 * torch.Size(shape).numel() * 2)))
+    mf = torch.channels_last_3d if channels_last else torch.contiguous_format
+    xs = [
+        torch.randn(shape, device="cuda", dtype=dtype).contiguous(memory_format=mf)
+        for _ in range(k)
+    ]
+    wt = (
+        torch.randn(cout, cin, 3, 3, 3, device="cuda", dtype=dtype) * (cin * 27) ** -0.5
+    ).contiguous(memory_format=mf)
+    bias = torch.randn(cout, device="cuda", dtype=dtype) * 0.1
+    packed = harness.pack_conv3d_weights(wt.contiguous())
+    # Our NDHWC tensors are the permuted storage of the channels_last_3d tensors.
+    xin = [x.permute(0, 2, 3, 4, 1) if channels_last else x for x in xs]
+    oshape = (n, d, h, w, cout) if channels_last else (n, cout, d, h, w)
+    outs = [torch.empty(oshape, device="cuda", dtype=dtype) for _ in range(k)]
+    return xs, xin, outs, wt, packed, bias
+
+
+def _fused_calls(xin, outs, packed, bias, layout: str, tile_n=None) -> list:
+    return [
+        partial(
+            harness.conv3d,
+            xin[i],
+            packed,
+            bias,
+            (0, 1, 1, 0, 1, 1),
+            causal_time=1,
+            layout=layout,
+            out=outs[i],
+            stream=_CURRENT,
+            weights_packed=True,
+            tile_n=tile_n,
+        )
+        for i in range(len(xin))
+    ]
+
+
+def _hopper() -> bool:
+    return torch.cuda.get_device_capability() == (9, 0)
+
+
 def bench_conv(cases, dtypes, channels_last=False) -> list[str]:
     torch.backends.cudnn.benchmark = True
     rows = [
@@ -164,65 +208,22 @@ def bench_conv(cases, dtypes, channels_last=False) -> list[str]:
         "| pad copy MB | kernel | timing |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    layout = "NDHWC" if channels_last else "NCDHW"
     for shape, cout in cases:
         for dt in dtypes:
-            dtype = getattr(torch, dt)
             n, cin, d, h, w = shape
-            nbytes = torch.Size(shape).numel() * 2
-            k = max(2, min(16, ROTATE_BYTES // (3 * nbytes)))
-            mf = torch.channels_last_3d if channels_last else torch.contiguous_format
-            xs = [
-                torch.randn(shape, device="cuda", dtype=dtype).contiguous(memory_format=mf)
-                for _ in range(k)
-            ]
-            wt = (
-                torch.randn(cout, cin, 3, 3, 3, device="cuda", dtype=dtype) * (cin * 27) ** -0.5
-            ).contiguous(memory_format=mf)
-            bias = torch.randn(cout, device="cuda", dtype=dtype) * 0.1
-            packed = harness.pack_conv3d_weights(wt.contiguous())
-            layout = "NDHWC" if channels_last else "NCDHW"
-            # Our NDHWC tensors are the permuted storage of the channels_last_3d tensors.
-            xin = [x.permute(0, 2, 3, 4, 1) if channels_last else x for x in xs]
-            outs = [
-                torch.empty(
-                    (n, d, h, w, cout) if channels_last else (n, cout, d, h, w),
-                    device="cuda",
-                    dtype=dtype,
-                )
-                for _ in range(k)
-            ]
-
-            fused = [
-                partial(
-                    harness.conv3d,
-                    xin[i],
-                    packed,
-                    bias,
-                    (0, 1, 1, 0, 1, 1),
-                    causal_time=1,
-                    layout=layout,
-                    out=outs[i],
-                    stream=_CURRENT,
-                    weights_packed=True,
-                )
-                for i in range(k)
-            ]
-            reference = [partial(_pad_conv_torch, xs[i], wt, bias) for i in range(k)]
+            xs, xin, outs, wt, packed, bias = _conv_inputs(
+                shape, cout, getattr(torch, dt), channels_last
+            )
+            reference = [partial(_pad_conv_torch, x, wt, bias) for x in xs]
             reference[0]()
-            t_f, mode_f = _time_graph(fused)
+            t_f, mode_f = _time_graph(_fused_calls(xin, outs, packed, bias, layout))
             t_r, _ = _time_graph(reference)
             flops = 2.0 * n * cout * cin * 27 * d * h * w
             pad_mb = n * cin * (d + 2) * h * w * 2 / 2**20
+            sms = torch.cuda.get_device_properties(0).multi_processor_count
             plan = harness.conv3d_plan(
-                dt,
-                channels_last,
-                n,
-                cin,
-                cout,
-                27,
-                d * h * w,
-                True,
-                torch.cuda.get_device_properties(0).multi_processor_count,
+                dt, channels_last, n, cin, cout, 27, d * h * w, True, sms, wgmma=_hopper()
             )
             rows.append(
                 f"| {'x'.join(map(str, shape))} | {cout} | {layout} | {dt} | {t_f:.4f} "
@@ -231,6 +232,35 @@ def bench_conv(cases, dtypes, channels_last=False) -> list[str]:
             )
             print(rows[-1], flush=True)
             torch.cuda.empty_cache()
+    return rows
+
+
+def sweep_conv_tiles(cases, dtype: str = "float16") -> list[str]:
+    """Channels-last wgmma Conv3d time per forced output-channel tile (Hopper only)."""
+    rows = [
+        "| x | Cout | n128 ms | n96 ms | n64 ms | planner |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for shape, cout in cases:
+        n, cin, d, h, w = shape
+        if cin % 8 or cout % 8:
+            continue
+        _, xin, outs, _, packed, bias = _conv_inputs(shape, cout, getattr(torch, dtype), True)
+        cells = []
+        for bn in harness.WGMMA_TILES_N:
+            if bn == 96 and cout % 96:
+                cells.append("-")
+                continue
+            calls = _fused_calls(xin, outs, packed, bias, "NDHWC", bn)
+            cells.append(f"{_time_graph(calls)[0]:.4f}")
+        plan = harness.conv3d_plan(dtype, True, n, cin, cout, 27, d * h * w, True, sms, wgmma=True)
+        rows.append(
+            f"| {'x'.join(map(str, shape))} | {cout} | {' | '.join(cells)} "
+            f"| {plan.kernel.rsplit('_', 1)[1]} |"
+        )
+        print(rows[-1], flush=True)
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -309,6 +339,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
     ap.add_argument("--profile", action="store_true", help="one launch per kernel, for ncu")
     ap.add_argument("--gn-only", action="store_true", help="GroupNorm+SiLU tables only")
+    ap.add_argument("--conv-only", action="store_true", help="Conv3d tables only")
     args = ap.parse_args()
     if args.profile:
         profile_once()
@@ -331,9 +362,14 @@ def main() -> None:
         ((1, 384, 5, 32, 32), 384),
         ((1, 3, 17, 64, 64), 128),
         ((1, 128, 9, 128, 128), 128),
+        ((1, 256, 9, 64, 64), 256),
+        ((1, 512, 5, 32, 32), 512),
     ]
     if args.quick:
         gn_shapes, conv_cases = gn_shapes[:2], conv_cases[:2]
+    if args.conv_only:
+        conv_tables(conv_cases)
+        return
     print("\n## GroupNorm+SiLU (32 groups)\n")
     gn = bench_groupnorm(gn_shapes, ["float16", "float32", "bfloat16"])
     gn += bench_groupnorm(gn_shapes, ["float16"], layout="NHWC")[2:]
@@ -343,15 +379,23 @@ def main() -> None:
         print("\n# summary\n")
         print("\n".join(gn + [""] + sweep))
         return
-    print("\n## Conv3d k3, causal zero padding\n")
-    cv = bench_conv(conv_cases, ["float16", "bfloat16"])
-    cv_last = bench_conv(conv_cases, ["float16"], channels_last=True)
     print("\n# summary\n")
     print("\n".join(gn))
     print()
     print("\n".join(sweep))
-    print()
+    conv_tables(conv_cases)
+
+
+def conv_tables(conv_cases) -> None:
+    """Conv3d: both layouts against pad + cuDNN, then the wgmma tile sweep on Hopper."""
+    print("\n## Conv3d k3, causal zero padding\n")
+    cv = bench_conv(conv_cases, ["float16", "bfloat16"])
+    cv_last = bench_conv(conv_cases, ["float16", "bfloat16"], channels_last=True)
+    tiles = sweep_conv_tiles(conv_cases) if _hopper() else []
+    print("\n# conv summary\n")
     print("\n".join(cv + cv_last[2:]))
+    print()
+    print("\n".join(tiles))
 
 
 if __name__ == "__main__":

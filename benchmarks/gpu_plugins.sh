@@ -22,7 +22,7 @@ export PYTHONPATH=$PKG${PYTHONPATH:+:$PYTHONPATH}
 } 2>&1 | tee "$OUT/env.txt"
 
 for f in groupnorm_silu conv3d; do
-  nvcc -arch=sm_90 -std=c++17 -O3 -Xptxas -v -c plugins/cuda/$f.cu -o /tmp/$f.o 2>&1 \
+  nvcc -arch=sm_90a -DLATENTRT_SM90A -std=c++17 -O3 -Xptxas -v -c plugins/cuda/$f.cu -o /tmp/$f.o 2>&1 \
     | grep -E "Compiling entry|Used|spill" | grep -v " 0 bytes spill" >> "$OUT/ptxas.txt"
 done
 
@@ -32,7 +32,7 @@ timeout 240 python3 -P benchmarks/bench_plugins.py "$@" 2>&1 | tee "$OUT/bench.t
 # One launch of each hot kernel under Nsight Compute, when it is installed.
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "$NCU" ] && [ -z "${SKIP_NCU:-}" ]; then
-  timeout 120 "$NCU" -k 'regex:latentrt_(gn_silu|conv3d_igemm)' -c 4 --section SpeedOfLight \
+  timeout 120 "$NCU" -k 'regex:latentrt_(gn_silu|conv3d_igemm|conv3d_wgmma)' -c 4 --section SpeedOfLight \
     --section Occupancy --section WarpStateStats --section LaunchStats \
     python3 -P benchmarks/bench_plugins.py --profile > "$OUT/ncu.txt" 2>&1
   grep -E "latentrt_|Duration|Memory Throughput|Compute \(SM\)|Achieved Occupancy|Registers Per|Stall|DRAM Throughput" "$OUT/ncu.txt" | head -60

@@ -8,6 +8,7 @@ torch is never imported here). CuPy is imported lazily: this module imports with
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import subprocess
@@ -63,6 +64,49 @@ def _module(name: str) -> Any:
             options.append(f"-I{Path(root) / 'include'}")
             break
     return cupy.RawModule(code=kernel_source(name), options=tuple(options))
+
+
+def _nvcc() -> str | None:
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    default = Path("/usr/local/cuda/bin/nvcc")
+    return str(default) if default.exists() else None
+
+
+@functools.cache
+def _module_sm90a(name: str) -> Any:
+    """plugins/cuda/<name> built by nvcc for sm_90a (wgmma needs the arch-specific target).
+
+    NVRTC through CuPy targets plain sm_90, where the wgmma kernels trap; the cubin is cached
+    under ~/.cache/latentrt by a digest of the sources and written through a temp file.
+    """
+    cupy = _cupy()
+    nvcc = _nvcc()
+    if nvcc is None:
+        raise BackendError("the sm_90a kernels need nvcc (CUDA toolkit)")
+    digest = hashlib.sha256()
+    for part in ("common.cuh", name):
+        digest.update((CUDA_DIR / part).read_bytes())
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latentrt"
+    cubin = cache / f"{Path(name).stem}.{digest.hexdigest()[:16]}.sm_90a.cubin"
+    if not cubin.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cubin.with_name(cubin.name + f".tmp-{os.getpid()}")
+        cmd = [nvcc, "-cubin", "-arch=sm_90a", "-std=c++17", "-O3", "-o", str(tmp)]
+        res = subprocess.run(cmd + [str(CUDA_DIR / name)], capture_output=True, text=True)
+        if res.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise BackendError(f"nvcc failed ({res.returncode}):\n{res.stderr[-4000:]}")
+        os.replace(tmp, cubin)
+    return cupy.RawModule(path=str(cubin))
+
+
+@functools.cache
+def _has_wgmma(device: int) -> bool:
+    """Whether `device` is an sm_90 GPU (Hopper) and nvcc can build its wgmma kernels."""
+    props = _cupy().cuda.runtime.getDeviceProperties(device)
+    return (int(props["major"]), int(props["minor"])) == (9, 0) and _nvcc() is not None
 
 
 @functools.cache
@@ -310,6 +354,22 @@ class ConvPlan:
     vec: bool
 
 
+WGMMA_TILES_N = (128, 96, 64)
+
+
+def wgmma_smem_bytes(tile_n: int) -> int:
+    """Dynamic shared memory of the wgmma kernel (WgmmaTiles<BN>::SMEM_BYTES)."""
+    stages = 4 if tile_n == 64 else 3
+    return stages * (128 + tile_n) * 64 * 2 + 1024
+
+
+def wgmma_tile_n(cout: int) -> int:
+    """Output-channel tile of the wgmma kernel (mirrors wgmma_tile_n in conv3d.cu)."""
+    if cout % 96 == 0 and cout % 128:
+        return 96
+    return 128 if cout > 64 else 64
+
+
 def conv3d_plan(
     dtype: str,
     channels_last: bool,
@@ -320,10 +380,24 @@ def conv3d_plan(
     positions: int,
     aligned: bool,
     sms: int,
+    wgmma: bool = False,
+    tile_n: int | None = None,
 ) -> ConvPlan:
-    """Tensor-core implicit GEMM when fp16/bf16 with Cin % 32 == 0 and Cin, Cout >= 64."""
+    """Which kernel: Hopper wgmma (`wgmma`: an sm_90 GPU; fp16/bf16 channels-last, Cin and Cout
+    % 8 == 0), else the WMMA implicit GEMM (fp16/bf16, Cin % 32 == 0, Cin and
+    Cout >= 64), else the direct kernel.
+
+    `tile_n` (128, 96 or 64) overrides the wgmma kernel's output-channel tile (benchmark sweeps).
+    """
     lname = "ndhwc" if channels_last else "ncdhw"
     suf = _SUFFIX[dtype]
+    if wgmma and aligned and dtype != "float32" and channels_last and cin % 8 == 0 == cout % 8:
+        bn = wgmma_tile_n(cout) if tile_n is None else tile_n
+        if bn not in WGMMA_TILES_N:
+            raise InputError(f"tile_n must be one of {WGMMA_TILES_N}, got {bn}")
+        grid = (-(-positions // 128), -(-cout // bn), n)
+        kernel = f"latentrt_conv3d_wgmma_ndhwc_{suf}_n{bn}"
+        return ConvPlan(kernel, grid, 256, wgmma_smem_bytes(bn), cin, True)
     if dtype != "float32" and cin % 32 == 0 and cin >= 64 and cout >= 64 and aligned:
         tiles_n = -(-positions // 128)
         bm = 128 if cout >= 128 and tiles_n * -(-cout // 128) * n >= 2 * sms else 64
@@ -373,11 +447,13 @@ def conv3d(
     out: Any = None,
     stream: Any = None,
     weights_packed: bool = False,
+    tile_n: int | None = None,
 ) -> Any:
     """Conv3d with fused causal padding on the GPU; returns `out` (allocated when None).
 
     w is (Cout, Cin, kT, kH, kW), or (Cout, kT, kH, kW, Cin) from pack_conv3d_weights when
-    weights_packed is True (as a plugin would hold constant weights).
+    weights_packed is True (as a plugin would hold constant weights). `tile_n` forces the
+    wgmma kernel's output-channel tile (benchmark sweeps only).
     """
     cupy = _cupy()
     if layout not in ("NCDHW", "NDHWC"):
@@ -413,7 +489,8 @@ def conv3d(
     pd = _describe(packed, "packed weights")
     oshape = (n, do, ho, wo, cout) if last else (n, cout, do, ho, wo)
     yd = _output(xd, oshape, out, "out")
-    sms, _ = _device_limits(cupy.cuda.runtime.getDevice())
+    dev = cupy.cuda.runtime.getDevice()
+    sms, _ = _device_limits(dev)
     plan = conv3d_plan(
         xd.dtype,
         last,
@@ -424,13 +501,16 @@ def conv3d(
         positions,
         xd.ptr % 16 == 0 and pd.ptr % 16 == 0,
         sms,
+        wgmma=_has_wgmma(dev) and yd.ptr % 16 == 0,
+        tile_n=tile_n,
     )
     shape_args = [cin, d, h, wd_, cout, kt, kh, kw, do, ho, wo, *strides, *dilations]
     shape_args += [p[0], p[1], p[2], 1 if causal_time == 2 else 0]
     args = [_p(xd.ptr), _p(pd.ptr), _p(bptr), _p(yd.ptr)] + [_i(v) for v in shape_args]
     if plan.kernel.startswith("latentrt_conv3d_direct"):
         args += [_i(plan.ci_chunk), _i(int(plan.vec))]
-    kern = _module("conv3d.cu").get_function(plan.kernel)
+    wg = plan.kernel.startswith("latentrt_conv3d_wgmma")
+    kern = (_module_sm90a if wg else _module)("conv3d.cu").get_function(plan.kernel)
     kern.max_dynamic_shared_size_bytes = plan.smem
     with _stream(stream):
         kern(plan.grid, (plan.block,), tuple(args), shared_mem=plan.smem)
@@ -438,14 +518,18 @@ def conv3d(
 
 
 def build_shared_library(out: str | os.PathLike[str], arch: str = "sm_90") -> Path:
-    """Compile both .cu files with nvcc into one shared library exposing the C launchers."""
-    nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
-    if not Path(nvcc).exists():
+    """Compile both .cu files with nvcc into one shared library exposing the C launchers.
+
+    arch "sm_90a" adds the Hopper wgmma Conv3d kernel to the launchers' choices.
+    """
+    nvcc = _nvcc()
+    if nvcc is None:
         raise BackendError("nvcc not found: the plugin library needs the CUDA toolkit")
     target = Path(out)
     cmd = [
         nvcc,
         f"-arch={arch}",
+        *(["-DLATENTRT_SM90A"] if arch == "sm_90a" else []),
         "-O3",
         "-std=c++17",
         "-shared",

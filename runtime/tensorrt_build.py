@@ -242,7 +242,9 @@ def device_signature() -> dict:
 
 
 def _arch(device: dict) -> str:
-    return "sm_" + device["compute_capability"].replace(".", "")
+    """nvcc target of the plugin library: sm_90a on Hopper (its wgmma Conv3d kernel)."""
+    arch = "sm_" + device["compute_capability"].replace(".", "")
+    return arch + "a" if arch == "sm_90" else arch
 
 
 # --- the build ----------------------------------------------------------------------------------

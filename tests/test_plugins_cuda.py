@@ -18,6 +18,7 @@ pytestmark = pytest.mark.gpu
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TOL = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}
+_SUF = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +151,27 @@ def test_conv3d_video_vae_shapes(harness, gen, case, layout, dtype):
     _check(out, ref, dtype)
 
 
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.skipif(not HOPPER, reason="the wgmma kernel needs an sm_90 GPU")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("tile_n", [64, 96, 128])
+def test_conv3d_wgmma_every_tile(harness, gen, tile_n, dtype):
+    # Cin 72: K steps of 64 straddle taps; 1200 positions: a partial last M tile; Cout 192.
+    shape, cout, k = (2, 72, 5, 12, 20), 192, (3, 3, 3)
+    pads, strides, dil = (0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1)
+    x = _rand((shape[0], *shape[2:], shape[1]), dtype, gen)
+    w = _rand((cout, shape[1], *k), dtype, gen, (shape[1] * 27) ** -0.5)
+    b = _rand((cout,), dtype, gen, 0.1)
+    plan = harness.conv3d_plan(dtype, True, 2, 72, cout, 27, 1200, True, 132, True, tile_n)
+    assert plan.kernel == f"latentrt_conv3d_wgmma_ndhwc_{_SUF[dtype]}_n{tile_n}"
+    ref = _conv_ref(x, w, b, pads, strides, dil, 2, True)
+    out = _poisoned(tuple(ref.shape), dtype)
+    harness.conv3d(x, w, b, pads, strides, dil, 2, "NDHWC", out=out, tile_n=tile_n)
+    _check(out, ref, dtype)
+
+
 def test_conv3d_without_bias_and_prepacked_weights(harness, gen):
     x = _rand((1, 64, 5, 16, 16), "float16", gen)
     w = _rand((64, 64, 3, 3, 3), "float16", gen, 0.05)
@@ -163,7 +185,10 @@ def test_conv3d_without_bias_and_prepacked_weights(harness, gen):
 
 @pytest.fixture(scope="module")
 def launcher_lib(tmp_path_factory, harness):
-    path = harness.build_shared_library(tmp_path_factory.mktemp("plugin") / "liblatentrt.so")
+    arch = "sm_90a" if torch.cuda.get_device_capability() == (9, 0) else "sm_90"
+    path = harness.build_shared_library(
+        tmp_path_factory.mktemp("plugin") / "liblatentrt.so", arch=arch
+    )
     lib = ctypes.CDLL(str(path))
     vp, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
     ip = ctypes.POINTER(ctypes.c_int)
@@ -178,9 +203,6 @@ def launcher_lib(tmp_path_factory, harness):
         pk.argtypes = [vp, vp, i, i, i, vp]
         pk.restype = i
     return lib
-
-
-_SUF = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 
 
 @pytest.mark.parametrize(
@@ -224,9 +246,10 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
         (CONV_CASES[0], "NCDHW", "float16"),
         (CONV_CASES[2], "NDHWC", "bfloat16"),
         (CONV_CASES[3], "NCDHW", "float32"),
+        (CONV_CASES[3], "NDHWC", "float16"),
         (CONV_CASES[6], "NDHWC", "float16"),
     ],
-    ids=["tc-ncdhw", "tc-ndhwc", "direct-ncdhw", "direct-ndhwc"],
+    ids=["tc-ncdhw", "tc-ndhwc", "direct-ncdhw", "direct-ndhwc", "wgmma-or-direct-ndhwc"],
 )
 def test_c_launcher_conv3d(launcher_lib, gen, case, layout, dtype):
     shape, cout, k, pads, strides, dil, causal = case

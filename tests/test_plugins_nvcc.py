@@ -1,4 +1,4 @@
-"""Both plugin .cu files compile with nvcc for sm_90 with every warning treated as an error."""
+"""Both plugin .cu files compile with nvcc for sm_90 and sm_90a (wgmma) with every warning an error."""
 
 from __future__ import annotations
 
@@ -20,11 +20,13 @@ def _nvcc() -> str | None:
 
 
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc (CUDA toolkit) is not installed on this machine")
+@pytest.mark.parametrize("arch", ["sm_90", "sm_90a"])
 @pytest.mark.parametrize("name", ["groupnorm_silu.cu", "conv3d.cu"])
-def test_compiles_for_sm90_without_warnings(name, tmp_path):
+def test_compiles_for_sm90_without_warnings(name, arch, tmp_path):
     cmd = [
         _nvcc(),
-        "-arch=sm_90",
+        f"-arch={arch}",
+        *(["-DLATENTRT_SM90A"] if arch == "sm_90a" else []),
         "-std=c++17",
         "-Werror",
         "all-warnings",

@@ -139,6 +139,35 @@ def test_kernel_source_inlines_common_header():
         assert "struct alignas(V * sizeof(T)) Pack" in src
 
 
+def test_conv3d_plan_picks_wgmma_only_where_it_applies():
+    sms = 132
+    # Video-VAE shapes, channels-last fp16 on Hopper: the wgmma kernel, 96-wide tiles for 96
+    # channels, a grid of 128-position tiles.
+    p = harness.conv3d_plan("float16", True, 1, 96, 96, 27, 9 * 64 * 64, True, sms, wgmma=True)
+    assert p.kernel == "latentrt_conv3d_wgmma_ndhwc_f16_n96"
+    assert p.grid == (288, 1, 1) and p.smem == harness.wgmma_smem_bytes(96)
+    p = harness.conv3d_plan("bfloat16", True, 2, 40, 24, 9, 1000, True, sms, wgmma=True)
+    assert p.kernel.startswith("latentrt_conv3d_wgmma_ndhwc_bf16_n") and p.grid[2] == 2
+    # Not for fp32, channels-first, Cin % 8 != 0 (RGB input), unaligned pointers or pre-Hopper.
+    for args in (
+        ("float32", True, 1, 96, 96),
+        ("float16", False, 1, 96, 96),
+        ("float16", True, 1, 3, 128),
+    ):
+        p = harness.conv3d_plan(*args, 27, 4096, True, sms, wgmma=True)
+        assert "wgmma" not in p.kernel
+    assert (
+        "wgmma"
+        not in harness.conv3d_plan("float16", True, 1, 96, 96, 27, 4096, False, sms, True).kernel
+    )
+    p = harness.conv3d_plan("float16", True, 1, 96, 96, 27, 4096, True, sms)
+    assert p.kernel == "latentrt_conv3d_igemm_ndhwc_f16_m64"
+    # Two CTAs share an SM's 228 KB (1 KB of each reserved by the driver).
+    assert all(2 * (harness.wgmma_smem_bytes(bn) + 1024) <= 228 * 1024 for bn in (64, 96, 128))
+    with pytest.raises(InputError, match="tile_n"):
+        harness.conv3d_plan("float16", True, 1, 96, 96, 27, 4096, True, sms, True, tile_n=32)
+
+
 def test_groupnorm_plan_unet_and_fallback():
     # H100: 132 SMs, 227 KB opt-in shared memory per block.
     sms, optin = 132, 232448

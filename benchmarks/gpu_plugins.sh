@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU run for the plugin kernels: environment, nvcc resource report, gpu tests, benchmarks.
 # Usage (repository root, on the GPU machine): bash benchmarks/gpu_plugins.sh [--quick]
-# SKIP_NCU=1 skips the Nsight Compute pass.
+# SKIP_NCU=1 skips the Nsight Compute pass, SKIP_PTXAS=1 the resource report; NCU_KERNELS
+# picks the kernels ncu captures (a regex), PYTEST_K the GPU tests (pytest -k).
 # Logs go to $OUT (default /tmp/latentrt_plugins_out).
 set -uo pipefail
 OUT=${OUT:-/tmp/latentrt_plugins_out}
@@ -21,19 +22,21 @@ export PYTHONPATH=$PKG${PYTHONPATH:+:$PYTHONPATH}
   python3 -c "import torch, cupy; print('torch', torch.__version__, 'cupy', cupy.__version__)"
 } 2>&1 | tee "$OUT/env.txt"
 
-for f in groupnorm_silu conv3d; do
+[ -n "${SKIP_PTXAS:-}" ] || for f in groupnorm_silu conv3d; do
   nvcc -arch=sm_90a -DLATENTRT_SM90A -std=c++17 -O3 -Xptxas -v -c plugins/cuda/$f.cu -o /tmp/$f.o 2>&1 \
     | grep -E "Compiling entry|Used|spill" | grep -v " 0 bytes spill" >> "$OUT/ptxas.txt"
 done
 
-timeout 200 python3 -P -m pytest --import-mode=append -q -m gpu tests/test_plugins_cuda.py -rfE 2>&1 | tee "$OUT/pytest_gpu.txt"
+timeout 280 python3 -P -m pytest --import-mode=append -q -m gpu tests/test_plugins_cuda.py \
+  ${PYTEST_K:+-k "$PYTEST_K"} -rfE 2>&1 | tee "$OUT/pytest_gpu.txt"
 timeout 240 python3 -P benchmarks/bench_plugins.py "$@" 2>&1 | tee "$OUT/bench.txt"
 
 # One launch of each hot kernel under Nsight Compute, when it is installed.
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "$NCU" ] && [ -z "${SKIP_NCU:-}" ]; then
-  timeout 120 "$NCU" -k 'regex:latentrt_(gn_silu|conv3d_igemm|conv3d_wgmma)' -c 4 --section SpeedOfLight \
-    --section Occupancy --section WarpStateStats --section LaunchStats \
+  timeout 120 "$NCU" -k "regex:${NCU_KERNELS:-latentrt_(gn_silu|conv3d_igemm|conv3d_wgmma)}" -c 4 \
+    --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
+    --section MemoryWorkloadAnalysis \
     python3 -P benchmarks/bench_plugins.py --profile > "$OUT/ncu.txt" 2>&1
   grep -E "latentrt_|Duration|Memory Throughput|Compute \(SM\)|Achieved Occupancy|Registers Per|Stall|DRAM Throughput" "$OUT/ncu.txt" | head -60
 fi

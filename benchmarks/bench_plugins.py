@@ -178,7 +178,7 @@ def _conv_inputs(shape, cout, dtype, channels_last: bool):
     return xs, xin, outs, wt, packed, bias
 
 
-def _fused_calls(xin, outs, packed, bias, layout: str, tile_n=None) -> list:
+def _fused_calls(xin, outs, packed, bias, layout: str, tile_n=None, stages=None) -> list:
     return [
         partial(
             harness.conv3d,
@@ -192,6 +192,7 @@ def _fused_calls(xin, outs, packed, bias, layout: str, tile_n=None) -> list:
             stream=_CURRENT,
             weights_packed=True,
             tile_n=tile_n,
+            stages=stages,
         )
         for i in range(len(xin))
     ]
@@ -236,28 +237,39 @@ def bench_conv(cases, dtypes, channels_last=False) -> list[str]:
 
 
 def sweep_conv_tiles(cases, dtype: str = "float16") -> list[str]:
-    """Channels-last wgmma Conv3d time per forced output-channel tile (Hopper only)."""
+    """Channels-last wgmma Conv3d time per forced output-channel tile and pipeline, next to
+    pad + cuDNN on the same channels_last_3d tensors (Hopper only)."""
+    variants = [(bn, None) for bn in harness.WGMMA_TILES_N]
+    variants.append((128, harness.WGMMA_DEEP_STAGES))
     rows = [
-        "| x | Cout | n128 ms | n96 ms | n64 ms | planner |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| x | Cout | pad+cuDNN ms | "
+        + " | ".join(f"n{bn}{f'_s{s}' if s else ''} ms" for bn, s in variants)
+        + " | speedup of the best | planner |",
+        "| --- | --- |" + " --- |" * (len(variants) + 3),
     ]
+    torch.backends.cudnn.benchmark = True
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for shape, cout in cases:
         n, cin, d, h, w = shape
         if cin % 8 or cout % 8:
             continue
-        _, xin, outs, _, packed, bias = _conv_inputs(shape, cout, getattr(torch, dtype), True)
-        cells = []
-        for bn in harness.WGMMA_TILES_N:
+        xs, xin, outs, wt, packed, bias = _conv_inputs(shape, cout, getattr(torch, dtype), True)
+        reference = [partial(_pad_conv_torch, x, wt, bias) for x in xs]
+        reference[0]()
+        t_ref = _time_graph(reference)[0]
+        cells, best = [], float("inf")
+        for bn, stages in variants:
             if bn == 96 and cout % 96:
                 cells.append("-")
                 continue
-            calls = _fused_calls(xin, outs, packed, bias, "NDHWC", bn)
-            cells.append(f"{_time_graph(calls)[0]:.4f}")
+            stages = stages or harness.wgmma_stages(bn)  # forced: no planner choice
+            t = _time_graph(_fused_calls(xin, outs, packed, bias, "NDHWC", bn, stages))[0]
+            best = min(best, t)
+            cells.append(f"{t:.4f}")
         plan = harness.conv3d_plan(dtype, True, n, cin, cout, 27, d * h * w, True, sms, wgmma=True)
         rows.append(
-            f"| {'x'.join(map(str, shape))} | {cout} | {' | '.join(cells)} "
-            f"| {plan.kernel.rsplit('_', 1)[1]} |"
+            f"| {'x'.join(map(str, shape))} | {cout} | {t_ref:.4f} | {' | '.join(cells)} "
+            f"| {t_ref / best:.2f}x | {plan.kernel.split('_ndhwc_')[1]} |"
         )
         print(rows[-1], flush=True)
         torch.cuda.empty_cache()
@@ -330,6 +342,13 @@ def profile_once() -> None:
         x = torch.randn(shape, device="cuda", dtype=torch.float16)
         w = torch.randn(384, 384, 3, 3, 3, device="cuda", dtype=torch.float16) * 0.02
         harness.conv3d(x, w, None, (0, 1, 1, 0, 1, 1), causal_time=1, layout=layout)
+    # Hopper: the wgmma kernel's two pipelines on an under-filled grid, and a four-wave one.
+    x = torch.randn((1, 5, 32, 32, 384), device="cuda", dtype=torch.float16)
+    w = torch.randn(384, 384, 3, 3, 3, device="cuda", dtype=torch.float16) * 0.02
+    harness.conv3d(x, w, None, (0, 1, 1, 0, 1, 1), causal_time=1, layout="NDHWC", stages=3)
+    x = torch.randn((1, 9, 128, 128, 128), device="cuda", dtype=torch.float16)
+    w = torch.randn(128, 128, 3, 3, 3, device="cuda", dtype=torch.float16) * 0.02
+    harness.conv3d(x, w, None, (0, 1, 1, 0, 1, 1), causal_time=1, layout="NDHWC")
     torch.cuda.synchronize()
 
 
@@ -340,6 +359,9 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="one launch per kernel, for ncu")
     ap.add_argument("--gn-only", action="store_true", help="GroupNorm+SiLU tables only")
     ap.add_argument("--conv-only", action="store_true", help="Conv3d tables only")
+    ap.add_argument(
+        "--conv-sweep", action="store_true", help="the Hopper wgmma Conv3d variant sweep only"
+    )
     args = ap.parse_args()
     if args.profile:
         profile_once()
@@ -367,6 +389,9 @@ def main() -> None:
     ]
     if args.quick:
         gn_shapes, conv_cases = gn_shapes[:2], conv_cases[:2]
+    if args.conv_sweep:
+        print("\n".join(sweep_conv_tiles(conv_cases)))
+        return
     if args.conv_only:
         conv_tables(conv_cases)
         return

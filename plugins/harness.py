@@ -355,11 +355,17 @@ class ConvPlan:
 
 
 WGMMA_TILES_N = (128, 96, 64)
+WGMMA_DEEP_STAGES = 6  # the one-CTA-per-SM pipeline, 128-wide tiles only
 
 
-def wgmma_smem_bytes(tile_n: int) -> int:
-    """Dynamic shared memory of the wgmma kernel (WgmmaTiles<BN>::SMEM_BYTES)."""
-    stages = 4 if tile_n == 64 else 3
+def wgmma_stages(tile_n: int) -> int:
+    """Stages of the default (two CTAs per SM) wgmma pipeline."""
+    return 4 if tile_n == 64 else 3
+
+
+def wgmma_smem_bytes(tile_n: int, stages: int | None = None) -> int:
+    """Dynamic shared memory of the wgmma kernel (WgmmaTiles<BN, STAGES>::SMEM_BYTES)."""
+    stages = wgmma_stages(tile_n) if stages is None else stages
     return stages * (128 + tile_n) * 64 * 2 + 1024
 
 
@@ -382,12 +388,15 @@ def conv3d_plan(
     sms: int,
     wgmma: bool = False,
     tile_n: int | None = None,
+    stages: int | None = None,
 ) -> ConvPlan:
     """Which kernel: Hopper wgmma (`wgmma`: an sm_90 GPU; fp16/bf16 channels-last, Cin and Cout
     % 8 == 0), else the WMMA implicit GEMM (fp16/bf16, Cin % 32 == 0, Cin and
     Cout >= 64), else the direct kernel.
 
-    `tile_n` (128, 96 or 64) overrides the wgmma kernel's output-channel tile (benchmark sweeps).
+    The wgmma kernel runs the deep pipeline (6 stages, one CTA per SM) where 128-wide tiles
+    leave at most one CTA per SM. `tile_n` (128, 96 or 64) and `stages` override the output-channel
+    tile and the pipeline (benchmark sweeps).
     """
     lname = "ndhwc" if channels_last else "ncdhw"
     suf = _SUFFIX[dtype]
@@ -396,8 +405,18 @@ def conv3d_plan(
         if bn not in WGMMA_TILES_N:
             raise InputError(f"tile_n must be one of {WGMMA_TILES_N}, got {bn}")
         grid = (-(-positions // 128), -(-cout // bn), n)
+        if stages is None:
+            one_per_sm = bn == 128 and grid[0] * grid[1] * grid[2] <= sms
+            stages = WGMMA_DEEP_STAGES if one_per_sm else wgmma_stages(bn)
         kernel = f"latentrt_conv3d_wgmma_ndhwc_{suf}_n{bn}"
-        return ConvPlan(kernel, grid, 256, wgmma_smem_bytes(bn), cin, True)
+        if stages != wgmma_stages(bn):
+            if bn != 128 or stages != WGMMA_DEEP_STAGES:
+                raise InputError(
+                    f"stages must be {wgmma_stages(bn)} or, for 128-wide tiles, "
+                    f"{WGMMA_DEEP_STAGES}; got {stages}"
+                )
+            kernel += f"_s{stages}"
+        return ConvPlan(kernel, grid, 256, wgmma_smem_bytes(bn, stages), cin, True)
     if dtype != "float32" and cin % 32 == 0 and cin >= 64 and cout >= 64 and aligned:
         tiles_n = -(-positions // 128)
         bm = 128 if cout >= 128 and tiles_n * -(-cout // 128) * n >= 2 * sms else 64
@@ -448,12 +467,13 @@ def conv3d(
     stream: Any = None,
     weights_packed: bool = False,
     tile_n: int | None = None,
+    stages: int | None = None,
 ) -> Any:
     """Conv3d with fused causal padding on the GPU; returns `out` (allocated when None).
 
     w is (Cout, Cin, kT, kH, kW), or (Cout, kT, kH, kW, Cin) from pack_conv3d_weights when
-    weights_packed is True (as a plugin would hold constant weights). `tile_n` forces the
-    wgmma kernel's output-channel tile (benchmark sweeps only).
+    weights_packed is True (as a plugin would hold constant weights). `tile_n` and `stages` force
+    the wgmma kernel's output-channel tile and pipeline (benchmark sweeps only).
     """
     cupy = _cupy()
     if layout not in ("NCDHW", "NDHWC"):
@@ -503,6 +523,7 @@ def conv3d(
         sms,
         wgmma=_has_wgmma(dev) and yd.ptr % 16 == 0,
         tile_n=tile_n,
+        stages=stages,
     )
     shape_args = [cin, d, h, wd_, cout, kt, kh, kw, do, ho, wo, *strides, *dilations]
     shape_args += [p[0], p[1], p[2], 1 if causal_time == 2 else 0]

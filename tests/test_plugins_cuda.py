@@ -156,19 +156,22 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9,
 
 @pytest.mark.skipif(not HOPPER, reason="the wgmma kernel needs an sm_90 GPU")
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("tile_n", [64, 96, 128])
-def test_conv3d_wgmma_every_tile(harness, gen, tile_n, dtype):
-    # Cin 72: K steps of 64 straddle taps; 1200 positions: a partial last M tile; Cout 192.
+@pytest.mark.parametrize(("tile_n", "stages"), [(64, None), (96, None), (128, None), (128, 6)])
+def test_conv3d_wgmma_every_tile(harness, gen, tile_n, stages, dtype):
+    # Cin 72: K steps of 64 straddle taps; 1200 positions: a partial last M tile; Cout 192;
+    # every tile width and pipeline, forced (at 132 SMs the grid alone would pick the deep one).
     shape, cout, k = (2, 72, 5, 12, 20), 192, (3, 3, 3)
     pads, strides, dil = (0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1)
     x = _rand((shape[0], *shape[2:], shape[1]), dtype, gen)
     w = _rand((cout, shape[1], *k), dtype, gen, (shape[1] * 27) ** -0.5)
     b = _rand((cout,), dtype, gen, 0.1)
-    plan = harness.conv3d_plan(dtype, True, 2, 72, cout, 27, 1200, True, 132, True, tile_n)
-    assert plan.kernel == f"latentrt_conv3d_wgmma_ndhwc_{_SUF[dtype]}_n{tile_n}"
+    stages = harness.wgmma_stages(tile_n) if stages is None else stages
+    plan = harness.conv3d_plan(dtype, True, 2, 72, cout, 27, 1200, True, 132, True, tile_n, stages)
+    name = f"latentrt_conv3d_wgmma_ndhwc_{_SUF[dtype]}_n{tile_n}"
+    assert plan.kernel == name + (f"_s{stages}" if stages != harness.wgmma_stages(tile_n) else "")
     ref = _conv_ref(x, w, b, pads, strides, dil, 2, True)
     out = _poisoned(tuple(ref.shape), dtype)
-    harness.conv3d(x, w, b, pads, strides, dil, 2, "NDHWC", out=out, tile_n=tile_n)
+    harness.conv3d(x, w, b, pads, strides, dil, 2, "NDHWC", out=out, tile_n=tile_n, stages=stages)
     _check(out, ref, dtype)
 
 
@@ -249,6 +252,7 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
         (CONV_CASES[3], "NDHWC", "float16"),
         (CONV_CASES[6], "NDHWC", "float16"),
     ],
+    # tc-ndhwc: on Hopper (sm_90a library) the deep wgmma pipeline (120 CTAs <= 132 SMs).
     ids=["tc-ncdhw", "tc-ndhwc", "direct-ncdhw", "direct-ndhwc", "wgmma-or-direct-ndhwc"],
 )
 def test_c_launcher_conv3d(launcher_lib, gen, case, layout, dtype):

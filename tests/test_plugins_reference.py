@@ -148,6 +148,12 @@ def test_conv3d_plan_picks_wgmma_only_where_it_applies():
     assert p.grid == (288, 1, 1) and p.smem == harness.wgmma_smem_bytes(96)
     p = harness.conv3d_plan("bfloat16", True, 2, 40, 24, 9, 1000, True, sms, wgmma=True)
     assert p.kernel.startswith("latentrt_conv3d_wgmma_ndhwc_bf16_n") and p.grid[2] == 2
+    # 128-wide tiles that leave at most one CTA per SM: the 6-stage pipeline (120 CTAs here).
+    p = harness.conv3d_plan("float16", True, 1, 384, 384, 27, 5 * 32 * 32, True, sms, True)
+    assert p.kernel == "latentrt_conv3d_wgmma_ndhwc_f16_n128_s6" and p.grid == (40, 3, 1)
+    assert p.smem == harness.wgmma_smem_bytes(128, 6) <= 227 * 1024
+    p = harness.conv3d_plan("float16", True, 1, 512, 512, 27, 5 * 32 * 32, True, sms, True)
+    assert p.kernel == "latentrt_conv3d_wgmma_ndhwc_f16_n128"  # 160 CTAs: two per SM
     # Not for fp32, channels-first, Cin % 8 != 0 (RGB input), unaligned pointers or pre-Hopper.
     for args in (
         ("float32", True, 1, 96, 96),
@@ -166,6 +172,8 @@ def test_conv3d_plan_picks_wgmma_only_where_it_applies():
     assert all(2 * (harness.wgmma_smem_bytes(bn) + 1024) <= 228 * 1024 for bn in (64, 96, 128))
     with pytest.raises(InputError, match="tile_n"):
         harness.conv3d_plan("float16", True, 1, 96, 96, 27, 4096, True, sms, True, tile_n=32)
+    with pytest.raises(InputError, match="stages"):
+        harness.conv3d_plan("float16", True, 1, 96, 96, 27, 4096, True, sms, True, 96, 6)
 
 
 def test_groupnorm_plan_unet_and_fallback():

@@ -377,16 +377,20 @@ __device__ __forceinline__ void conv3d_igemm(const T* __restrict__ x, const T* _
 // (BN per CTA), K = taps * Cin walked 64 at a time; two CTAs per SM. A K step may span two taps
 // (Cin % 64 != 0): each 16-byte chunk (8 channels) finds its own tap. Tiles are filled with
 // cp.async (zero-fill for padding and edges) straight into the layout wgmma reads with 128-byte
-// swizzling: row r's 16-byte chunk c lands at chunk c ^ (r % 8). The gathers of step k + 2 run
-// while the tensor cores work on step k.
-template <int BN>
+// swizzling: row r's 16-byte chunk c lands at chunk c ^ (r % 8). The gathers of later steps run
+// while the tensor cores work. Two pipelines: the default one (3-4 stages, two CTAs per SM, the
+// tensor cores drained every step) and a deep one for grids of at most one CTA per SM, where no
+// second CTA hides a step's latency: 6 stages, the gathers 4 steps ahead, and one wgmma group left
+// in flight across the barrier (LAG 1).
+template <int BN, int STAGES_ = (BN > 64 ? 3 : 4)>
 struct WgmmaTiles {
   static constexpr int BM = 128;
   static constexpr int BK = 64;  // one 128-byte swizzle row of 16-bit elements
   static constexpr int A_BYTES = BM * BK * 2;
   static constexpr int B_BYTES = BN * BK * 2;
   static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;  // a multiple of 1024: stages stay aligned
-  static constexpr int STAGES = BN > 64 ? 3 : 4;         // two CTAs fit an SM's 228 KB
+  static constexpr int STAGES = STAGES_;  // 3-4: two CTAs fit an SM's 228 KB; 6: one CTA
+  static constexpr int LAG = STAGES > 4 ? 1 : 0;  // wgmma groups left in flight per step
   static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024;  // + slack to align the base
 };
 
@@ -404,8 +408,9 @@ __device__ __forceinline__ void wgmma_fence() {
 __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
 }
-__device__ __forceinline__ void wgmma_wait_all() {
-  asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
 }
 // Makes this thread's generic-proxy shared-memory writes (cp.async) visible to wgmma's reads.
 __device__ __forceinline__ void fence_proxy_async() {
@@ -457,15 +462,17 @@ __device__ __forceinline__ void store_pair(T* dst, float a, float b) {
   *reinterpret_cast<Pack<T, 2>*>(dst) = v;
 }
 
-template <typename T, int BN>
+template <typename T, int BN, int STAGES_>
 __device__ __forceinline__ void conv3d_wgmma(const T* __restrict__ x, const T* __restrict__ wp,
                                              const T* __restrict__ bias, T* __restrict__ y,
                                              const ConvShape s) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Tiles = WgmmaTiles<BN>;
+  using Tiles = WgmmaTiles<BN, STAGES_>;
   constexpr int BM = Tiles::BM;
   constexpr int BK = Tiles::BK;
   constexpr int STAGES = Tiles::STAGES;
+  constexpr int LAG = Tiles::LAG;
+  constexpr int AHEAD = STAGES - 1 - LAG;  // K steps in flight as gathers
   constexpr int ROWS = BM * 8 / 256;            // A rows per thread (one 16-byte chunk of each)
   constexpr int BROWS = (BN * 8 + 255) / 256;  // B rows per thread
   extern __shared__ __align__(1024) unsigned char wgmma_smem[];
@@ -564,14 +571,14 @@ __device__ __forceinline__ void conv3d_wgmma(const T* __restrict__ x, const T* _
   for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
 
 #pragma unroll
-  for (int st = 0; st < STAGES - 1; ++st) {
+  for (int st = 0; st < AHEAD; ++st) {
     if (st < nk) issue(st, st);
     cp_async_commit();
   }
   for (int ks = 0; ks < nk; ++ks) {
-    cp_async_wait<STAGES - 2>();
+    cp_async_wait<AHEAD - 1>();
     fence_proxy_async();
-    __syncthreads();  // step ks landed for every thread; step ks-1's wgmma finished everywhere
+    __syncthreads();  // step ks landed for every thread; step ks-1-LAG's wgmma done everywhere
     const unsigned a_addr = base + (ks % STAGES) * Tiles::STAGE_BYTES + wg * 64 * 128;
     const unsigned b_addr = base + (ks % STAGES) * Tiles::STAGE_BYTES + Tiles::A_BYTES;
     wgmma_fence();
@@ -579,12 +586,13 @@ __device__ __forceinline__ void conv3d_wgmma(const T* __restrict__ x, const T* _
     for (int kk = 0; kk < BK / 16; ++kk)
       Wgmma<T, BN>::run(acc, wgmma_desc(a_addr + kk * 32), wgmma_desc(b_addr + kk * 32));
     wgmma_commit();
-    // The next tiles' gathers overlap the tensor cores; they refill step ks-1's buffer.
-    const int nxt = ks + STAGES - 1;
+    // The next tiles' gathers overlap the tensor cores; they refill step ks-1-LAG's buffer.
+    const int nxt = ks + AHEAD;
     if (nxt < nk) issue(nxt, nxt % STAGES);
     cp_async_commit();
-    wgmma_wait_all();
+    wgmma_wait<LAG>();
   }
+  wgmma_wait<0>();
   cp_async_wait<0>();
 
   // Accumulator layout: warp w of the warpgroup holds rows 16 w + (lane / 4) (+ 8), columns
@@ -624,6 +632,8 @@ __device__ __forceinline__ void conv3d_wgmma(const T* __restrict__ x, const T* _
 //   latentrt_conv3d_igemm_{ncdhw|ndhwc}_{f16|bf16}_m{64|128} block 256, grid.y = ceil(Cout/BM)
 //   latentrt_conv3d_wgmma_ndhwc_{f16|bf16}_n{64|96|128}      block 256, grid.x = ceil(P/128),
 //                                          grid.y = ceil(Cout/BN); sm_90a only
+//   latentrt_conv3d_wgmma_ndhwc_{f16|bf16}_n128_s6           the same with 6 stages, one CTA
+//                                          per SM
 #define LRT_CONV_PARAMS                                                                         \
   int Cin, int D, int H, int W, int Cout, int kT, int kH, int kW, int Do, int Ho, int Wo, int st, \
       int sh, int sw, int dt, int dh, int dw, int pt, int ph, int pw, int replicate
@@ -656,7 +666,14 @@ __device__ __forceinline__ void conv3d_wgmma(const T* __restrict__ x, const T* _
 #define LRT_CONV_WGMMA(T, SUF, BN)                                                                 \
   extern "C" __global__ void __launch_bounds__(256, 2) latentrt_conv3d_wgmma_ndhwc_##SUF##_n##BN( \
       const T* x, const T* wp, const T* bias, T* y, LRT_CONV_PARAMS) {                             \
-    latentrt::conv3d_wgmma<T, BN>(x, wp, bias, y, LRT_CONV_SHAPE);                                 \
+    latentrt::conv3d_wgmma<T, BN, latentrt::WgmmaTiles<BN>::STAGES>(x, wp, bias, y,                \
+                                                                    LRT_CONV_SHAPE);               \
+  }
+#define LRT_CONV_WGMMA_DEEP(T, SUF, S)                                                        \
+  extern "C" __global__ void __launch_bounds__(256, 1)                                        \
+      latentrt_conv3d_wgmma_ndhwc_##SUF##_n128_s##S(const T* x, const T* wp, const T* bias,   \
+                                                    T* y, LRT_CONV_PARAMS) {                  \
+    latentrt::conv3d_wgmma<T, 128, S>(x, wp, bias, y, LRT_CONV_SHAPE);                        \
   }
 #define LRT_CONV_DTYPE(T, SUF)                                       \
   LRT_CONV_PACK(T, SUF)                                              \
@@ -669,7 +686,8 @@ __device__ __forceinline__ void conv3d_wgmma(const T* __restrict__ x, const T* _
   LRT_CONV_IGEMM(T, SUF, latentrt::kLayoutChannelsLast, ndhwc, 128) \
   LRT_CONV_WGMMA(T, SUF, 64)                                         \
   LRT_CONV_WGMMA(T, SUF, 96)                                         \
-  LRT_CONV_WGMMA(T, SUF, 128)
+  LRT_CONV_WGMMA(T, SUF, 128)                                        \
+  LRT_CONV_WGMMA_DEEP(T, SUF, 6)
 
 LRT_CONV_DTYPE(float, f32)
 LRT_CONV_DTYPE(__half, f16)
@@ -723,7 +741,7 @@ struct ConvKernels<float> {
                   : reinterpret_cast<void*>(latentrt_conv3d_direct_ncdhw_f32);
   }
   static void* igemm(int, int) { return nullptr; }
-  static void* wgmma(int) { return nullptr; }
+  static void* wgmma(int, bool) { return nullptr; }
   static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_f32); }
 };
 template <>
@@ -739,7 +757,8 @@ struct ConvKernels<__half> {
     return bm == 128 ? reinterpret_cast<void*>(latentrt_conv3d_igemm_ncdhw_f16_m128)
                      : reinterpret_cast<void*>(latentrt_conv3d_igemm_ncdhw_f16_m64);
   }
-  static void* wgmma(int bn) {
+  static void* wgmma(int bn, bool deep) {
+    if (deep) return reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n128_s6);
     return bn == 128 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n128)
            : bn == 96 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n96)
                       : reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n64);
@@ -759,7 +778,8 @@ struct ConvKernels<__nv_bfloat16> {
     return bm == 128 ? reinterpret_cast<void*>(latentrt_conv3d_igemm_ncdhw_bf16_m128)
                      : reinterpret_cast<void*>(latentrt_conv3d_igemm_ncdhw_bf16_m64);
   }
-  static void* wgmma(int bn) {
+  static void* wgmma(int bn, bool deep) {
+    if (deep) return reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n128_s6);
     return bn == 128 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n128)
            : bn == 96 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n96)
                       : reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n64);
@@ -775,6 +795,10 @@ int wgmma_tile_n(int cout) {
   if (cout % 96 == 0 && cout % 128 != 0) return 96;
   return cout > 64 ? 128 : 64;
 }
+
+// The deep pipeline (6 stages, one CTA per SM) where 128-wide tiles leave at most one CTA per SM
+// (H100, 1x384x5x32x32 fp16: 0.124 vs 0.129 ms; on grids of two or more CTAs per SM it is slower).
+bool wgmma_deep(long long ctas, int bn, int sms) { return bn == 128 && ctas <= sms; }
 #endif
 
 int conv_ci_chunk(int cin, int taps) {
@@ -816,8 +840,10 @@ int launch_conv3d(const T* x, const T* wp, const T* bias, T* y, int n, int cin, 
   if (ConvKernels<T>::tc && layout == 1 && major == 9 && minor == 0 && cin % 8 == 0 &&
       cout % 8 == 0 && aligned && addr(y) % 16 == 0) {
     const int bn = wgmma_tile_n(cout);
-    void* k = ConvKernels<T>::wgmma(bn);
-    const int smem = bn == 128  ? latentrt::WgmmaTiles<128>::SMEM_BYTES
+    const bool deep = wgmma_deep((P + 127) / 128 * ((cout + bn - 1) / bn) * n, bn, sms);
+    void* k = ConvKernels<T>::wgmma(bn, deep);
+    const int smem = deep       ? latentrt::WgmmaTiles<128, 6>::SMEM_BYTES
+                     : bn == 128 ? latentrt::WgmmaTiles<128>::SMEM_BYTES
                      : bn == 96 ? latentrt::WgmmaTiles<96>::SMEM_BYTES
                                 : latentrt::WgmmaTiles<64>::SMEM_BYTES;
     err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);

@@ -9,6 +9,10 @@ Everything TensorRT-independent lives at module level so that it is testable wit
 TensorRT: the attribute (de)serialization, the output-shape arithmetic (written once over an
 abstract dimension algebra: ints on the CPU, IDimensionExpr inside TensorRT), the supported
 format combinations, the workspace size and the launches. TensorRT itself is imported lazily.
+
+Formats: both plugins take TensorRT's LINEAR (NCHW / NCDHW). Conv3d also takes DHWC8 for fp16 and
+bf16 when its input and output channel counts are multiples of 8: DHWC8 then holds exactly NDHWC,
+the layout the C launcher's channels-last kernels read (on Hopper, the wgmma kernel).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ __all__ = [
     "build_plugin_library",
     "conv3d_output_dims",
     "conv3d_workspace_bytes",
+    "conv3d_channels_last_positions",
     "format_supported",
     "import_tensorrt",
     "register_plugins",
@@ -57,6 +62,7 @@ SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
 _SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 _LAYOUT_CHANNELS_FIRST = 0  # TensorFormat.LINEAR: NCHW / NCDHW
+_LAYOUT_CHANNELS_LAST = 1  # TensorFormat.DHWC8 with channels % 8 == 0: NDHWC
 _WORKSPACE_ALIGN = 256
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 
@@ -276,18 +282,38 @@ def conv3d_output_dims(
 
 
 def format_supported(
-    pos: int, dtypes: Sequence[str | None], linear: Sequence[bool], num_inputs: int
+    pos: int,
+    dtypes: Sequence[str | None],
+    formats: Sequence[str],
+    num_inputs: int,
+    channels_last: Iterable[int] = (),
 ) -> bool:
-    """supportsFormatCombination: linear fp32/fp16/bf16 everywhere, all of x's type.
+    """supportsFormatCombination: fp32/fp16/bf16 everywhere, all of x's type; "linear", or
+    "channels_last" for 16-bit types at the positions `channels_last` lists; the output in x's
+    format.
 
-    `dtypes`/`linear` describe inputs then outputs; TensorRT asks position by position with
+    `dtypes`/`formats` describe inputs then outputs; TensorRT asks position by position with
     the earlier positions already fixed, so comparing with position 0 is enough.
     """
-    if not 0 <= pos < len(dtypes) or not linear[pos]:
+    if not 0 <= pos < len(dtypes) or dtypes[pos] not in SUPPORTED_DTYPES:
         return False
-    if dtypes[pos] not in SUPPORTED_DTYPES:
+    if pos and dtypes[pos] != dtypes[0]:
         return False
-    return pos == 0 or dtypes[pos] == dtypes[0]
+    fmt = formats[pos]
+    if fmt == "channels_last":
+        if pos not in set(channels_last) or dtypes[pos] == "float32":
+            return False
+    elif fmt != "linear":
+        return False
+    return pos != num_inputs or fmt == formats[0]
+
+
+def conv3d_channels_last_positions(w_shape: Sequence[int], num_inputs: int) -> tuple[int, ...]:
+    """Positions (x, y) where Conv3d takes channels-last: Cin and Cout known multiples of 8."""
+    cout, cin = int(w_shape[0]), int(w_shape[1])
+    if cout > 0 and cin > 0 and cout % 8 == 0 and cin % 8 == 0:
+        return (0, num_inputs)
+    return ()
 
 
 def conv3d_workspace_bytes(w_shape: Sequence[int], dtype: str) -> int:
@@ -405,8 +431,10 @@ def run_conv3d(
     y: int,
     workspace: int,
     stream: int,
+    channels_last: bool = False,
 ) -> None:
-    """Repack w into `workspace` (conv3d_workspace_bytes), then launch Conv3d (NCDHW)."""
+    """Repack w into `workspace` (conv3d_workspace_bytes), then launch Conv3d on x and y in
+    NCDHW, or NDHWC with `channels_last` (x_shape is NCDHW either way)."""
     n, cin, d, h, wd = (int(s) for s in x_shape)
     cout, wcin, kt, kh, kw = (int(s) for s in w_shape)
     if wcin != cin:
@@ -435,7 +463,7 @@ def run_conv3d(
         strides,
         dilations,
         attrs.causal_time,
-        _LAYOUT_CHANNELS_FIRST,
+        _LAYOUT_CHANNELS_LAST if channels_last else _LAYOUT_CHANNELS_FIRST,
         stream,
     )
 
@@ -455,6 +483,8 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
         np.dtype(np.int32): trt.PluginFieldType.INT32,
         np.dtype(np.float32): trt.PluginFieldType.FLOAT32,
     }
+
+    format_names = {trt.TensorFormat.LINEAR: "linear", trt.TensorFormat.DHWC8: "channels_last"}
 
     def dims(d: Any) -> tuple[int, ...]:
         return tuple(int(v) for v in d)
@@ -483,13 +513,17 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
         def get_output_data_types(self, input_types: list) -> list:
             return [input_types[0]]
 
+        def channels_last_positions(self, descs: list, num_inputs: int) -> tuple[int, ...]:
+            return ()
+
         def supports_format_combination(self, pos: int, in_out: list, num_inputs: int) -> bool:
             descs = [t.desc for t in in_out]
             return format_supported(
                 pos,
                 [dtype_names.get(d.type) for d in descs],
-                [d.format == trt.TensorFormat.LINEAR for d in descs],
+                [format_names.get(d.format, "other") for d in descs],
                 num_inputs,
+                self.channels_last_positions(descs, num_inputs),
             )
 
         def on_shape_change(self, inputs: list, outputs: list) -> None:
@@ -570,6 +604,9 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
             if len(inputs) == 3 and dims(inputs[2].desc.dims) not in ((w[0],), (-1,)):
                 raise InputError(f"Conv3d: b must be ({w[0]},), got {dims(inputs[2].desc.dims)}")
 
+        def channels_last_positions(self, descs: list, num_inputs: int) -> tuple[int, ...]:
+            return conv3d_channels_last_positions(dims(descs[1].dims), num_inputs)
+
         def get_workspace_size(self, inputs: list, outputs: list) -> int:
             return conv3d_workspace_bytes(dims(inputs[1].max), dtype_names[inputs[0].desc.type])
 
@@ -586,6 +623,7 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
                 outputs[0],
                 workspace,
                 stream,
+                channels_last=in_desc[0].format == trt.TensorFormat.DHWC8,
             )
 
     return {

@@ -400,14 +400,34 @@ def test_conv3d_output_dims_match_torch(seed):
 
 def test_supported_formats_are_linear_fp32_fp16_bf16_of_one_type():
     ok = tp.format_supported
+    lin = "linear"
     for dt in ("float32", "float16", "bfloat16"):
-        assert ok(0, [dt, dt, dt, dt], [True] * 4, 3)
-        assert ok(3, [dt, dt, dt, dt], [True] * 4, 3)
-    assert not ok(0, ["int8", "int8"], [True, True], 1)
-    assert not ok(0, ["float16", "float16"], [False, True], 1)
-    assert not ok(1, ["float16", "float32"], [True, True], 1)
-    assert not ok(2, ["float32", "float32", "float16"], [True] * 3, 2)
-    assert not ok(1, [None, None], [True, True], 1)
+        assert ok(0, [dt, dt, dt, dt], [lin] * 4, 3)
+        assert ok(3, [dt, dt, dt, dt], [lin] * 4, 3)
+    assert not ok(0, ["int8", "int8"], [lin, lin], 1)
+    assert not ok(0, ["float16", "float16"], ["other", lin], 1)
+    assert not ok(0, ["float16", "float16"], ["channels_last", lin], 1)  # not offered
+    assert not ok(1, ["float16", "float32"], [lin, lin], 1)
+    assert not ok(2, ["float32", "float32", "float16"], [lin] * 3, 2)
+    assert not ok(1, [None, None], [lin, lin], 1)
+
+
+def test_conv3d_takes_channels_last_for_16_bit_types_and_channels_in_eights():
+    ok, cl = tp.format_supported, "channels_last"
+    pos = tp.conv3d_channels_last_positions((96, 96, 3, 3, 3), 3)
+    assert pos == (0, 3)
+    for dt in ("float16", "bfloat16"):
+        assert ok(0, [dt] * 4, [cl, "linear", "linear", cl], 3, pos)
+        assert ok(3, [dt] * 4, [cl, "linear", "linear", cl], 3, pos)
+        assert not ok(3, [dt] * 4, [cl, "linear", "linear", "linear"], 3, pos)  # y follows x
+        assert not ok(3, [dt] * 4, ["linear", "linear", "linear", cl], 3, pos)
+        assert not ok(1, [dt] * 4, [cl, cl, "linear", cl], 3, pos)  # weights stay linear
+    assert not ok(0, ["float32"] * 4, [cl, "linear", "linear", cl], 3, pos)  # DHWC8 is 16-bit
+    # Channel counts that DHWC8 would pad (RGB input, 12 output channels), or unknown ones.
+    assert tp.conv3d_channels_last_positions((128, 3, 3, 3, 3), 3) == ()
+    assert tp.conv3d_channels_last_positions((12, 96, 3, 3, 3), 2) == ()
+    assert tp.conv3d_channels_last_positions((-1, 96, 3, 3, 3), 2) == ()
+    assert tp.conv3d_channels_last_positions((16, 8, 3, 3, 3), 2) == (0, 2)
 
 
 def test_conv3d_workspace_holds_the_packed_weights():
@@ -503,6 +523,27 @@ def test_enqueue_launches_match_the_reference(plugin_library, dtype):
         cv.causal_time,
     )
     assert np.abs(cupy.asnumpy(dy) - ref).max() / np.abs(ref).max() <= tol
+
+    # The DHWC8 path: the same logical shapes, x and y stored NDHWC.
+    dx_last = cupy.asarray(np.ascontiguousarray(x.transpose(0, 2, 3, 4, 1)))
+    dy_last = cupy.full((2, *dims, 16), np.nan, dtype=dtype)
+    tp.run_conv3d(
+        plugin_library,
+        cv,
+        dtype,
+        x.shape,
+        w.shape,
+        dx_last.data.ptr,
+        dw.data.ptr,
+        dbias.data.ptr,
+        dy_last.data.ptr,
+        ws.data.ptr,
+        stream.ptr,
+        channels_last=True,
+    )
+    stream.synchronize()
+    got = cupy.asnumpy(dy_last).transpose(0, 4, 1, 2, 3)
+    assert np.abs(got - ref).max() / np.abs(ref).max() <= tol
 
 
 # --- TensorRT (not run on the project's machines) ------------------------------------------------
@@ -621,6 +662,75 @@ def test_plugin_nodes_build_and_run_in_tensorrt(trt, registered, tmp_path, preci
             ref = reference.conv3d_ref(h, w["w"], w["cb"], (0, 1, 1, 0, 1, 1), causal_time=1)
             assert y.shape == ref.shape
             assert np.abs(y.astype(np.float64) - ref).max() / np.abs(ref).max() <= tol
+
+
+@pytest.mark.tensorrt
+def test_conv3d_plugin_with_channels_last_io_in_tensorrt(trt, registered, tmp_path):
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        Profile,
+        TrtRunner,
+        engine_from_network,
+        network_from_onnx_path,
+    )
+
+    # Conv3d alone in fp16 with 16 -> 8 channels, its network input and output held to DHWC8,
+    # so TensorRT can hand the plugin NDHWC without a reformat (the channels-last launch). With
+    # channels in eights, a DHWC8 buffer is plain NDHWC memory: the runner copies bytes, so x
+    # goes in as NDHWC memory under its logical NCDHW shape and y comes back the same way.
+    model = onnx.load_from_string(_conv3d_only_model())
+    onnx.save(model, tmp_path / "c.onnx")
+    builder, network, parser = network_from_onnx_path(str(tmp_path / "c.onnx"), strongly_typed=True)
+    for t in (network.get_input(0), network.get_output(0)):
+        t.allowed_formats = 1 << int(trt.TensorFormat.DHWC8)
+    profile = Profile().add("x", min=(1, 16, 1, 4, 4), opt=(1, 16, 4, 8, 8), max=(2, 16, 6, 12, 12))
+    engine = engine_from_network((builder, network, parser), CreateConfig(profiles=[profile]))
+    w = {i.name: onnx.numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
+    x = np.random.default_rng(2).standard_normal((2, 16, 5, 12, 7)).astype(np.float16)
+    x_mem = np.ascontiguousarray(x.transpose(0, 2, 3, 4, 1)).reshape(x.shape)
+    with TrtRunner(engine) as runner:
+        y_mem = runner.infer({"x": x_mem})["y"]
+    n, c, d, h, wd = y_mem.shape
+    y = np.ascontiguousarray(y_mem).reshape(n, d, h, wd, c).transpose(0, 4, 1, 2, 3)
+    ref = reference.conv3d_ref(
+        x.astype(np.float64), w["w"], w["cb"], (0, 1, 1, 0, 1, 1), causal_time=1
+    )
+    assert y.shape == ref.shape
+    assert np.abs(y.astype(np.float64) - ref).max() / np.abs(ref).max() <= 2e-2
+
+
+def _conv3d_only_model() -> bytes:
+    """x (fp16, 16 channels) -> latentrt::Conv3d (causal, 8 channels), dynamic N, D, H, W."""
+    rng = np.random.default_rng(0)
+    inits = [
+        onnx.numpy_helper.from_array(
+            (0.2 * rng.standard_normal((8, 16, 3, 3, 3))).astype(np.float16), "w"
+        ),
+        onnx.numpy_helper.from_array(rng.standard_normal(8).astype(np.float16), "cb"),
+    ]
+    node = helper.make_node(
+        "Conv3d",
+        ["x", "w", "cb"],
+        ["y"],
+        domain="latentrt",
+        pads=[0, 1, 1, 0, 1, 1],
+        strides=[1, 1, 1],
+        dilations=[1, 1, 1],
+        causal_time=1,
+    )
+    f16 = onnx.TensorProto.FLOAT16
+    graph = helper.make_graph(
+        [node],
+        "conv3d",
+        [helper.make_tensor_value_info("x", f16, ["n", 16, "d", "h", "w"])],
+        [helper.make_tensor_value_info("y", f16, ["n", 8, "d", "h", "w"])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("latentrt", 1)]
+    )
+    model.ir_version = 9
+    return model.SerializeToString()
 
 
 @pytest.fixture(scope="module")

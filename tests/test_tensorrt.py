@@ -430,6 +430,29 @@ def test_conv3d_takes_channels_last_for_16_bit_types_and_channels_in_eights():
     assert tp.conv3d_channels_last_positions((16, 8, 3, 3, 3), 2) == (0, 2)
 
 
+class _RecordingLibrary:
+    """Stands in for PluginLibrary: records the launches instead of making them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def call(self, name: str, dtype: str, *args) -> None:
+        self.calls.append((name, dtype, *args))
+
+
+@pytest.mark.parametrize(("channels_last", "layout"), [(False, 0), (True, 1)])
+def test_conv3d_enqueue_passes_the_layout_of_its_format(channels_last, layout):
+    lib = _RecordingLibrary()
+    cv = tp.Conv3dAttrs((0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1), 1)
+    shape, w_shape = (2, 16, 5, 6, 7), (8, 16, 3, 3, 3)
+    tp.run_conv3d(lib, cv, "float16", shape, w_shape, 1, 2, 3, 4, 5, 6, channels_last)
+    (pack, *_), (conv, dtype, *args) = lib.calls
+    assert (pack, conv, dtype) == ("conv3d_pack_weights", "conv3d", "float16")
+    assert args[:4] == [1, 5, 3, 4]  # x, the packed weights in the workspace, bias, y
+    assert args[4:13] == [2, 16, 5, 6, 7, 8, 3, 3, 3]  # logical NCDHW sizes either way
+    assert args[-2:] == [layout, 6]
+
+
 def test_conv3d_workspace_holds_the_packed_weights():
     assert tp.conv3d_workspace_bytes((64, 32, 3, 3, 3), "float16") == 64 * 32 * 27 * 2
     assert tp.conv3d_workspace_bytes((3, 5, 1, 1, 3), "float32") == 256

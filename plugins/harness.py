@@ -66,7 +66,8 @@ def _module(name: str) -> Any:
     return cupy.RawModule(code=kernel_source(name), options=tuple(options))
 
 
-def _nvcc() -> str | None:
+def find_nvcc() -> str | None:
+    """nvcc on PATH, else the CUDA toolkit's default /usr/local/cuda/bin/nvcc, else None."""
     found = shutil.which("nvcc")
     if found:
         return found
@@ -82,7 +83,7 @@ def _module_sm90a(name: str) -> Any:
     under ~/.cache/latentrt by a digest of the sources and written through a temp file.
     """
     cupy = _cupy()
-    nvcc = _nvcc()
+    nvcc = find_nvcc()
     if nvcc is None:
         raise BackendError("the sm_90a kernels need nvcc (CUDA toolkit)")
     digest = hashlib.sha256()
@@ -106,7 +107,7 @@ def _module_sm90a(name: str) -> Any:
 def _has_wgmma(device: int) -> bool:
     """Whether `device` is an sm_90 GPU (Hopper) and nvcc can build its wgmma kernels."""
     props = _cupy().cuda.runtime.getDeviceProperties(device)
-    return (int(props["major"]), int(props["minor"])) == (9, 0) and _nvcc() is not None
+    return (int(props["major"]), int(props["minor"])) == (9, 0) and find_nvcc() is not None
 
 
 @functools.cache
@@ -543,7 +544,7 @@ def build_shared_library(out: str | os.PathLike[str], arch: str = "sm_90") -> Pa
 
     arch "sm_90a" adds the Hopper wgmma Conv3d kernel to the launchers' choices.
     """
-    nvcc = _nvcc()
+    nvcc = find_nvcc()
     if nvcc is None:
         raise BackendError("nvcc not found: the plugin library needs the CUDA toolkit")
     target = Path(out)

@@ -22,7 +22,6 @@ import functools
 import hashlib
 import math
 import os
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,12 +335,12 @@ def sources_digest() -> str:
 
 def build_plugin_library(dest_dir: str | os.PathLike[str], arch: str) -> Path:
     """The plugin library for `arch` in `dest_dir`, built with nvcc unless already there."""
-    from latentrt.plugins.harness import build_shared_library
+    from latentrt.plugins.harness import build_shared_library, find_nvcc
 
     dest = Path(dest_dir) / f"liblatentrt_plugins.{sources_digest()[:16]}.{arch}.so"
     if dest.is_file():
         return dest
-    if shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists():
+    if find_nvcc() is None:
         raise BackendError(
             "the latentrt TensorRT plugins need nvcc (CUDA toolkit) to build their library"
         )

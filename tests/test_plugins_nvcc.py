@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from latentrt.plugins.harness import CUDA_DIR
+from latentrt.plugins.harness import CUDA_DIR, find_nvcc
 
 
-def _nvcc() -> str | None:
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    default = Path("/usr/local/cuda/bin/nvcc")
-    return str(default) if default.exists() else None
-
-
-@pytest.mark.skipif(_nvcc() is None, reason="nvcc (CUDA toolkit) is not installed on this machine")
+@pytest.mark.skipif(
+    find_nvcc() is None, reason="nvcc (CUDA toolkit) is not installed on this machine"
+)
 @pytest.mark.parametrize("arch", ["sm_90", "sm_90a"])
 @pytest.mark.parametrize("name", ["groupnorm_silu.cu", "conv3d.cu"])
 def test_compiles_for_sm90_without_warnings(name, arch, tmp_path):
     cmd = [
-        _nvcc(),
+        find_nvcc(),
         f"-arch={arch}",
         *(["-DLATENTRT_SM90A"] if arch == "sm_90a" else []),
         "-std=c++17",

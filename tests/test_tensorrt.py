@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from onnx import helper
 from latentrt.errors import BackendError, InputError
 from latentrt.plugins import reference
 from latentrt.plugins import tensorrt_plugins as tp
+from latentrt.plugins.harness import find_nvcc
 from latentrt.runtime import tensorrt_backend as backend
 from latentrt.runtime import tensorrt_build as build
 from latentrt.runtime.bundle import Bundle
@@ -480,7 +480,7 @@ def test_clear_backend_error_without_tensorrt(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def plugin_library(tmp_path_factory):
-    if shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists():
+    if find_nvcc() is None:
         pytest.skip("nvcc (CUDA toolkit) is not installed on this machine")
     return tp.PluginLibrary(tp.build_plugin_library(tmp_path_factory.mktemp("lib"), "sm_90"))
 
@@ -581,8 +581,9 @@ def trt():
     return tensorrt
 
 
-def _plugin_model(path: Path, dtype: int) -> None:
-    """x -> latentrt::GroupNormSiLU -> latentrt::Conv3d (causal) with dynamic N, D, H, W."""
+def _plugin_model(path: Path, dtype: int, groupnorm: bool = True) -> None:
+    """x -> latentrt::GroupNormSiLU -> latentrt::Conv3d (causal, 16 -> 8 channels) with dynamic
+    N, D, H, W; without `groupnorm`, x goes straight into the Conv3d."""
     rng = np.random.default_rng(0)
     np_dtype = onnx.helper.tensor_dtype_to_np_dtype(dtype)
     inits = [
@@ -595,17 +596,8 @@ def _plugin_model(path: Path, dtype: int) -> None:
     ]
     nodes = [
         helper.make_node(
-            "GroupNormSiLU",
-            ["x", "g", "b"],
-            ["h"],
-            domain="latentrt",
-            num_groups=4,
-            epsilon=1e-5,
-            activation=1,
-        ),
-        helper.make_node(
             "Conv3d",
-            ["h", "w", "cb"],
+            ["h" if groupnorm else "x", "w", "cb"],
             ["y"],
             domain="latentrt",
             pads=[0, 1, 1, 0, 1, 1],
@@ -614,6 +606,19 @@ def _plugin_model(path: Path, dtype: int) -> None:
             causal_time=1,
         ),
     ]
+    if groupnorm:
+        gn = helper.make_node(
+            "GroupNormSiLU",
+            ["x", "g", "b"],
+            ["h"],
+            domain="latentrt",
+            num_groups=4,
+            epsilon=1e-5,
+            activation=1,
+        )
+        nodes.insert(0, gn)
+    else:
+        inits = inits[2:]
     graph = helper.make_graph(
         nodes,
         "plugins",
@@ -701,8 +706,8 @@ def test_conv3d_plugin_with_channels_last_io_in_tensorrt(trt, registered, tmp_pa
     # so TensorRT can hand the plugin NDHWC without a reformat (the channels-last launch). With
     # channels in eights, a DHWC8 buffer is plain NDHWC memory: the runner copies bytes, so x
     # goes in as NDHWC memory under its logical NCDHW shape and y comes back the same way.
-    model = onnx.load_from_string(_conv3d_only_model())
-    onnx.save(model, tmp_path / "c.onnx")
+    _plugin_model(tmp_path / "c.onnx", onnx.TensorProto.FLOAT16, groupnorm=False)
+    model = onnx.load(tmp_path / "c.onnx")
     builder, network, parser = network_from_onnx_path(str(tmp_path / "c.onnx"), strongly_typed=True)
     for t in (network.get_input(0), network.get_output(0)):
         t.allowed_formats = 1 << int(trt.TensorFormat.DHWC8)
@@ -720,40 +725,6 @@ def test_conv3d_plugin_with_channels_last_io_in_tensorrt(trt, registered, tmp_pa
     )
     assert y.shape == ref.shape
     assert np.abs(y.astype(np.float64) - ref).max() / np.abs(ref).max() <= 2e-2
-
-
-def _conv3d_only_model() -> bytes:
-    """x (fp16, 16 channels) -> latentrt::Conv3d (causal, 8 channels), dynamic N, D, H, W."""
-    rng = np.random.default_rng(0)
-    inits = [
-        onnx.numpy_helper.from_array(
-            (0.2 * rng.standard_normal((8, 16, 3, 3, 3))).astype(np.float16), "w"
-        ),
-        onnx.numpy_helper.from_array(rng.standard_normal(8).astype(np.float16), "cb"),
-    ]
-    node = helper.make_node(
-        "Conv3d",
-        ["x", "w", "cb"],
-        ["y"],
-        domain="latentrt",
-        pads=[0, 1, 1, 0, 1, 1],
-        strides=[1, 1, 1],
-        dilations=[1, 1, 1],
-        causal_time=1,
-    )
-    f16 = onnx.TensorProto.FLOAT16
-    graph = helper.make_graph(
-        [node],
-        "conv3d",
-        [helper.make_tensor_value_info("x", f16, ["n", 16, "d", "h", "w"])],
-        [helper.make_tensor_value_info("y", f16, ["n", 8, "d", "h", "w"])],
-        inits,
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("latentrt", 1)]
-    )
-    model.ir_version = 9
-    return model.SerializeToString()
 
 
 @pytest.fixture(scope="module")

@@ -239,15 +239,20 @@ def ort_times(component, feeds: dict, name: str, out: Path, extra: dict | None =
     return first
 
 
-def recipe(src: Path, dst: Path, component: str, precision: str) -> None:
+def recipe(src: Path, dst: Path, component: str, precision: str, skip_gn: bool = True) -> None:
+    """The ort-cuda recipe; `skip_gn=False` builds it as before SkipGroupNorm (A/B runs)."""
     import onnx
 
+    from latentrt.graphs import fuse_groupnorm
     from latentrt.graphs._graph import count_ops
-    from latentrt.graphs.recipes import optimize
+    from latentrt.graphs.recipes import passes
 
     t0 = time.perf_counter()
     m = onnx.load(str(src), load_external_data=True)
-    m = optimize(m, "ort-cuda", component=component, precision=precision)
+    for name, step in passes("ort-cuda", precision):
+        if name == "fuse_groupnorm" and not skip_gn:
+            step = lambda m: fuse_groupnorm(m, "ort", skip=False)  # noqa: E731
+        m = step(m)
     ops = {k: v for k, v in count_ops(m).items() if "." in k}
     onnx.save_model(
         m,
@@ -274,7 +279,7 @@ def compare(name: str, ref: torch.Tensor, got: np.ndarray, out: Path) -> None:
     )
 
 
-def run_sdxl(work: Path, out: Path, compile_: bool) -> None:
+def run_sdxl(work: Path, out: Path, compile_: bool, variants: bool, ab_skip: bool) -> None:
     from latentrt.export.models.unet import UNet2DCondition, UNetConfig
     from latentrt.export.models.vae import AutoencoderKL, VAEConfig
     from latentrt.runtime.ort_cuda import CudaComponent
@@ -294,13 +299,23 @@ def run_sdxl(work: Path, out: Path, compile_: bool) -> None:
     got = ort_times(comp, feeds, "sdxl-unet-1024-b2", out, {"variant": "default (nhwc)"})
     compare("sdxl-unet-1024-b2", ref, got["out_sample"], out)
     del comp
-    comp = CudaComponent("unet", eng, precision="fp16", cuda_graph=True, prefer_nhwc="0")
-    ort_times(comp, feeds, "sdxl-unet-1024-b2", out, {"variant": "prefer_nhwc=0"})
-    del comp
-    search = {"cudnn_conv_algo_search": "HEURISTIC"}
-    comp = CudaComponent("unet", eng, precision="fp16", cuda_graph=True, **search)
-    ort_times(comp, feeds, "sdxl-unet-1024-b2", out, {"variant": "cudnn HEURISTIC"})
-    del comp
+    if ab_skip:  # the same step without SkipGroupNorm, in the same process
+        plain = work / "sdxl_unet.gn-only.onnx"
+        recipe(raw, plain, "unet", "fp16", skip_gn=False)
+        comp = CudaComponent("unet", plain, precision="fp16", cuda_graph=True)
+        ort_times(comp, feeds, "sdxl-unet-1024-b2", out, {"variant": "GroupNorm, no skip fusion"})
+        del comp
+        comp = CudaComponent("unet", eng, precision="fp16", cuda_graph=True)
+        ort_times(comp, feeds, "sdxl-unet-1024-b2", out, {"variant": "default, again"})
+        del comp
+    if variants:
+        comp = CudaComponent("unet", eng, precision="fp16", cuda_graph=True, prefer_nhwc="0")
+        ort_times(comp, feeds, "sdxl-unet-1024-b2", out, {"variant": "prefer_nhwc=0"})
+        del comp
+        search = {"cudnn_conv_algo_search": "HEURISTIC"}
+        comp = CudaComponent("unet", eng, precision="fp16", cuda_graph=True, **search)
+        ort_times(comp, feeds, "sdxl-unet-1024-b2", out, {"variant": "cudnn HEURISTIC"})
+        del comp
     torch.cuda.empty_cache()
     vae_bench(AutoencoderKL(VAEConfig.from_diffusers(SDXL_VAE)), 1024, "sdxl-vae", work, out)
     if compile_:
@@ -597,6 +612,10 @@ def main() -> None:
     p.add_argument("--out", default="bench-out")
     p.add_argument("--work", default="/tmp/latentrt-bench")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--no-variants", action="store_true", help="sdxl: skip the NCHW/HEURISTIC runs")
+    p.add_argument(
+        "--ab-skip", action="store_true", help="sdxl: also time it without SkipGroupNorm"
+    )
     p.add_argument("--torch-e2e", help="(internal) run the PyTorch end-to-end reference")
     args = p.parse_args()
     out = Path(args.out)
@@ -629,7 +648,7 @@ def main() -> None:
     elif args.arch == "sdxl-profile":
         run_sdxl_profile(work, out)
     else:
-        run_sdxl(work, out, not args.no_compile)
+        run_sdxl(work, out, not args.no_compile, not args.no_variants, args.ab_skip)
 
 
 if __name__ == "__main__":

@@ -318,6 +318,25 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def probe_shapes(model: onnx.ModelProto, scale: int) -> dict[str, list[int]]:
+    """Concrete dims of every tensor with the inputs' symbolic dims pinned to distinct multiples
+    of 64 (`scale` picks the set). Symbolic inference gives every conv output fresh symbols, so
+    it cannot show that two activations have the same shape; two probes that agree can."""
+    sk = _skeleton(model)
+    del sk.graph.value_info[:]
+    dims = [d for v in sk.graph.input for d in v.type.tensor_type.shape.dim]
+    names = sorted({d.dim_param for d in dims if d.dim_param})
+    values = {n: 64 * (scale + k) for k, n in enumerate(names)}
+    for d in dims:
+        if d.dim_param:
+            d.dim_value = values[d.dim_param]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(sk, data_prop=True)
+    except Exception:  # no probe, no shape-dependent rewrite
+        return {}
+    return {k: v for k, v in shape_table(inferred).items() if all(isinstance(d, int) for d in v)}
+
+
 def check_model(model: onnx.ModelProto) -> None:
     """onnx.checker over the model (through its skeleton when the weights are large)."""
     onnx.checker.check_model(_skeleton(model))

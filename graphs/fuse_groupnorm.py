@@ -12,6 +12,12 @@ The exporters write `F.group_norm` (then SiLU) as
   the kernel requires; activation=1 folds the SiLU in). `cancel_transposes` then removes the
   transposes that meet an inverse one, and turns GroupNorm -> NCHW -> flatten -> (B, HW, C)
   (the transformer input) into one Reshape of the NHWC result.
+- with `skip=True`, a GroupNorm whose input is an Add becomes `com.microsoft.SkipGroupNorm`,
+  which adds in the same pass that normalizes: the resnet's time embedding (`conv1(h) +
+  temb[:, :, None, None]`, a broadcast (N, C) skip), the residual (`shortcut + conv2(h)`, whose
+  sum the kernel also writes for the next residual), and the transformer's output residual.
+  The biases of the convolutions feeding that Add move into the op's bias input, so cuDNN's
+  separate bias pass over those conv outputs disappears too.
 - style "plugin": the project's own `latentrt.GroupNormSiLU` (NCHW) for TensorRT.
 
 `expand_groupnorm_plugin` maps `latentrt.GroupNormSiLU` back to standard ONNX ops for targets
@@ -30,6 +36,7 @@ from latentrt.graphs._graph import (
     attr,
     ensure_opset,
     finish,
+    probe_shapes,
     shape_table,
 )
 
@@ -97,14 +104,79 @@ def _match(g: Graph, inorm: onnx.NodeProto) -> dict | None:
     }
 
 
-def fuse_groupnorm(model: onnx.ModelProto, style: str = "ort") -> onnx.ModelProto:
-    """Replace every GroupNorm(+SiLU) chain with a fused node of `style` ("ort" or "plugin")."""
+def _chain_only(g: Graph, t: str, chain: list[onnx.NodeProto]) -> bool:
+    """True when every reader of `t` belongs to the GroupNorm chain (its Reshapes, or the
+    Shape node only they read)."""
+    ids = {id(n) for n in chain}
+    for u in g.consumers.get(t, []):
+        if id(u) in ids:
+            continue
+        if u.op_type != "Shape" or any(id(v) not in ids for v in g.consumers[u.output[0]]):
+            return False
+    return t not in g.outputs
+
+
+def _biased_conv(g: Graph, t: str, add: onnx.NodeProto) -> onnx.NodeProto | None:
+    """The Conv producing `t` when it has a constant 1-D bias and only `add` reads `t`."""
+    conv = g.op(t, "Conv")
+    if conv is None or len(conv.input) < 3 or not conv.input[2] or g.only_consumer(t) is not add:
+        return None
+    bias = g.const(conv.input[2])
+    return conv if bias is not None and bias.ndim == 1 else None
+
+
+def _skip_add(g: Graph, x: str, probes: list[dict]) -> dict | None:
+    """x = Add(a, b) that SkipGroupNorm can absorb: a and b both of x's 4-D shape, or one of
+    them (N, C, 1, 1) unsqueezed from an (N, C) tensor. Shapes come from two probes."""
+    add = g.op(x, "Add")
+    if add is None or len(add.input) != 2 or add.input[0] == add.input[1]:
+        return None
+    if any(g.const(i) is not None for i in add.input):
+        return None
+    out = [p.get(x) for p in probes]
+    if not probes or any(o is None or len(o) != 4 for o in out):
+        return None
+
+    def full(t: str) -> bool:
+        return all(p.get(t) == o for p, o in zip(probes, out, strict=True))
+
+    def per_channel(t: str) -> str | None:  # the (N, C) source of an (N, C, 1, 1) operand
+        if not all(
+            p.get(t) == [o[0], o[1], 1, 1] and o[2] * o[3] > 1
+            for p, o in zip(probes, out, strict=True)
+        ):
+            return None
+        while (u := g.op(t, "Unsqueeze")) is not None:
+            t = u.input[0]
+            if all(p.get(t) == o[:2] for p, o in zip(probes, out, strict=True)):
+                return t
+        return None
+
+    a, b = add.input
+    if not full(a):
+        a, b = b, a
+    if not full(a):
+        return None
+    skip = b if full(b) else per_channel(b)
+    if skip is None:
+        return None
+    convs = [c for t in ((a, b) if skip == b else (a,)) if (c := _biased_conv(g, t, add))]
+    return {"add": add, "x": a, "skip": skip, "broadcast": skip != b, "convs": convs}
+
+
+def fuse_groupnorm(
+    model: onnx.ModelProto, style: str = "ort", skip: bool = False
+) -> onnx.ModelProto:
+    """Replace every GroupNorm(+SiLU) chain with a fused node of `style` ("ort" or "plugin");
+    with `skip` (style "ort"), fold the Add before it (and its conv biases) into SkipGroupNorm."""
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     g = Graph(model)
     ranks = {k: len(v) for k, v in shape_table(model).items()}
+    inorms = [n for n in g.g.node if n.op_type == "InstanceNormalization"]
+    probes = [probe_shapes(model, s) for s in (2, 3)] if skip and inorms else []
     drop = []
-    for inorm in [n for n in g.g.node if n.op_type == "InstanceNormalization"]:
+    for inorm in inorms:
         m = _match(g, inorm)
         if m is None:
             continue
@@ -113,19 +185,8 @@ def fuse_groupnorm(model: onnx.ModelProto, style: str = "ort") -> onnx.ModelProt
             # the CUDA kernel wants 4-D NHWC input and an even number of channels per group
             if ranks.get(m["x"]) != 4 or (channels // m["groups"]) % 2:
                 continue
-            gamma = g.add_init(m["gamma"], "gn_gamma")
-            beta = g.add_init(m["beta"], "gn_beta")
-            t_in = g.node("Transpose", [m["x"]], perm=TO_NHWC)
-            gn = g.node(
-                "GroupNorm",
-                [t_in.output[0], gamma, beta],
-                domain=MS_DOMAIN,
-                activation=int(m["silu"]),
-                channels_last=1,
-                epsilon=m["epsilon"],
-                groups=m["groups"],
-            )
-            fused = g.node("Transpose", [gn.output[0]], perm=TO_NCHW)
+            hit = _skip_add(g, m["x"], probes) if skip else None
+            fused = _ort_node(g, m, hit, drop, probes)
         else:
             gamma = g.add_init(m["gamma"].astype(m["dtype"]), "gn_gamma")
             beta = g.add_init(m["beta"].astype(m["dtype"]), "gn_beta")
@@ -145,6 +206,46 @@ def fuse_groupnorm(model: onnx.ModelProto, style: str = "ort") -> onnx.ModelProt
     g.prune()
     g.toposort()
     return finish(model)
+
+
+def _ort_node(
+    g: Graph, m: dict, hit: dict | None, drop: list, probes: list[dict]
+) -> onnx.NodeProto:
+    """Transpose -> GroupNorm or SkipGroupNorm (NHWC) -> Transpose; returns the last one. The
+    sum SkipGroupNorm writes replaces the Add's output for its other readers (and probes)."""
+    attrs = dict(
+        domain=MS_DOMAIN,
+        activation=int(m["silu"]),
+        channels_last=1,
+        epsilon=m["epsilon"],
+        groups=m["groups"],
+    )
+    gamma = g.add_init(m["gamma"], "gn_gamma")
+    beta = g.add_init(m["beta"], "gn_beta")
+    if hit is None:
+        t_in = g.node("Transpose", [m["x"]], perm=TO_NHWC)
+        gn = g.node("GroupNorm", [t_in.output[0], gamma, beta], **attrs)
+        return g.node("Transpose", [gn.output[0]], perm=TO_NCHW)
+    t_in = g.node("Transpose", [hit["x"]], perm=TO_NHWC)
+    skip = hit["skip"]
+    if not hit["broadcast"]:
+        skip = g.node("Transpose", [skip], perm=TO_NHWC).output[0]
+    inputs = [t_in.output[0], gamma, beta, skip]
+    if hit["convs"]:
+        biases = [g.const(c.input[2]) for c in hit["convs"]]
+        inputs.append(g.add_init(np.sum(biases, axis=0).astype(biases[0].dtype), "sgn_bias"))
+        for c in hit["convs"]:
+            del c.input[2]
+    keep_sum = not _chain_only(g, m["x"], m["nodes"])
+    outs = [g.fresh("sgn_y")] + ([g.fresh("sgn_sum")] if keep_sum else [])
+    gn = g.node("SkipGroupNorm", inputs, outs, **attrs)
+    if keep_sum:
+        total = g.node("Transpose", [gn.output[1]], perm=TO_NCHW)
+        g.replace_uses(m["x"], total.output[0])
+        for p in probes:
+            p[total.output[0]] = p[m["x"]]
+    drop.append(hit["add"])
+    return g.node("Transpose", [gn.output[0]], perm=TO_NCHW)
 
 
 def expand_groupnorm_plugin(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -215,7 +316,7 @@ def _is_flatten2(g: Graph, reshape: onnx.NodeProto) -> bool:
 
 def _nhwc_channels(g: Graph, shapes: dict, t: str) -> int | None:
     """Channel count of a 4-D NHWC tensor (from shapes, or the GroupNorm producing it)."""
-    gn = g.op(t, "GroupNorm")
+    gn = g.op(t, "GroupNorm") or g.op(t, "SkipGroupNorm")
     if gn is not None and g.const(gn.input[1]) is not None:
         return int(g.const(gn.input[1]).size)
     dims = shapes.get(t)

@@ -38,7 +38,7 @@ from latentrt.graphs import (
     fuse_skip_layernorm,
     optimize,
 )
-from latentrt.graphs._graph import MAX_IR_VERSION, check_model, count_ops
+from latentrt.graphs._graph import MAX_IR_VERSION, Graph, attr, check_model, count_ops
 
 UNET = {
     "block_out_channels": [64, 128],
@@ -207,41 +207,71 @@ class GroupNorm(OpRun):
     op_domain = "com.microsoft"
 
     def _run(self, x, gamma, beta, activation=0, channels_last=1, epsilon=1e-5, groups=32):
-        assert channels_last == 1 and gamma.dtype == np.float32 and beta.dtype == np.float32
-        t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).double()
-        y = F.group_norm(
-            t, groups, torch.from_numpy(gamma).double(), torch.from_numpy(beta).double(), epsilon
-        )
-        y = F.silu(y) if activation == 1 else y
-        return (y.permute(0, 2, 3, 1).numpy().astype(x.dtype),)
+        return (_group_norm(x, gamma, beta, activation, channels_last, epsilon, groups),)
 
 
+class SkipGroupNorm(OpRun):
+    """com.microsoft.SkipGroupNorm (NHWC): GroupNorm of x + skip (+ bias), and that sum; an
+    (N, C) skip broadcasts over H and W (ORT's contrib-op schema)."""
+
+    op_domain = "com.microsoft"
+
+    def _run(self, x, gamma, beta, skip, bias=None, activation=0, channels_last=1, epsilon=1e-5, groups=32):  # fmt: skip
+        total = x + (skip[:, None, None, :] if skip.ndim == 2 else skip)
+        total = total if bias is None else total + bias
+        return _group_norm(total, gamma, beta, activation, channels_last, epsilon, groups), total
+
+
+def _group_norm(x, gamma, beta, activation, channels_last, epsilon, groups) -> np.ndarray:
+    assert channels_last == 1 and gamma.dtype == np.float32 and beta.dtype == np.float32
+    t = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).double()
+    g, b = torch.from_numpy(gamma).double(), torch.from_numpy(beta).double()
+    y = F.group_norm(t, groups, g, b, epsilon)
+    y = F.silu(y) if activation == 1 else y
+    return y.permute(0, 2, 3, 1).numpy().astype(x.dtype)
+
+
+def _biased_convs(model: onnx.ModelProto) -> int:
+    return sum(
+        n.op_type == "Conv" and len(n.input) > 2 and bool(n.input[2]) for n in model.graph.node
+    )
+
+
+@pytest.mark.parametrize("skip", [False, True], ids=["groupnorm", "skipgroupnorm"])
 @pytest.mark.parametrize("name", ["unet_linear", "vae"])
-def test_groupnorm_fusion_ort(models, name):
+def test_groupnorm_fusion_ort(models, name, skip):
     base = cleanup(_load(models, name))
     n_gn = _groupnorms(base)
     n_silu = count_ops(base)["Sigmoid"]
-    model = cancel_transposes(fuse_groupnorm(base, "ort"))
+    n_biased = _biased_convs(base)
+    n_add, n_gemm = count_ops(base)["Add"], count_ops(base).get("Gemm", 0)
+    model = cancel_transposes(fuse_groupnorm(base, "ort", skip=skip))
     _valid(model)
     ops = count_ops(model)
-    assert ops["com.microsoft.GroupNorm"] == n_gn and "InstanceNormalization" not in ops
-    acts = [
-        a.i
-        for n in model.graph.node
-        if n.op_type == "GroupNorm"
-        for a in n.attribute
-        if a.name == "activation"
-    ]
+    n_skip = ops.get("com.microsoft.SkipGroupNorm", 0)
+    assert ops["com.microsoft.GroupNorm"] + n_skip == n_gn and "InstanceNormalization" not in ops
+    norms = [n for n in model.graph.node if n.op_type in ("GroupNorm", "SkipGroupNorm")]
+    acts = [attr(n, "activation") for n in norms]
     assert 0 < sum(acts) < len(acts)  # resnet norms carry SiLU, attention norms do not
     assert sum(acts) + ops.get("Sigmoid", 0) == n_silu  # each fused SiLU took one Sigmoid
+    if skip:
+        fused = [n for n in norms if n.op_type == "SkipGroupNorm"]
+        with_sum = sum(len(n.output) == 2 for n in fused)
+        bias_inputs = sum(len(n.input) == 5 for n in fused)
+        assert 0 < with_sum < len(fused)  # residual sums feed on; norm-only adds write none
+        assert _biased_convs(model) < n_biased - bias_inputs + 1  # conv biases moved in
+        # the resnets' time embeddings: one (N, C) skip per time_emb_proj Gemm
+        temb = sum(1 for n in fused if Graph(model).op(n.input[3], "Gemm") is not None)
+        assert temb == (n_gemm - 2 if name.startswith("unet") else 0)  # 2: the time MLP
+        assert ops["Add"] == n_add - n_gn - len(fused)  # each norm's beta Add, each skip Add
+    else:
+        assert n_skip == 0 and _biased_convs(model) == n_biased
     feeds = _feeds(name)
-    got = ReferenceEvaluator(model, new_ops=[GroupNorm]).run(None, feeds)[0]
+    got = ReferenceEvaluator(model, new_ops=[GroupNorm, SkipGroupNorm]).run(None, feeds)[0]
     assert np.abs(got - _run(_load(models, name), feeds)[0]).max() <= 1e-4
     if name == "unet_linear":  # transformer inputs read the NHWC GroupNorm without transposes
-        assert (
-            ops["Transpose"]
-            < count_ops(fuse_groupnorm(cleanup(_load(models, name)), "ort"))["Transpose"]
-        )
+        plain = fuse_groupnorm(cleanup(_load(models, name)), "ort", skip=skip)
+        assert ops["Transpose"] < count_ops(plain)["Transpose"]
 
 
 def test_groupnorm_plugin_and_expansion(models):
@@ -309,7 +339,7 @@ def test_recipes(models, target):
         assert "com.microsoft.GroupNorm" not in ops
         _same(models, "unet_linear", model, 1e-4)
     elif target == "ort-cuda":
-        assert ops["com.microsoft.GroupNorm"] == 21
+        assert ops["com.microsoft.GroupNorm"] + ops["com.microsoft.SkipGroupNorm"] == 21
         assert ops["com.microsoft.MultiHeadAttention"] == 2 * N_BLOCKS["unet_linear"]
         assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
     else:

@@ -46,7 +46,9 @@ def test_ort_cuda_engines_build_without_a_gpu(bundle):
     ops = count_ops(unet)
     assert ops["com.microsoft.MultiHeadAttention"] > 0
     assert ops["com.microsoft.SkipLayerNormalization"] > 0
-    gn_params = {i for n in unet.graph.node if n.op_type == "GroupNorm" for i in n.input[1:]}
+    assert ops["com.microsoft.SkipGroupNorm"] > 0
+    norms = [n for n in unet.graph.node if n.op_type in ("GroupNorm", "SkipGroupNorm")]
+    gn_params = {i for n in norms for i in n.input[1:3]}  # gamma, beta: fp32 for the kernel
     weights = [t for t in unet.graph.initializer if np.prod(t.dims) > 64]
     assert all(t.data_type == onnx.TensorProto.FLOAT for t in weights if t.name in gn_params)
     halves = [t for t in weights if t.name not in gn_params]

@@ -85,7 +85,13 @@ def test_engine_has_every_fusion(bundle):
     b = Bundle.open(bundle[1])
     path = _engine(b, "unet", _index(b)["unet"])
     ops = count_ops(onnx.load(str(path)))
-    for op in ("GroupNorm", "MultiHeadAttention", "BiasSplitGelu", "SkipLayerNormalization"):
+    for op in (
+        "GroupNorm",
+        "SkipGroupNorm",
+        "MultiHeadAttention",
+        "BiasSplitGelu",
+        "SkipLayerNormalization",
+    ):
         assert ops.get(f"com.microsoft.{op}", 0) > 0, (op, ops, TARGET)
 
 
@@ -182,3 +188,50 @@ def test_contrib_groupnorm_matches_torch(tmp_path):
         with torch.no_grad():
             ref = m(x).numpy()
         assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_contrib_skipgroupnorm_matches_torch(tmp_path):
+    """A resnet then a GroupNorm: SkipGroupNorm with the time embedding as (N, C) skip and
+    conv1's bias, and with the residual sum (a graph output here) and both conv biases."""
+    import onnx
+
+    from latentrt.export.models.layers import GroupNormSiLU
+    from latentrt.export.models.unet import ResnetBlock2D
+    from latentrt.graphs import cancel_transposes, cleanup, fuse_groupnorm
+    from latentrt.graphs._graph import count_ops
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.resnet = ResnetBlock2D(64, 128, 96, 32, 1e-5)
+            self.norm = GroupNormSiLU(32, 128, eps=1e-5, act=True)
+
+        def forward(self, x, temb):
+            out = self.resnet(x, temb)
+            return self.norm(out), out
+
+    torch.manual_seed(0)
+    m = Block().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.1)
+    x, temb = torch.randn(2, 64, 24, 16), torch.randn(2, 96)
+    path = tmp_path / "block.onnx"
+    torch.onnx.export(
+        m,
+        (x, temb),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["x", "temb"],
+        output_names=["y", "out"],
+        dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}, "temb": {0: "b"}},
+    )
+    model = cancel_transposes(fuse_groupnorm(cleanup(onnx.load(str(path))), "ort", skip=True))
+    assert count_ops(model)["com.microsoft.SkipGroupNorm"] == 2
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CUDAExecutionProvider"])
+    got = sess.run(None, {"x": x.numpy(), "temb": temb.numpy()})
+    with torch.no_grad():
+        ref = [t.numpy() for t in m(x, temb)]
+    for g, r in zip(got, ref, strict=True):
+        assert np.abs(g - r).max() <= 1e-4 * max(1.0, np.abs(r).max())

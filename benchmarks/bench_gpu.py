@@ -180,6 +180,34 @@ def cuda_ms(fn, repeats: int = 20, warmup: int = 5) -> list[float]:
     return out
 
 
+def queued_ms(fn, repeats: int = 20, batches: int = 7) -> list[float]:
+    """Milliseconds per call of `repeats` calls queued back to back with one device sync per
+    batch: a step's GPU time once the host keeps ahead. The same measure for ORT (replays of
+    the bound CUDA graph, inputs resident) and PyTorch, beside their per-call figures."""
+    fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+        out.append((time.perf_counter() - t0) * 1e3 / repeats)
+    return out
+
+
+def ort_replay(component, feeds: dict):
+    """A call that replays `component`'s bound session on its resident inputs, with ORT's
+    end-of-run stream sync off (`queued_ms` syncs the device instead)."""
+    import onnxruntime as ort
+
+    component(**feeds)  # binds the inputs and captures the CUDA graph
+    bound = component._bind(component._cast(feeds))
+    ro = ort.RunOptions()
+    ro.add_run_config_entry("disable_synchronize_execution_providers", "1")
+    return lambda: bound.session.run_with_iobinding(bound.binding, ro)
+
+
 def med(ms: list[float]) -> dict:
     return {"median_ms": float(np.median(ms)), "min_ms": float(np.min(ms)), "runs": len(ms)}
 
@@ -212,6 +240,8 @@ def torch_eager(model: nn.Module, inputs: dict, name: str, out: Path) -> torch.T
         log(
             out, {"what": name, "impl": "torch-eager-fp16", **med(cuda_ms(lambda: model(**inputs)))}
         )
+        queued = queued_ms(lambda: model(**inputs))
+        log(out, {"what": name, "impl": "torch-eager-fp16", "timing": "queued", **med(queued)})
         return model(**inputs)
 
 
@@ -227,7 +257,9 @@ def torch_compiled(model: nn.Module, inputs: dict, name: str, out: Path) -> None
         torch.cuda.synchronize()
         t_compile = time.perf_counter() - t0
         ms = cuda_ms(lambda: compiled(**inputs))
+        queued = queued_ms(lambda: compiled(**inputs))
     log(out, {"what": name, "impl": "torch-compile-fp16", "compile_s": t_compile, **med(ms)})
+    log(out, {"what": name, "impl": "torch-compile-fp16", "timing": "queued", **med(queued)})
 
 
 def ort_times(component, feeds: dict, name: str, out: Path, extra: dict | None = None) -> dict:
@@ -236,23 +268,23 @@ def ort_times(component, feeds: dict, name: str, out: Path, extra: dict | None =
     ms = time_calls(lambda: component(**feeds), repeats=20, warmup=5)
     rec = {"what": name, "impl": "ort-cuda-fp16", **med(ms), **dict(component.info)}
     log(out, {**rec, **(extra or {})})
+    if component.info.get("cuda_graph"):
+        queued = queued_ms(ort_replay(component, feeds))
+        log(out, {**rec, "timing": "queued", **med(queued), **(extra or {})})
     return first
 
 
-def recipe(src: Path, dst: Path, component: str, precision: str, skip_gn: bool = True) -> None:
-    """The ort-cuda recipe; `skip_gn=False` builds it as before SkipGroupNorm (A/B runs)."""
+def recipe(src: Path, dst: Path, component: str, precision: str, swap: dict | None = None) -> None:
+    """The ort-cuda recipe, with passes named in `swap` replaced (A/B runs)."""
     import onnx
 
-    from latentrt.graphs import fuse_groupnorm
     from latentrt.graphs._graph import count_ops
     from latentrt.graphs.recipes import passes
 
     t0 = time.perf_counter()
     m = onnx.load(str(src), load_external_data=True)
     for name, step in passes("ort-cuda", precision):
-        if name == "fuse_groupnorm" and not skip_gn:
-            step = lambda m: fuse_groupnorm(m, "ort", skip=False)  # noqa: E731
-        m = step(m)
+        m = (swap or {}).get(name, step)(m)
     ops = {k: v for k, v in count_ops(m).items() if "." in k}
     onnx.save_model(
         m,
@@ -279,7 +311,22 @@ def compare(name: str, ref: torch.Tensor, got: np.ndarray, out: Path) -> None:
     )
 
 
-def run_sdxl(work: Path, out: Path, compile_: bool, variants: bool, ab_skip: bool) -> None:
+# recipe variants for --ab: the pass they replace, and the label of the timing
+AB_RECIPES = {
+    "skip": ("fuse_groupnorm", "GroupNorm, no skip fusion"),
+    "unpacked": ("fuse_attention", "attention with separate Q, K, V"),
+}
+
+
+def _ab_pass(which: str):
+    from latentrt.graphs import fuse_attention, fuse_groupnorm
+
+    if which == "skip":
+        return lambda m: fuse_groupnorm(m, "ort", skip=False)
+    return lambda m: fuse_attention(m, pack=False)
+
+
+def run_sdxl(work: Path, out: Path, compile_: bool, variants: bool, ab: list[str]) -> None:
     from latentrt.export.models.unet import UNet2DCondition, UNetConfig
     from latentrt.export.models.vae import AutoencoderKL, VAEConfig
     from latentrt.runtime.ort_cuda import CudaComponent
@@ -299,12 +346,14 @@ def run_sdxl(work: Path, out: Path, compile_: bool, variants: bool, ab_skip: boo
     got = ort_times(comp, feeds, "sdxl-unet-1024-b2", out, {"variant": "default (nhwc)"})
     compare("sdxl-unet-1024-b2", ref, got["out_sample"], out)
     del comp
-    if ab_skip:  # the same step without SkipGroupNorm, in the same process
-        plain = work / "sdxl_unet.gn-only.onnx"
-        recipe(raw, plain, "unet", "fp16", skip_gn=False)
-        comp = CudaComponent("unet", plain, precision="fp16", cuda_graph=True)
-        ort_times(comp, feeds, "sdxl-unet-1024-b2", out, {"variant": "GroupNorm, no skip fusion"})
+    for which in ab:  # the same step with one pass swapped, in the same process
+        name, label = AB_RECIPES[which]
+        other = work / f"sdxl_unet.{which}.onnx"
+        recipe(raw, other, "unet", "fp16", swap={name: _ab_pass(which)})
+        comp = CudaComponent("unet", other, precision="fp16", cuda_graph=True)
+        ort_times(comp, feeds, "sdxl-unet-1024-b2", out, {"variant": label})
         del comp
+    if ab:
         comp = CudaComponent("unet", eng, precision="fp16", cuda_graph=True)
         ort_times(comp, feeds, "sdxl-unet-1024-b2", out, {"variant": "default, again"})
         del comp
@@ -441,7 +490,7 @@ def sd15_bundle(work: Path, out: Path) -> tuple[Path, Path]:
     return src, bundle
 
 
-def run_sd15(work: Path, out: Path, compile_: bool) -> None:
+def run_sd15(work: Path, out: Path, compile_: bool, variants: bool = True) -> None:
     from latentrt.export.checkpoint import load_components
     from latentrt.runtime.ort_cuda import load_components as cuda_components
 
@@ -454,11 +503,12 @@ def run_sd15(work: Path, out: Path, compile_: bool) -> None:
     feeds = {k: v.float().cpu().numpy() for k, v in x.items()}
     got = ort_times(ort["unet"], feeds, "sd15-unet-512-b2", out, {"variant": "default (nhwc)"})
     compare("sd15-unet-512-b2", ref, got["out_sample"], out)
-    nchw = cuda_components(bundle, prefer_nhwc="0")
-    ort_times(nchw["unet"], feeds, "sd15-unet-512-b2", out, {"variant": "prefer_nhwc=0"})
-    plain = cuda_components(bundle, cuda_graph=False)
-    ort_times(plain["unet"], feeds, "sd15-unet-512-b2", out, {"variant": "no cuda graph"})
-    del nchw, plain
+    if variants:
+        nchw = cuda_components(bundle, prefer_nhwc="0")
+        ort_times(nchw["unet"], feeds, "sd15-unet-512-b2", out, {"variant": "prefer_nhwc=0"})
+        plain = cuda_components(bundle, cuda_graph=False)
+        ort_times(plain["unet"], feeds, "sd15-unet-512-b2", out, {"variant": "no cuda graph"})
+        del nchw, plain
     vae = comps.vae.half().cuda().eval()
     z = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
@@ -612,7 +662,11 @@ def main() -> None:
     p.add_argument("--out", default="bench-out")
     p.add_argument("--work", default="/tmp/latentrt-bench")
     p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--no-variants", action="store_true", help="sdxl: skip the NCHW/HEURISTIC runs")
+    p.add_argument(
+        "--no-variants",
+        action="store_true",
+        help="skip the UNet variant runs (NCHW, HEURISTIC, no graph)",
+    )
     p.add_argument(
         "--ab-skip", action="store_true", help="sdxl: also time it without SkipGroupNorm"
     )
@@ -640,7 +694,7 @@ def main() -> None:
         },
     )
     if args.arch == "sd15":
-        run_sd15(work, out, not args.no_compile)
+        run_sd15(work, out, not args.no_compile, not args.no_variants)
     elif args.arch == "sd15-memory":
         run_sd15_memory(work, out)
     elif args.arch == "sd15-compile":
@@ -648,7 +702,7 @@ def main() -> None:
     elif args.arch == "sdxl-profile":
         run_sdxl_profile(work, out)
     else:
-        run_sdxl(work, out, not args.no_compile, not args.no_variants, args.ab_skip)
+        run_sdxl(work, out, not args.no_compile, not args.no_variants, args.ab)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ source benchmarks/gpu_env.sh
 for stage in "$@"; do
   case "$stage" in
     tests) timeout 300 python3 -P -m pytest --import-mode=append -q -m gpu tests/test_ort_cuda.py -rfE -x 2>&1 | tee "$OUT/pytest_gpu.txt" ;;
-    sd15) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sd15 --no-compile --out "$OUT" 2>&1 | tee "$OUT/bench_sd15.txt" ;;
+    sd15) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sd15 --no-compile ${SD15_FLAGS:-} --out "$OUT" 2>&1 | tee "$OUT/bench_sd15.txt" ;;
     sd15-compile) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sd15-compile --out "$OUT" 2>&1 | tee "$OUT/bench_sd15_compile.txt" ;;
     sd15-memory) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sd15-memory --out "$OUT" 2>&1 | tee "$OUT/bench_sd15_memory.txt" ;;
     sdxl-profile) timeout 520 python3 -P benchmarks/bench_gpu.py --arch sdxl-profile --out "$OUT" 2>&1 | tee "$OUT/bench_sdxl_profile.txt" ;;

@@ -668,7 +668,7 @@ def main() -> None:
         help="skip the UNet variant runs (NCHW, HEURISTIC, no graph)",
     )
     p.add_argument(
-        "--ab-skip", action="store_true", help="sdxl: also time it without SkipGroupNorm"
+        "--ab", nargs="*", default=[], choices=sorted(AB_RECIPES), help="sdxl: recipe variants"
     )
     p.add_argument("--torch-e2e", help="(internal) run the PyTorch end-to-end reference")
     args = p.parse_args()

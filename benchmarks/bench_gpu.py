@@ -326,7 +326,7 @@ def compare(name: str, ref: torch.Tensor, got: np.ndarray, out: Path) -> None:
 # recipe variants for --ab: the pass they replace, and the label of the timing
 AB_RECIPES = {
     "skip": ("fuse_groupnorm", "GroupNorm, no skip fusion"),
-    "unpacked": ("fuse_attention", "attention with separate Q, K, V"),
+    "packed": ("fuse_attention", "attention with packed projections (the recipe before)"),
 }
 
 
@@ -335,7 +335,7 @@ def _ab_pass(which: str):
 
     if which == "skip":
         return lambda m: fuse_groupnorm(m, "ort", skip=False)
-    return lambda m: fuse_attention(m, pack=False)
+    return lambda m: fuse_attention(m, pack=True)
 
 
 def run_sdxl(work: Path, out: Path, compile_: bool, variants: bool, ab: list[str]) -> None:

@@ -9,9 +9,11 @@ with s = sqrt(1/sqrt(head_dim)) computed from the shape. Two layouts occur here:
   head axis dropped again with Gather(axis=1, 0).
 
 Each becomes one MultiHeadAttention(q, k, v; num_heads) on (B, N, H*d) tensors. With
-`pack=True` the separate bias-free projections are packed into one MatMul as ORT's CUDA kernels
-prefer: self-attention q/k/v into a (B, N, H, 3, d) tensor, cross-attention k/v into
-(B, S, H, 2, d). MultiHeadAttention's CPU kernel takes only the unpacked form.
+`pack=True` the separate bias-free projections are packed into one MatMul: self-attention
+q/k/v into a (B, N, H, 3, d) tensor, cross-attention k/v into (B, S, H, 2, d). ORT's CUDA
+kernel then unpacks them again before attending (AddBiasUnpack), which cost more than the
+packed GEMM saved on an H100 (BENCHMARKS.md), so no recipe packs now. MultiHeadAttention's
+CPU kernel takes only the unpacked form.
 """
 
 from __future__ import annotations

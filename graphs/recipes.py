@@ -2,7 +2,7 @@
 
 | target | passes |
 | --- | --- |
-| `ort-cuda` | plugin nodes expanded, cleanup, GroupNorm(+SiLU) -> com.microsoft.GroupNorm (NHWC), or SkipGroupNorm with the Add before it and its conv biases, transpose cancellation, attention -> MultiHeadAttention (packed projections), SkipLayerNormalization, BiasSplitGelu, fp16 (per component), cleanup |
+| `ort-cuda` | plugin nodes expanded, cleanup, GroupNorm(+SiLU) -> com.microsoft.GroupNorm (NHWC), or SkipGroupNorm with the Add before it and its conv biases, transpose cancellation, attention -> MultiHeadAttention (separate q, k, v: faster on CUDA than packed, BENCHMARKS.md), SkipLayerNormalization, BiasSplitGelu, fp16 (per component), cleanup |
 | `ort-cpu` | plugin nodes expanded back to standard ops, cleanup, attention -> MultiHeadAttention (unpacked: the CPU kernel's form), SkipLayerNormalization, cleanup; fp32 |
 | `tensorrt` | cleanup, GroupNorm(+SiLU) -> latentrt.GroupNormSiLU plugin nodes; precision is the builder's |
 """
@@ -25,7 +25,7 @@ from latentrt.graphs.fuse_groupnorm import (
 )
 
 TARGETS = ("ort-cuda", "ort-cpu", "tensorrt")
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 # Precision per component on ort-cuda: fp16 everywhere (half the weights' memory). Text
 # encoders and VAEs get an fp32 engine beside them that the runtime switches to when the fp16
 # one returns NaN/Inf (the SDXL VAE does; `FALLBACK_COMPONENTS`).
@@ -52,7 +52,7 @@ def passes(target: str, precision: str = "fp16") -> list[tuple[str, Pass]]:
             ("cleanup", cleanup),
             ("fuse_groupnorm", lambda m: fuse_groupnorm(m, "ort", skip=True)),
             ("cancel_transposes", cancel_transposes),
-            ("fuse_attention", lambda m: fuse_attention(m, pack=True)),
+            ("fuse_attention", lambda m: fuse_attention(m, pack=False)),
             ("fuse_skip_layernorm", fuse_skip_layernorm),
             ("fuse_bias_split_gelu", fuse_bias_split_gelu),
         ]

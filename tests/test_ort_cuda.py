@@ -1,7 +1,7 @@
 """ort-cuda on the GPU: fp16 engines from the graphs/ recipe against fp32 PyTorch / fp32 ONNX.
 
 The models are small but wide enough that every fusion the recipe makes on SD UNets fires:
-320/640 channels (BiasSplitGelu's widths), 64-dim heads (packed MultiHeadAttention), 2+
+320/640 channels (BiasSplitGelu's widths), 64-dim heads (MultiHeadAttention), 2+
 channels per GroupNorm group (the fused GroupNorm kernel). Oracles: the PyTorch reference
 tree in fp32 on the same weights (UNet), PyTorch's F.group_norm (the contrib GroupNorm), and
 the fp32 bundle on ONNX Runtime CPU for the final image (that bundle is held to the PyTorch

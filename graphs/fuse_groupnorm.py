@@ -233,7 +233,8 @@ def _ort_node(
     inputs = [t_in.output[0], gamma, beta, skip]
     if hit["convs"]:
         biases = [g.const(c.input[2]) for c in hit["convs"]]
-        inputs.append(g.add_init(np.sum(biases, axis=0).astype(biases[0].dtype), "sgn_bias"))
+        bias = np.sum(biases, axis=0, dtype=np.float32).astype(biases[0].dtype)
+        inputs.append(g.add_init(bias, "sgn_bias"))
         for c in hit["convs"]:
             del c.input[2]
     keep_sum = not _chain_only(g, m["x"], m["nodes"])

@@ -222,6 +222,63 @@ class SkipGroupNorm(OpRun):
         return _group_norm(total, gamma, beta, activation, channels_last, epsilon, groups), total
 
 
+class MultiHeadAttention(OpRun):
+    """com.microsoft.MultiHeadAttention with separate (B, S, H*d) q, k, v, by PyTorch's SDPA."""
+
+    op_domain = "com.microsoft"
+
+    def _run(self, q, k, v, *unused, num_heads=1, scale=None, **attrs):
+        assert not any(u is not None for u in unused), "only q, k, v are fused here"
+
+        def heads(t):  # (B, S, H*d) -> (B, H, S, d)
+            t = torch.from_numpy(np.array(t)).double()
+            return t.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+
+        o = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), scale=scale)
+        return (o.transpose(1, 2).flatten(2).numpy().astype(q.dtype),)
+
+
+class SkipLayerNormalization(OpRun):
+    """com.microsoft.SkipLayerNormalization: LayerNorm(x + skip (+ bias)), and that sum."""
+
+    op_domain = "com.microsoft"
+
+    def _run(self, x, skip, gamma, beta=None, bias=None, epsilon=1e-12):
+        total = x + skip if bias is None else x + skip + bias
+        t = torch.from_numpy(np.array(total)).double()
+        g = torch.from_numpy(gamma).double()
+        b = None if beta is None else torch.from_numpy(beta).double()
+        y = F.layer_norm(t, t.shape[-1:], g, b, epsilon).numpy().astype(x.dtype)
+        mean = t.mean(-1, keepdim=True)
+        inv_std = (t.var(-1, unbiased=False, keepdim=True) + epsilon).rsqrt()
+        return y, mean.numpy().astype(x.dtype), inv_std.numpy().astype(x.dtype), total
+
+
+class BiasSplitGelu(OpRun):
+    """com.microsoft.BiasSplitGelu: (x + bias) split in halves, first * gelu(second) (erf)."""
+
+    op_domain = "com.microsoft"
+
+    def _run(self, x, bias):
+        value, gate = torch.from_numpy(np.array(x + bias)).double().chunk(2, dim=-1)
+        return ((value * F.gelu(gate)).numpy().astype(x.dtype),)
+
+
+CONTRIB = [GroupNorm, SkipGroupNorm, MultiHeadAttention, SkipLayerNormalization, BiasSplitGelu]
+
+
+def _evaluate(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
+    """The first output through ONNX's reference evaluator with the contrib ops above. Unused
+    optional outputs get names of their own: the evaluator would store them under "", which
+    every omitted optional input reads."""
+    model = copy.deepcopy(model)
+    for n in model.graph.node:
+        for k, o in enumerate(n.output):
+            if not o:
+                n.output[k] = f"{n.name}__unused{k}"
+    return ReferenceEvaluator(model, new_ops=CONTRIB).run(None, feeds)[0]
+
+
 def _group_norm(x, gamma, beta, activation, channels_last, epsilon, groups) -> np.ndarray:
     assert channels_last == 1 and gamma.dtype == np.float32 and beta.dtype == np.float32
     t = torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).double()
@@ -267,7 +324,7 @@ def test_groupnorm_fusion_ort(models, name, skip):
     else:
         assert n_skip == 0 and _biased_convs(model) == n_biased
     feeds = _feeds(name)
-    got = ReferenceEvaluator(model, new_ops=[GroupNorm, SkipGroupNorm]).run(None, feeds)[0]
+    got = _evaluate(model, feeds)
     assert np.abs(got - _run(_load(models, name), feeds)[0]).max() <= 1e-4
     if name == "unet_linear":  # transformer inputs read the NHWC GroupNorm without transposes
         plain = fuse_groupnorm(cleanup(_load(models, name)), "ort", skip=skip)
@@ -325,6 +382,31 @@ def test_bias_split_gelu(models):
     assert list(bias.dims) == [2560]
     narrow = fuse_bias_split_gelu(cleanup(_load(models, "unet_conv")))  # 512 wide: no kernel
     assert "com.microsoft.BiasSplitGelu" not in count_ops(narrow)
+
+
+@pytest.mark.parametrize("name", ["unet_linear", "unet_conv", "vae", "ff"])
+def test_ort_cuda_recipe_keeps_outputs(models, name):
+    """The whole ort-cuda recipe at fp32 (every fusion, CUDA-only contrib ops included) computes
+    what the exported graph does; the contrib ops follow ORT's schemas, computed by PyTorch."""
+    model = optimize(_load(models, name), "ort-cuda", precision="fp32")
+    _valid(model)
+    fused = {k for k in count_ops(model) if k.startswith("com.microsoft.")}
+    expected = {
+        "unet_linear": {
+            "GroupNorm",
+            "SkipGroupNorm",
+            "MultiHeadAttention",
+            "SkipLayerNormalization",
+        },
+        "unet_conv": {"GroupNorm", "SkipGroupNorm", "MultiHeadAttention", "SkipLayerNormalization"},
+        "vae": {"GroupNorm", "SkipGroupNorm", "MultiHeadAttention"},
+        "ff": {"BiasSplitGelu"},
+    }[name]
+    assert fused == {f"com.microsoft.{op}" for op in expected}
+    feeds = _feeds(name)
+    got = _evaluate(model, feeds)
+    ref = _run(_load(models, name), feeds)[0]
+    assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-4
 
 
 @pytest.mark.parametrize(

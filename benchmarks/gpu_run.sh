@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU run for the ort-cuda backend: gpu tests, then the benchmarks of BENCHMARKS.md (ORT CUDA section).
 # Usage (repository root, on the GPU machine, onnxruntime-gpu installed to ~/ortgpu by
-# .device/install-ort-gpu.sh): bash benchmarks/gpu_run.sh tests|sd15|sd15-memory|sd15-compile|sdxl|sdxl-profile [more stages]
+# benchmarks/ort_gpu_stage.sh install): bash benchmarks/gpu_run.sh tests|sd15|sd15-memory|sd15-compile|sdxl|sdxl-profile [more stages]
 # Logs and results.jsonl go to $OUT (default /tmp/latentrt_gpu_out).
 set -uo pipefail
 OUT=${OUT:-/tmp/latentrt_gpu_out}

@@ -550,18 +550,23 @@ E2E_VARIANTS = [
 ]
 
 
-def e2e_variants(bundle: Path, out: Path, env: dict, variants: list[list[str]]) -> None:
-    """`latentrt bench` (30 steps, 512²) per variant, each in a fresh process without torch."""
-    for flags in variants:
+def e2e_variants(bundle: Path, out: Path, env: dict, variants: list) -> None:
+    """`latentrt bench` (30 steps, 512²) per variant, each in a fresh process without torch.
+
+    A variant is a list of flags, or {"flags": [...], "env": {...}} for environment variables
+    read by the libraries underneath (e.g. CUBLAS_WORKSPACE_CONFIG)."""
+    for v in variants:
+        flags, extra = (v, {}) if isinstance(v, list) else (v.get("flags", []), v["env"])
         cmd = [sys.executable, "-P", "-m", "latentrt.cli", "bench", str(bundle)]
         cmd += ["--backend", "ort-cuda", "--width", "512", "--height", "512", "--steps", "30"]
         cmd += ["--json", str(out / "e2e.json"), *flags]
-        r = subprocess.run(cmd, env=env, cwd=ROOT)
+        r = subprocess.run(cmd, env={**env, **extra}, cwd=ROOT)
+        tag = {"what": "sd15-e2e-30-512-b1", "flags": flags} | ({"env": extra} if extra else {})
         if r.returncode:
-            log(out, {"what": "sd15-e2e-30-512-b1", "flags": flags, "error": r.returncode})
+            log(out, {**tag, "error": r.returncode})
             continue
         e2e = json.loads((out / "e2e.json").read_text())
-        log(out, {"what": "sd15-e2e-30-512-b1", "impl": "ort-cuda", "flags": flags, **_pick(e2e)})
+        log(out, {**tag, "impl": "ort-cuda", **_pick(e2e)})
 
 
 def run_sd15_compile(work: Path, out: Path) -> None:
@@ -593,6 +598,7 @@ def _pick(r: dict) -> dict:
         "peak_gpu_mib",
         "peak_gpu_mib_with_components",
         "memory_scope",
+        "first_call_mib",
         "cuda_graph",
     )
     return {k: r[k] for k in keys if k in r} | {
@@ -619,8 +625,18 @@ def torch_e2e(src: Path, out: Path) -> None:
     ids[:, 0], ids[:, -1] = 49406, 49407
     log_sigmas = np.log(model_sigmas)
 
+    torch.cuda.synchronize()
+    phases = {"load": mem.current() / 2**20}  # NVML MiB after each phase of the first run
+
+    def phase(name: str) -> None:
+        if mem._thread is not None:
+            torch.cuda.synchronize()
+            phases[name] = {"peak": mem.window() / 2**20, "after": mem.current() / 2**20}
+
     def generate():
+        mem.window()
         ctx = te(ids).last_hidden_state
+        phase("text_encoder")
         x = torch.randn(1, 4, 64, 64, device="cuda", dtype=torch.float16) * float(sigmas[0])
         for i in range(30):
             sig = float(sigmas[i])
@@ -630,7 +646,10 @@ def torch_e2e(src: Path, out: Path) -> None:
             u, c = eps.chunk(2)
             eps = u + 7.5 * (c - u)
             x = x + eps * (float(sigmas[i + 1]) - sig)
-        return vae.decode(x / 0.18215)
+        phase("unet")
+        img = vae.decode(x / 0.18215)
+        phase("vae_decoder")
+        return img
 
     with torch.inference_mode():
         generate()  # load + the first generation sampled, as latentrt bench does
@@ -647,6 +666,7 @@ def torch_e2e(src: Path, out: Path) -> None:
             "memory_scope": "process" if mem.process_level else "device rise over idle",
             "torch_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20,
             "torch_max_reserved_mib": torch.cuda.max_memory_reserved() / 2**20,
+            "phases_mib": phases,
         },
     )
 

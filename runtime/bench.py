@@ -42,6 +42,7 @@ class NvmlMemory:
     def __init__(self, device: int = 0, interval: float = 0.002) -> None:
         self.interval = interval
         self.peak = 0
+        self.window_peak = 0
         self.baseline = 0
         self.process_level = False
         self._stop = threading.Event()
@@ -92,8 +93,16 @@ class NvmlMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.current())
+            used = self.current()
+            self.peak = max(self.peak, used)
+            self.window_peak = max(self.window_peak, used)
             time.sleep(self.interval)
+
+    def window(self) -> int:
+        """The peak since the last `window()` call (or start), including now; starts a new one."""
+        peak = max(self.window_peak, self.current())
+        self.window_peak = 0
+        return peak
 
     def start(self) -> NvmlMemory:
         """Start sampling (a fresh thread)."""
@@ -169,20 +178,36 @@ def _feeds(spec: dict, dims: dict[str, int], rng: np.random.Generator) -> dict[s
 
 
 class _Timed:
-    """A component wrapper that adds up the wall time spent inside its calls."""
+    """A component wrapper that adds up the wall time spent inside its calls.
 
-    def __init__(self, component: Callable) -> None:
+    While `mem` is set, its first call also records GPU memory (MiB) before it, the peak
+    during it and what stays after it: where a generation's peak comes from (session
+    creation, weights, CUDA-graph capture and the activations each component keeps).
+    """
+
+    def __init__(self, component: Callable, mem: NvmlMemory | None = None) -> None:
         self.component = component
         self.seconds = 0.0
         self.calls = 0
+        self.mem = mem
+        self.first_call_mib: dict[str, float] | None = None
 
     def __call__(self, **feeds):
+        probe = self.mem is not None and self.first_call_mib is None
+        if probe:
+            self.mem.window()
+            before = self.mem.current()
         t0 = time.perf_counter()
         try:
             return self.component(**feeds)
         finally:
             self.seconds += time.perf_counter() - t0
             self.calls += 1
+            if probe:
+                peak, after = self.mem.window(), self.mem.current()
+                self.first_call_mib = {
+                    k: v / 2**20 for k, v in (("before", before), ("peak", peak), ("after", after))
+                }
 
 
 def load(bundle: Bundle, backend: str, **options) -> dict[str, Callable]:
@@ -231,7 +256,8 @@ def bench(
         mem.start()
     try:
         comps = components or load(b, backend, **(options or {}))
-        timed = {k: _Timed(c) for k, c in comps.items()}
+        after_load = mem.current() / 2**20 if mem is not None else 0.0
+        timed = {k: _Timed(c, mem) for k, c in comps.items()}
         pipe = Pipeline(b, timed, backend)
         default = b.manifest.get("default_size", 512 if b.family == "sd1" else 1024)
         width, height = width or default, height or default
@@ -256,8 +282,7 @@ def bench(
         inside: list[dict[str, float]] = []
         for i in range(e2e_repeats + 1):
             if i == 1 and mem is not None:  # load + the first generation sampled; time the rest
-                mem.stop()
-                result["peak_gpu_mib"] = mem.peak / 2**20
+                _end_sampling(mem, timed, after_load, result)
             stamps.clear()
             for c in timed.values():
                 c.seconds, c.calls = 0.0, 0
@@ -276,8 +301,7 @@ def bench(
             inside.append({k: c.seconds for k, c in timed.items() if c.calls})
         e2e, inside = e2e[1:], inside[1:]  # the first generation creates sessions and graphs
         if mem is not None and "peak_gpu_mib" not in result:  # no timed generations
-            mem.stop()
-            result["peak_gpu_mib"] = mem.peak / 2**20
+            _end_sampling(mem, timed, after_load, result)
         if gpu:  # as the first calls resolved it (a graph capture can fail and fall back)
             result["cuda_graph"] = {
                 k: getattr(c, "info", {}).get("cuda_graph") for k, c in comps.items()
@@ -342,6 +366,18 @@ def bench(
     return result
 
 
+def _end_sampling(mem: NvmlMemory, timed: dict, after_load: float, result: dict) -> None:
+    """Stop sampling after load + the first generation: its peak and the per-component
+    breakdown of first calls (`load` is what loading left before any call)."""
+    mem.stop()
+    result["peak_gpu_mib"] = mem.peak / 2**20
+    result["first_call_mib"] = {"load": after_load}
+    for name, c in timed.items():
+        if c.first_call_mib:
+            result["first_call_mib"][name] = c.first_call_mib
+        c.mem = None
+
+
 def _gpu_name() -> str:
     try:
         lib = ctypes.CDLL("libnvidia-ml.so.1")
@@ -377,6 +413,12 @@ def format_table(r: dict) -> str:
             f"{r['peak_gpu_mib_with_components']:.0f} MiB with every component timed "
             f"({r['memory_scope']})"
         )
+        parts = [f"load {r['first_call_mib']['load']:.0f}"] + [
+            f"{k} {v['before']:.0f} -> peak {v['peak']:.0f} -> {v['after']:.0f}"
+            for k, v in r["first_call_mib"].items()
+            if k != "load"
+        ]
+        lines.append("GPU MiB over the first calls: " + "; ".join(parts))
     else:
         lines.append(f"peak resident memory {r['peak_rss_mib']:.0f} MiB")
     return "\n".join(lines)

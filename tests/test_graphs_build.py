@@ -111,7 +111,9 @@ def test_bench_cli_on_cpu(bundle, tmp_path, capsys):
 
 def test_bench_times_gpu_runs_with_the_memory_sampler_stopped(bundle, monkeypatch):
     """Peak memory is sampled over load + the first generation and one more call of each
-    component; every timed call runs with the sampler stopped (it competes for the GIL)."""
+    component; every timed call runs with the sampler stopped (it competes for the GIL). The
+    first generation's first call of each component records memory before, during and after
+    it."""
     from latentrt.runtime import bench as bench_mod
     from latentrt.runtime.ort_backend import load_components
 
@@ -129,6 +131,12 @@ def test_bench_times_gpu_runs_with_the_memory_sampler_stopped(bundle, monkeypatc
         def stop(self):
             FakeSampler.active = False
             self.peak = 123 * 2**20
+
+        def current(self):  # one MiB more per component call so far
+            return len(calls) * 2**20
+
+        def window(self):
+            return self.current() + 2**19
 
     calls: list[tuple[str, bool]] = []
 
@@ -153,3 +161,10 @@ def test_bench_times_gpu_runs_with_the_memory_sampler_stopped(bundle, monkeypatc
     first = ["text_encoder", "unet", "unet", "vae_decoder"]
     assert sampled == first + ["text_encoder", "unet", "vae_encoder", "vae_decoder"]
     assert len(calls) > len(sampled) + 2 * len(first)
+    assert r["first_call_mib"] == {
+        "load": 0.0,
+        "text_encoder": {"before": 0.0, "peak": 1.5, "after": 1.0},
+        "unet": {"before": 1.0, "peak": 2.5, "after": 2.0},
+        "vae_decoder": {"before": 3.0, "peak": 4.5, "after": 4.0},
+    }
+    assert "unet 1 -> peak 2 -> 2" in bench_mod.format_table(r)

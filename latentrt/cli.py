@@ -100,10 +100,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _backend_options(pairs: list[str], flags: list[str]) -> dict:
-    """`--option KEY=VALUE` pairs (ORT CUDA provider options) and the session flags
-    (`--shared-arena`, `--mem-pattern`, `--shrink-arena`)."""
+def _backend_options(
+    pairs: list[str], flags: list[str], arena_max_dead_mib: float | None = None
+) -> dict:
+    """`--option KEY=VALUE` pairs (ORT CUDA provider options), the session flags
+    (`--shared-arena`, `--mem-pattern`, `--shrink-arena`) and `--arena-max-dead-mib`."""
     options: dict = {flag: True for flag in flags}
+    if arena_max_dead_mib is not None:
+        options["arena_max_dead_mib"] = arena_max_dead_mib
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
@@ -123,7 +127,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         batch=args.batch,
         steps=args.steps,
         repeats=args.repeats,
-        options=_backend_options(args.option, args.session_flag or []),
+        options=_backend_options(args.option, args.session_flag or [], args.arena_max_dead_mib),
     )
     print(format_table(result))
     if args.json:
@@ -192,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ort-cuda provider option overriding the default, e.g. prefer_nhwc=0 (repeatable)",
     )
     for flag, what in (
-        ("shared_arena", "one arena for all sessions"),
+        ("shared_arena", "one arena for the sessions without a CUDA graph"),
         ("mem_pattern", "a pre-planned activation block per shape"),
         ("shrink_arena", "hand unused arena memory back after each run"),
     ):
@@ -203,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
             const=flag,
             help=f"ort-cuda: {what}",
         )
+    n.add_argument(
+        "--arena-max-dead-mib",
+        type=float,
+        metavar="MIB",
+        help="ort-cuda, with --shared-arena: split a free chunk that exceeds a request by more",
+    )
     n.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="generate with the embedded default model")

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from latentrt.errors import BackendError, BundleError, NumericsError
+from latentrt.errors import BackendError, BundleError, InputError, NumericsError
 from latentrt.runtime.bundle import Bundle
 from latentrt.runtime.ort_backend import ENGINE_INDEX, ORT_TYPES, cast_feeds, engine_key
 
@@ -49,7 +49,7 @@ DEFAULT_OPTIONS = {
     # fused GroupNorms.
     "prefer_nhwc": "1",
 }
-_SHARED_ARENAS: set[int] = set()
+_SHARED_ARENAS: dict[int, int | None] = {}  # device -> max_dead_bytes_per_chunk
 
 
 def provider_options(device_id: int = 0, cuda_graph: bool = False, **extra: str) -> dict:
@@ -69,19 +69,30 @@ def _require_cuda() -> None:
         )
 
 
-def _register_shared_arena(device_id: int) -> None:
-    """One CUDA arena in ORT's environment that every session of this process allocates from,
-    instead of an arena per session (each keeps its own high-water mark)."""
+def _register_shared_arena(device_id: int, max_dead_bytes: int | None = None) -> None:
+    """One CUDA arena in ORT's environment that the sessions without a CUDA graph allocate
+    from, instead of an arena per session (each keeps its own high-water mark).
+
+    `max_dead_bytes` is the most a freed chunk may exceed a request by before the arena
+    splits it (ORT's default, 128 MiB, lets a 64 MiB VAE activation sit in a 127 MiB chunk);
+    per-session arenas cannot be given this setting from Python."""
     if device_id in _SHARED_ARENAS:
+        if _SHARED_ARENAS[device_id] != max_dead_bytes:
+            raise BackendError(
+                f"the shared arena of device {device_id} is registered with max_dead_bytes "
+                f"{_SHARED_ARENAS[device_id]}, not {max_dead_bytes}: one setting per process"
+            )
         return
     mem = ort.OrtMemoryInfo(
         "Cuda", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, device_id, ort.OrtMemType.DEFAULT
     )
-    cfg = ort.OrtArenaCfg({"arena_extend_strategy": 1})  # kSameAsRequested
+    cfg = {"arena_extend_strategy": 1}  # kSameAsRequested
+    if max_dead_bytes is not None:
+        cfg["max_dead_bytes_per_chunk"] = max_dead_bytes
     ort.create_and_register_allocator_v2(
-        "CUDAExecutionProvider", mem, {"device_id": str(device_id)}, cfg
+        "CUDAExecutionProvider", mem, {"device_id": str(device_id)}, ort.OrtArenaCfg(cfg)
     )
-    _SHARED_ARENAS.add(device_id)
+    _SHARED_ARENAS[device_id] = max_dead_bytes
 
 
 def _session(
@@ -92,13 +103,16 @@ def _session(
     extra: dict,
     shared_arena: bool = False,
     mem_pattern: bool = False,
+    arena_max_dead_bytes: int | None = None,
 ) -> ort.InferenceSession:
+    """A session on CUDA. A CUDA-graph session never joins the shared arena: its captured
+    addresses must stay its own between replays, and capture cannot grow an arena."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     so.enable_mem_pattern = mem_pattern
-    if shared_arena:
-        _register_shared_arena(device_id)
+    if shared_arena and not cuda_graph:
+        _register_shared_arena(device_id, arena_max_dead_bytes)
         so.add_session_config_entry("session.use_env_allocators", "1")
     for name, value in dims.items():
         so.add_free_dimension_override_by_name(name, int(value))
@@ -134,16 +148,20 @@ class CudaComponent:
         shared_arena: bool = False,
         mem_pattern: bool = False,
         shrink_arena: bool = False,
+        arena_max_dead_bytes: int | None = None,
         **options: str,
     ) -> None:
         _require_cuda()
+        self.arena_max_dead_bytes = arena_max_dead_bytes
         self._run_options = ort.RunOptions()
         if shrink_arena:  # hand unused arena chunks back after each run (not for CUDA graphs)
             self._run_options.add_run_config_entry(
                 "memory.enable_memory_arena_shrinkage", f"gpu:{device_id}"
             )
         self.shrink_arena = shrink_arena
-        self.shared_arena = shared_arena
+        # a graph component keeps its own arena for its metadata session too: what a dropped
+        # session freed would stay in the shared arena
+        self.shared_arena = shared_arena and not cuda_graph
         self.mem_pattern = mem_pattern
         self.name = name
         self.path = Path(path)
@@ -187,6 +205,7 @@ class CudaComponent:
                     self.options,
                     self.shared_arena,
                     self.mem_pattern,
+                    self.arena_max_dead_bytes,
                 )
             except Exception as e:  # ORT raises its own exception types per failure
                 raise BackendError(
@@ -221,6 +240,7 @@ class CudaComponent:
                     self.options,
                     self.shared_arena,
                     self.mem_pattern,
+                    self.arena_max_dead_bytes,
                 )
             except Exception as e:  # e.g. a node ORT keeps on CPU: run without a graph
                 self.info["cuda_graph"] = False
@@ -369,17 +389,22 @@ def load_components(
     shared_arena: bool = False,
     mem_pattern: bool = False,
     shrink_arena: bool = False,
+    arena_max_dead_mib: float | None = None,
     **options: str,
 ) -> dict[str, CudaComponent]:
     """A CudaComponent per bundle component: built ort-cuda engines where current, else the
     bundle's ONNX files (fp32 or as exported). The UNet is CUDA-graph captured per shape.
 
     `options` override `DEFAULT_OPTIONS` (CUDA provider options, e.g. prefer_nhwc="0");
-    `shared_arena` makes every session allocate from one arena registered in ORT's environment;
+    `shared_arena` makes the sessions without a CUDA graph (text encoders, VAE) allocate from
+    one arena registered in ORT's environment, `arena_max_dead_mib` its chunk-split threshold;
     `mem_pattern=True` turns on ORT's pre-planned activation block per shape (off by default:
     measured 537 MiB lower peak on SD 1.5 without it, BENCHMARKS.md); `shrink_arena` hands
     unused arena chunks back to the device after each run of a session without a CUDA graph.
     Sessions are created on each component's first call."""
+    if arena_max_dead_mib is not None and not shared_arena:
+        raise InputError("arena_max_dead_mib configures the shared arena: pass shared_arena too")
+    dead = None if arena_max_dead_mib is None else int(float(arena_max_dead_mib) * 2**20)
     _require_cuda()
     b = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
     index = _index(b)
@@ -399,6 +424,7 @@ def load_components(
             shared_arena=shared_arena,
             mem_pattern=mem_pattern,
             shrink_arena=shrink_arena,
+            arena_max_dead_bytes=dead,
             **options,
         )
     return out

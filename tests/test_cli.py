@@ -74,3 +74,24 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys):
     assert main(["export", str(tmp_path / "model.ckpt"), str(tmp_path / "b")]) == 2
     assert "pickle checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_bench_passes_ort_cuda_session_options(monkeypatch):
+    """`latentrt bench` hands provider options, session flags and the shared arena's split
+    threshold to the backend; the threshold alone (no shared arena) is refused."""
+    from latentrt.errors import InputError
+    from latentrt.runtime import bench as bench_mod
+    from latentrt.runtime import ort_cuda
+
+    seen = {}
+
+    def fake_bench(bundle, **kw):
+        seen.update(kw["options"])
+        raise InputError("stop here")
+
+    monkeypatch.setattr(bench_mod, "bench", fake_bench)
+    argv = ["bench", "b", "--shared-arena", "--arena-max-dead-mib", "2", "--option", "a=1"]
+    assert main(argv) == 2
+    assert seen == {"shared_arena": True, "arena_max_dead_mib": 2.0, "a": "1"}
+    with pytest.raises(InputError, match="shared_arena"):
+        ort_cuda.load_components("b", arena_max_dead_mib=2)

@@ -101,13 +101,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _backend_options(
-    pairs: list[str], flags: list[str], arena_max_dead_mib: float | None = None
+    pairs: list[str],
+    flags: list[str],
+    arena_max_dead_mib: float | None = None,
+    cublas_workspace: str | None = None,
 ) -> dict:
     """`--option KEY=VALUE` pairs (ORT CUDA provider options), the session flags
-    (`--shared-arena`, `--mem-pattern`, `--shrink-arena`) and `--arena-max-dead-mib`."""
+    (`--shared-arena`, `--mem-pattern`, `--shrink-arena`), `--arena-max-dead-mib` and
+    `--cublas-workspace` ("none": cuBLAS's own default)."""
     options: dict = {flag: True for flag in flags}
     if arena_max_dead_mib is not None:
         options["arena_max_dead_mib"] = arena_max_dead_mib
+    if cublas_workspace is not None:
+        options["cublas_workspace"] = None if cublas_workspace == "none" else cublas_workspace
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
@@ -127,7 +133,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         batch=args.batch,
         steps=args.steps,
         repeats=args.repeats,
-        options=_backend_options(args.option, args.session_flag or [], args.arena_max_dead_mib),
+        options=_backend_options(
+            args.option, args.session_flag or [], args.arena_max_dead_mib, args.cublas_workspace
+        ),
     )
     print(format_table(result))
     if args.json:
@@ -212,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="MIB",
         help="ort-cuda, with --shared-arena: split a free chunk that exceeds a request by more",
+    )
+    n.add_argument(
+        "--cublas-workspace",
+        metavar="SPEC",
+        help="ort-cuda: CUBLAS_WORKSPACE_CONFIG unless set (default :4096:2; none: cuBLAS's)",
     )
     n.set_defaults(func=cmd_bench)
 

@@ -91,7 +91,36 @@ def test_bench_passes_ort_cuda_session_options(monkeypatch):
 
     monkeypatch.setattr(bench_mod, "bench", fake_bench)
     argv = ["bench", "b", "--shared-arena", "--arena-max-dead-mib", "2", "--option", "a=1"]
-    assert main(argv) == 2
-    assert seen == {"shared_arena": True, "arena_max_dead_mib": 2.0, "a": "1"}
+    assert main([*argv, "--cublas-workspace", ":4096:8"]) == 2
+    assert seen == {
+        "shared_arena": True,
+        "arena_max_dead_mib": 2.0,
+        "a": "1",
+        "cublas_workspace": ":4096:8",
+    }
+    assert main(["bench", "b", "--cublas-workspace", "none"]) == 2
+    assert seen["cublas_workspace"] is None
     with pytest.raises(InputError, match="shared_arena"):
         ort_cuda.load_components("b", arena_max_dead_mib=2)
+    with pytest.raises(InputError, match="KiB:count"):
+        ort_cuda.load_components("b", cublas_workspace="4096")
+
+
+def test_cublas_workspace_is_set_unless_the_environment_sets_it(monkeypatch):
+    """The ort-cuda backend's cuBLAS workspace goes into CUBLAS_WORKSPACE_CONFIG only where the
+    user has not set one and PyTorch (which reads it too) is not loaded; None leaves the
+    environment alone."""
+    import sys
+
+    from latentrt.runtime.ort_cuda import CUBLAS_WORKSPACE, limit_cublas_workspace
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setitem(sys.modules, "torch", sys.modules.get("torch", object()))
+    assert limit_cublas_workspace(":4096:2") is None
+    monkeypatch.delitem(sys.modules, "torch")
+    assert limit_cublas_workspace(None) is None
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert limit_cublas_workspace(CUBLAS_WORKSPACE) == CUBLAS_WORKSPACE == ":4096:2"
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:2"
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    assert limit_cublas_workspace(":4096:2") == ":16:8"

@@ -236,3 +236,52 @@ def test_contrib_skipgroupnorm_matches_torch(tmp_path):
         ref = [t.numpy() for t in m(x, temb)]
     for g, r in zip(got, ref, strict=True):
         assert np.abs(g - r).max() <= 1e-4 * max(1.0, np.abs(r).max())
+
+
+_CUBLAS_PROBE = """
+import sys
+import numpy as np
+from latentrt.runtime.bench import NvmlMemory
+from latentrt.runtime.ort_cuda import CudaComponent
+
+spec = None if sys.argv[2] == "none" else sys.argv[2]
+mem = NvmlMemory()
+c = CudaComponent("matmul", sys.argv[1], cublas_workspace=spec)
+c(x=np.ones((1024, 1024), np.float32))
+print(mem.current() / 2**20, c.info["cublas_workspace"], "torch" in sys.modules)
+"""
+
+
+def test_runtime_caps_cublas_workspace_in_a_process_without_torch(tmp_path):
+    """The cap the runtime sets itself, before its first session, lowers a cuBLAS session's
+    device memory (each process without torch, CUBLAS_WORKSPACE_CONFIG unset at start)."""
+    import os
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.eye(1024, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1024, 1024])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1024, 1024])],
+        [w],
+    )
+    path = tmp_path / "matmul.onnx"
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    used = {}
+    for spec in ("none", ":4096:2"):
+        cmd = [sys.executable, "-P", "-c", _CUBLAS_PROBE, str(path), spec]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        mib, in_effect, torch_loaded = out.split()[-3:]
+        assert torch_loaded == "False"
+        assert in_effect == ("None" if spec == "none" else spec)
+        used[spec] = float(mib)
+    print(used)
+    assert used[":4096:2"] < used["none"] - 16

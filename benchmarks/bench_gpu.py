@@ -629,7 +629,7 @@ def torch_e2e(src: Path, out: Path) -> None:
     phases = {"load": mem.current() / 2**20}  # NVML MiB after each phase of the first run
 
     def phase(name: str) -> None:
-        if mem._thread is not None:
+        if mem.running:  # the first generation only
             torch.cuda.synchronize()
             phases[name] = {"peak": mem.window() / 2**20, "after": mem.current() / 2**20}
 

@@ -98,6 +98,11 @@ class NvmlMemory:
             self.window_peak = max(self.window_peak, used)
             time.sleep(self.interval)
 
+    @property
+    def running(self) -> bool:
+        """Whether the sampler thread is on (between `start()` and `stop()`)."""
+        return self._thread is not None
+
     def window(self) -> int:
         """The peak since the last `window()` call (or start), including now; starts a new one."""
         peak = max(self.window_peak, self.current())

@@ -178,7 +178,7 @@ def _conv_inputs(shape, cout, dtype, channels_last: bool):
     return xs, xin, outs, wt, packed, bias
 
 
-def _fused_calls(xin, outs, packed, bias, layout: str, tile_n=None, stages=None) -> list:
+def _fused_calls(xin, outs, packed, bias, layout: str, tile_n=None, stages=None, **kw) -> list:
     return [
         partial(
             harness.conv3d,
@@ -193,6 +193,7 @@ def _fused_calls(xin, outs, packed, bias, layout: str, tile_n=None, stages=None)
             weights_packed=True,
             tile_n=tile_n,
             stages=stages,
+            **kw,
         )
         for i in range(len(xin))
     ]
@@ -272,6 +273,61 @@ def sweep_conv_tiles(cases, dtype: str = "float16") -> list[str]:
             f"| {t_ref / best:.2f}x | {plan.kernel.split('_ndhwc_')[1]} |"
         )
         print(rows[-1], flush=True)
+        torch.cuda.empty_cache()
+    return rows
+
+
+TMA_SWEEP = [
+    (128, 3, 1),
+    (128, 6, 1),
+    (256, 4, 1),
+    (128, 3, 2),
+    (128, 6, 2),
+    (256, 4, 2),
+    (128, 6, 3),
+    (256, 4, 3),
+]  # (tile_n, stages, splits)
+
+
+def sweep_conv_tma(cases, dtype: str = "float16") -> list[str]:
+    """Channels-last Conv3d: the TMA kernel per forced tile, pipeline and K split, next to the
+    cp.async wgmma kernel's planner choice and pad + cuDNN on the same tensors (Hopper only)."""
+    rows = [
+        "| x | Cout | pad+cuDNN ms | wgmma ms | "
+        + " | ".join(f"n{bn}_s{st}_k{sp} ms" for bn, st, sp in TMA_SWEEP)
+        + " | best TMA / pad+cuDNN | TMA planner | planner ms | planner / pad+cuDNN |",
+        "| --- | --- | --- | --- |" + " --- |" * (len(TMA_SWEEP) + 4),
+    ]
+    torch.backends.cudnn.benchmark = True
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for shape, cout in cases:
+        n, cin, d, h, w = shape
+        if cin % 64 or cout % 8:
+            continue
+        xs, xin, outs, wt, packed, bias = _conv_inputs(shape, cout, getattr(torch, dtype), True)
+        reference = [partial(_pad_conv_torch, x, wt, bias) for x in xs]
+        reference[0]()
+        t_ref = _time_graph(reference)[0]
+        t_wg = _time_graph(_fused_calls(xin, outs, packed, bias, "NDHWC", tma=False))[0]
+        ws = torch.empty(n * d * h * w * cout, device="cuda", dtype=torch.float32)
+        cells, best = [], float("inf")
+        for bn, st, sp in TMA_SWEEP:
+            calls = _fused_calls(
+                xin, outs, packed, bias, "NDHWC", bn, st, tma=True, splits=sp, workspace=ws
+            )
+            t = _time_graph(calls)[0]
+            best = min(best, t)
+            cells.append(f"{t:.4f}")
+        plan = harness.conv3d_tma_plan(dtype, n, cin, cout, (3, 3, 3), (d, h, w), sms)
+        t_plan = _time_graph(_fused_calls(xin, outs, packed, bias, "NDHWC", workspace=ws))[0]
+        rows.append(
+            f"| {'x'.join(map(str, shape))} | {cout} | {t_ref:.4f} | {t_wg:.4f} "
+            f"| {' | '.join(cells)} | {t_ref / best:.2f}x "
+            f"| n{plan.tile_n}_s{plan.kernel[-1]}_k{plan.splits} | {t_plan:.4f} "
+            f"| {t_ref / t_plan:.2f}x |"
+        )
+        print(rows[-1], flush=True)
+        del ws
         torch.cuda.empty_cache()
     return rows
 
@@ -362,6 +418,7 @@ def main() -> None:
     ap.add_argument(
         "--conv-sweep", action="store_true", help="the Hopper wgmma Conv3d variant sweep only"
     )
+    ap.add_argument("--conv-tma", action="store_true", help="the TMA Conv3d kernel sweep only")
     args = ap.parse_args()
     if args.profile:
         profile_once()
@@ -392,6 +449,9 @@ def main() -> None:
     if args.conv_sweep:
         print("\n".join(sweep_conv_tiles(conv_cases)))
         return
+    if args.conv_tma:
+        print("\n".join(sweep_conv_tma(conv_cases + TMA_EXTRA_CASES)))
+        return
     if args.conv_only:
         conv_tables(conv_cases)
         return
@@ -409,6 +469,10 @@ def main() -> None:
     print()
     print("\n".join(sweep))
     conv_tables(conv_cases)
+
+
+# Wider frames for the TMA sweep (non-power-of-two widths: 104 and 208 positions).
+TMA_EXTRA_CASES = [((1, 384, 5, 60, 104), 384), ((1, 192, 9, 120, 208), 192)]
 
 
 def conv_tables(conv_cases) -> None:

@@ -7,6 +7,7 @@ torch is never imported here). CuPy is imported lazily: this module imports with
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import os
@@ -437,6 +438,142 @@ def conv3d_plan(
     )
 
 
+TMA_VARIANTS = ((128, 3), (128, 6), (256, 4))  # (tile_n, stages); (128, 3) fits two CTAs per SM
+
+
+@dataclass(frozen=True)
+class TmaPlan:
+    """Launch plan of the TMA-fed Conv3d kernel (conv3d_tma in conv3d.cu)."""
+
+    kernel: str
+    grid: tuple[int, int, int]
+    smem: int
+    tile_n: int
+    bw_log2: int
+    tiles_h: int
+    tiles_w: int
+    k_per_split: int
+
+    @property
+    def splits(self) -> int:
+        return self.grid[2]
+
+
+def tma_smem_bytes(tile_n: int, stages: int) -> int:
+    """Dynamic shared memory of the TMA kernel (TmaTiles<BN, STAGES>::SMEM_BYTES)."""
+    return stages * (128 + tile_n) * 128 + 1024 + 16 * stages
+
+
+def tma_box(ho: int, wo: int) -> tuple[int, int, int]:
+    """(log2 BW, tiles_h, tiles_w): the BH x BW box of 128 output positions that covers an
+    Ho x Wo frame with the fewest idle positions (the wider box on a tie)."""
+    best = None
+    for lg in (7, 6, 5, 4, 3):
+        bw, bh = 1 << lg, 128 >> lg
+        th, tw = -(-ho // bh), -(-wo // bw)
+        if best is None or th * bh * tw * bw < best[0]:
+            best = (th * bh * tw * bw, lg, th, tw)
+    return best[1], best[2], best[3]
+
+
+def tma_supported(
+    dtype: str,
+    channels_last: bool,
+    cin: int,
+    cout: int,
+    strides: Sequence[int],
+    dilations: Sequence[int],
+) -> bool:
+    """Whether the TMA kernel covers the case (a Hopper GPU is checked by the caller)."""
+    return (
+        dtype in ("float16", "bfloat16")
+        and channels_last
+        and cin % 64 == 0
+        and cout % 8 == 0
+        and tuple(strides) == (1, 1, 1)
+        and tuple(dilations) == (1, 1, 1)
+    )
+
+
+def conv3d_tma_plan(
+    dtype: str,
+    n: int,
+    cin: int,
+    cout: int,
+    kernel: Sequence[int],
+    out_shape: Sequence[int],
+    sms: int,
+    tile_n: int | None = None,
+    stages: int | None = None,
+    splits: int | None = None,
+) -> TmaPlan:
+    """Tile, pipeline and K split of the TMA kernel; the arguments force them (sweeps)."""
+    do, ho, wo = out_shape
+    lg, th, tw = tma_box(ho, wo)
+    tiles_m = n * do * th * tw
+    bn = 128 if tile_n is None else tile_n
+    if stages is None:  # two CTAs per SM where the grid fills the GPU, else the deep pipeline
+        stages = (3 if tiles_m * -(-cout // 128) > sms else 6) if bn == 128 else 4
+    if (bn, stages) not in TMA_VARIANTS:
+        raise InputError(f"(tile_n, stages) must be one of {TMA_VARIANTS}, got {(bn, stages)}")
+    nk = kernel[0] * kernel[1] * kernel[2] * cin // 64
+    per = -(-nk // (splits or 1))
+    grid = (tiles_m, -(-cout // bn), -(-nk // per))
+    return TmaPlan(
+        f"latentrt_conv3d_tma_ndhwc_{_SUFFIX[dtype]}_n{bn}_s{stages}",
+        grid,
+        tma_smem_bytes(bn, stages),
+        bn,
+        lg,
+        th,
+        tw,
+        per,
+    )
+
+
+def _conv3d_tma(
+    xd: _Dev,
+    pd: _Dev,
+    bptr: int,
+    yd: _Dev,
+    geometry: tuple[int, ...],
+    plan: TmaPlan,
+    workspace: Any,
+    stream: Any,
+) -> None:
+    """Launch the TMA kernel (and, when K is split, the memset and finalize around it)."""
+    from latentrt.plugins import driver
+
+    n, cin, d, h, w, cout, kt, kh, kw, do, ho, wo, pt, ph, pw, replicate = geometry
+    ta = driver.encode_tiled(
+        xd.ptr, (cin, w, h, d, n), (64, 1 << plan.bw_log2, 128 >> plan.bw_log2, 1, 1)
+    )
+    tb = driver.encode_tiled(pd.ptr, (kt * kh * kw * cin, cout), (64, plan.tile_n))
+    total = n * do * ho * wo * cout
+    mod = _module_sm90a("conv3d.cu")
+    kern = mod.get_function(plan.kernel)
+    kern.max_dynamic_shared_size_bytes = plan.smem
+    cupy = _cupy()
+    with _stream(stream) as st:
+        wsptr = 0
+        if plan.splits > 1:  # allocated in the stream's pool arena: freed in stream order
+            ws = cupy.empty(total, dtype=np.float32) if workspace is None else workspace
+            wsd = _describe(ws, "workspace")
+            if wsd.dtype != "float32" or int(np.prod(wsd.shape)) < total:
+                raise InputError(f"workspace must be float32 with at least {total} elements")
+            wsptr = wsd.ptr
+            cupy.cuda.runtime.memsetAsync(wsptr, 0, total * 4, st.ptr)
+        c64, c32 = ctypes.c_uint64, ctypes.c_int32
+        ints = [cin, cout, kt, kh, kw, do, ho, wo, pt, ph, pw, replicate]
+        ints += [plan.bw_log2, plan.tiles_h, plan.tiles_w, plan.k_per_split]
+        args = [ta, tb, c64(bptr), c64(yd.ptr), c64(wsptr)] + [c32(v) for v in ints]
+        driver.launch(kern.ptr, plan.grid, 288, plan.smem, st.ptr, args)
+        if wsptr:
+            fin = mod.get_function(f"latentrt_conv3d_splitk_finalize_{_SUFFIX[xd.dtype]}")
+            blocks = min(-(-total // 1024), 132 * 16)
+            fin((blocks,), (256,), (_p(wsptr), _p(bptr), _p(yd.ptr), np.int64(total), _i(cout)))
+
+
 def pack_conv3d_weights(w: Any, out: Any = None, stream: Any = None) -> Any:
     """Repack (Cout, Cin, kT, kH, kW) weights to the kernels' (Cout, kT, kH, kW, Cin)."""
     wd = _describe(w, "w")
@@ -469,12 +606,17 @@ def conv3d(
     weights_packed: bool = False,
     tile_n: int | None = None,
     stages: int | None = None,
+    tma: bool | None = None,
+    splits: int | None = None,
+    workspace: Any = None,
 ) -> Any:
     """Conv3d with fused causal padding on the GPU; returns `out` (allocated when None).
 
     w is (Cout, Cin, kT, kH, kW), or (Cout, kT, kH, kW, Cin) from pack_conv3d_weights when
-    weights_packed is True (as a plugin would hold constant weights). `tile_n` and `stages` force
-    the wgmma kernel's output-channel tile and pipeline (benchmark sweeps only).
+    weights_packed is True (as a plugin would hold constant weights). On Hopper the TMA kernel
+    runs where it applies (`tma` False forbids it, True demands it); `tile_n`, `stages` and
+    `splits` (K slices, summed in a float32 `workspace` allocated when None) force the tile,
+    pipeline and split of the kernel chosen (benchmark sweeps).
     """
     cupy = _cupy()
     if layout not in ("NCDHW", "NDHWC"):
@@ -512,6 +654,22 @@ def conv3d(
     yd = _output(xd, oshape, out, "out")
     dev = cupy.cuda.runtime.getDevice()
     sms, _ = _device_limits(dev)
+    aligned = xd.ptr % 16 == 0 and pd.ptr % 16 == 0 and yd.ptr % 16 == 0
+    hopper = _has_wgmma(dev)
+    use_tma = hopper and aligned and tma_supported(xd.dtype, last, cin, cout, strides, dilations)
+    if tma and not use_tma:
+        raise InputError(
+            "the TMA kernel needs a Hopper GPU, fp16/bf16 NDHWC, Cin % 64 == 0, Cout % 8 == 0, "
+            "stride and dilation 1 and 16-byte-aligned buffers"
+        )
+    if use_tma and tma is not False:
+        tplan = conv3d_tma_plan(
+            xd.dtype, n, cin, cout, (kt, kh, kw), (do, ho, wo), sms, tile_n, stages, splits
+        )
+        geometry = (n, cin, d, h, wd_, cout, kt, kh, kw, do, ho, wo, p[0], p[1], p[2])
+        rep = 1 if causal_time == 2 else 0
+        _conv3d_tma(xd, pd, bptr, yd, (*geometry, rep), tplan, workspace, stream)
+        return yd.obj
     plan = conv3d_plan(
         xd.dtype,
         last,

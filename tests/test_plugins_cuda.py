@@ -175,6 +175,35 @@ def test_conv3d_wgmma_every_tile(harness, gen, tile_n, stages, dtype):
     _check(out, ref, dtype)
 
 
+TMA_CASES = [
+    # (N, Cin, D, H, W), Cout, kernel, pads, causal: partial boxes (12 x 20 frames in 4 x 32 or
+    # 8 x 16 boxes), Cout 192 (an idle half tile at n128, zero-filled B rows at n256), replicate
+    # and zero causal padding, and a (1, 3, 3) kernel with symmetric pads and no causal time.
+    ((2, 128, 5, 12, 20), 192, (3, 3, 3), (0, 1, 1, 0, 1, 1), 1),
+    ((2, 128, 5, 12, 20), 192, (3, 3, 3), (0, 1, 1, 0, 1, 1), 2),
+    ((1, 64, 4, 9, 33), 64, (1, 3, 3), (0, 1, 1, 0, 1, 1), 0),
+]
+
+
+@pytest.mark.skipif(not HOPPER, reason="the TMA kernel needs an sm_90 GPU")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize(("tile_n", "stages"), [(128, 3), (128, 6), (256, 4)])
+@pytest.mark.parametrize("case", TMA_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-c{c[4]}")
+def test_conv3d_tma_every_variant(harness, gen, case, tile_n, stages, splits, dtype):
+    shape, cout, k, pads, causal = case
+    x = _rand((shape[0], *shape[2:], shape[1]), dtype, gen)
+    w = _rand((cout, shape[1], *k), dtype, gen, (shape[1] * k[0] * k[1] * k[2]) ** -0.5)
+    b = _rand((cout,), dtype, gen, 0.1)
+    ref = _conv_ref(x, w, b, pads, (1, 1, 1), (1, 1, 1), causal, True)
+    out = _poisoned(tuple(ref.shape), dtype)
+    harness.conv3d(
+        x, w, b, pads, causal_time=causal, layout="NDHWC", out=out, tma=True,
+        tile_n=tile_n, stages=stages, splits=splits,
+    )  # fmt: skip
+    _check(out, ref, dtype)
+
+
 def test_conv3d_without_bias_and_prepacked_weights(harness, gen):
     x = _rand((1, 64, 5, 16, 16), "float16", gen)
     w = _rand((64, 64, 3, 3, 3), "float16", gen, 0.05)

@@ -176,6 +176,29 @@ def test_conv3d_plan_picks_wgmma_only_where_it_applies():
         harness.conv3d_plan("float16", True, 1, 96, 96, 27, 4096, True, sms, True, 96, 6)
 
 
+def test_tma_plan_boxes_tiles_and_splits():
+    # Frames are covered by 128-position boxes with the fewest idle positions, wider on a tie.
+    assert harness.tma_box(32, 32) == (5, 8, 1)  # 4 x 32 boxes
+    assert harness.tma_box(128, 128) == (7, 128, 1)
+    assert harness.tma_box(90, 160) == (5, 23, 5)  # 4 x 32: 92 x 160 covered, not 96 x 256
+    assert harness.tma_supported("float16", True, 384, 384, (1, 1, 1), (1, 1, 1))
+    assert not harness.tma_supported("float16", True, 96, 96, (1, 1, 1), (1, 1, 1))  # Cin % 64
+    assert not harness.tma_supported("float16", False, 384, 384, (1, 1, 1), (1, 1, 1))
+    assert not harness.tma_supported("float16", True, 128, 128, (2, 2, 2), (1, 1, 1))
+    assert not harness.tma_supported("float32", True, 128, 128, (1, 1, 1), (1, 1, 1))
+    p = harness.conv3d_tma_plan("float16", 1, 128, 128, (3, 3, 3), (9, 128, 128), 132)
+    assert p.kernel == "latentrt_conv3d_tma_ndhwc_f16_n128_s3"
+    assert p.grid == (9 * 128, 1, 1) and p.smem == harness.tma_smem_bytes(128, 3)
+    assert 2 * p.smem <= 228 * 1024  # two CTAs per SM
+    p = harness.conv3d_tma_plan("bfloat16", 1, 512, 512, (3, 3, 3), (5, 32, 32), 132, 256, 4, 3)
+    assert p.kernel == "latentrt_conv3d_tma_ndhwc_bf16_n256_s4"
+    assert p.grid == (40, 2, 3) and p.k_per_split == 72 and p.splits == 3  # 216 K steps
+    p = harness.conv3d_tma_plan("float16", 1, 64, 64, (1, 3, 3), (4, 9, 33), 132, splits=4)
+    assert (p.k_per_split, p.splits) == (3, 3)  # 9 steps: no empty slice
+    with pytest.raises(InputError):
+        harness.conv3d_tma_plan("float16", 1, 64, 64, (3, 3, 3), (4, 9, 33), 132, 256, 3)
+
+
 def test_groupnorm_plan_unet_and_fallback():
     # H100: 132 SMs, 227 KB opt-in shared memory per block.
     sms, optin = 132, 232448

@@ -427,6 +427,14 @@ __device__ __forceinline__ void fence_proxy_async() {
 #define LRT_D32 LRT_D8(0), LRT_D8(8), LRT_D8(16), LRT_D8(24)
 #define LRT_D48 LRT_D32, LRT_D8(32), LRT_D8(40)
 #define LRT_D64 LRT_D48, LRT_D8(48), LRT_D8(56)
+#define LRT_R64 "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79"
+#define LRT_R80 "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+#define LRT_R96 \
+  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111"
+#define LRT_R112 \
+  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+#define LRT_D128 LRT_D64, LRT_D8(64), LRT_D8(72), LRT_D8(80), LRT_D8(88), LRT_D8(96), LRT_D8(104), \
+                 LRT_D8(112), LRT_D8(120)
 
 // d (N/2 fp32 per thread) += A (64 x 16) * B (16 x N), both read from shared memory.
 template <typename T, int N>
@@ -447,9 +455,55 @@ struct Wgmma;
   LRT_WGMMA(T, PTX_T, 64, LRT_R0 ", " LRT_R16, "%32", "%33", "%34", LRT_D32)                 \
   LRT_WGMMA(T, PTX_T, 96, LRT_R0 ", " LRT_R16 ", " LRT_R32, "%48", "%49", "%50", LRT_D48)    \
   LRT_WGMMA(T, PTX_T, 128, LRT_R0 ", " LRT_R16 ", " LRT_R32 ", " LRT_R48, "%64", "%65", "%66", \
-            LRT_D64)
+            LRT_D64)                                                                          \
+  LRT_WGMMA(T, PTX_T, 256,                                                                    \
+            LRT_R0 ", " LRT_R16 ", " LRT_R32 ", " LRT_R48 ", " LRT_R64 ", " LRT_R80 ", " LRT_R96 \
+                   ", " LRT_R112,                                                             \
+            "%128", "%129", "%130", LRT_D128)
 LRT_WGMMA_DTYPE(__half, "f16")
 LRT_WGMMA_DTYPE(__nv_bfloat16, "bf16")
+
+// mbarrier and TMA (cp.async.bulk.tensor) primitives of the TMA-fed kernel.
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+// Arrives once and adds `bytes` to the transaction count the phase waits for.
+__device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+// Spins until the phase of the given parity has completed.
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+  unsigned done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+__device__ __forceinline__ void tma_load_2d(unsigned dst, const void* map, unsigned bar, int c0,
+                                            int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
+      "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_5d(unsigned dst, const void* map, unsigned bar, int c0,
+                                            int c1, int c2, int c3, int c4) {
+  asm volatile(
+      "cp.async.bulk.tensor.5d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5, %6}], [%7];" ::"r"(dst),
+      "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3),
+      "r"(c4), "r"(bar)
+      : "memory");
+}
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
@@ -624,6 +678,179 @@ __device__ __forceinline__ void conv3d_wgmma(const T* __restrict__ x, const T* _
 #endif
 }
 
+// ---- Hopper (sm_90a) implicit GEMM fed by TMA, warp-specialized --------------------------------
+//
+// Channels-last, stride 1, dilation 1, Cin % 64 == 0. A CTA's 128 output positions are a BH x BW
+// box of one output frame, so one tap's A tile is the same box of the input shifted by the tap: a
+// 5-D TMA tile (C, W, H, T, N) of 64 channels. Coordinates outside the input (spatial and causal
+// zero padding) arrive as zeros; replicate padding clamps the frame coordinate, which is uniform
+// over the box. B (packed weights, a [Cout, K] matrix) is a 2-D TMA tile. One producer thread
+// issues both loads of a K step onto an mbarrier ring of STAGES; two consumer warpgroups (64
+// positions each) wait for a stage, issue wgmma, keep one group in flight and release the stage
+// before it. No thread computes a gather address and no barrier spans the CTA inside the loop.
+// Split-K: with `ws` set, grid.z slices K and each CTA adds its fp32 partial sums into ws, which
+// latentrt_conv3d_splitk_finalize turns into y (plus bias).
+
+struct alignas(64) TmaDesc {  // a CUtensorMap: 128 opaque bytes from cuTensorMapEncodeTiled
+  unsigned long long v[16];
+};
+
+struct TmaConvShape {
+  int Cin, Cout, kT, kH, kW;
+  int Do, Ho, Wo;
+  int pt, ph, pw;
+  int replicate;
+  int bw_log2;           // box width BW = 1 << bw_log2 positions; BH = 128 / BW rows
+  int tiles_h, tiles_w;  // boxes per frame
+  int k_per_split;       // K steps (64 channels of one tap) per grid.z slice
+};
+
+template <int BN, int STAGES_>
+struct TmaTiles {
+  static constexpr int BM = 128;
+  static constexpr int BK = 64;
+  static constexpr int A_BYTES = BM * BK * 2;
+  static constexpr int B_BYTES = BN * BK * 2;
+  static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;  // multiples of 1024: swizzle-aligned
+  static constexpr int STAGES = STAGES_;
+  static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
+  static constexpr int THREADS = 288;  // two consumer warpgroups + one producer warp
+};
+
+template <typename T, int BN, int STAGES_>
+__device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
+                                           const T* __restrict__ bias, T* __restrict__ y,
+                                           float* __restrict__ ws, const TmaConvShape s) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Tiles = TmaTiles<BN, STAGES_>;
+  constexpr int STAGES = Tiles::STAGES;
+  extern __shared__ __align__(1024) unsigned char tma_smem[];
+  const unsigned base = (shared_address(tma_smem) + 1023u) & ~1023u;
+  const unsigned full0 = base + STAGES * Tiles::STAGE_BYTES;  // STAGES "landed" barriers
+  const unsigned empty0 = full0 + STAGES * 8;                 // STAGES "consumed" barriers
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    for (int i = 0; i < STAGES; ++i) {
+      mbar_init(full0 + 8 * i, 1);
+      mbar_init(empty0 + 8 * i, 256);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  // blockIdx.x = ((n * Do + to) * tiles_h + th) * tiles_w + tw
+  int bx = blockIdx.x;
+  const int tw = bx % s.tiles_w;
+  bx /= s.tiles_w;
+  const int th = bx % s.tiles_h;
+  bx /= s.tiles_h;
+  const int to = bx % s.Do;
+  const int n = bx / s.Do;
+  const int h0 = th * (128 >> s.bw_log2), w0 = tw << s.bw_log2;
+  const int co0 = blockIdx.y * BN;
+  const int chunks = s.Cin >> 6;
+  const int hw = s.kH * s.kW;
+  const int nk = s.kT * hw * chunks;
+  const int k0 = blockIdx.z * s.k_per_split;
+  const int steps = min(nk, k0 + s.k_per_split) - k0;
+
+  if (tid >= 256) {  // producer warp: one thread issues every load
+    if (tid == 256) {
+      for (int i = 0; i < steps; ++i) {
+        const int stage = i % STAGES;
+        if (i >= STAGES) mbar_wait(empty0 + 8 * stage, (i / STAGES - 1) & 1);
+        const unsigned full = full0 + 8 * stage;
+        mbar_expect_tx(full, Tiles::STAGE_BYTES);
+        const int ks = k0 + i;
+        const int tap = ks / chunks;
+        const int ci = (ks - tap * chunks) << 6;
+        const int kt = tap / hw;
+        const int kh = (tap - kt * hw) / s.kW;
+        const int kw = tap - kt * hw - kh * s.kW;
+        int ti = to - s.pt + kt;
+        if (ti < 0 && s.replicate) ti = 0;
+        const unsigned as = base + stage * Tiles::STAGE_BYTES;
+        tma_load_5d(as, &ta, full, ci, w0 - s.pw + kw, h0 - s.ph + kh, ti, n);
+        tma_load_2d(as + Tiles::A_BYTES, &tb, full, tap * s.Cin + ci, co0);
+      }
+    }
+    return;
+  }
+
+  const int wg = tid >> 7;  // consumer warpgroup: positions 64 * wg ...
+  float acc[BN / 2];
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
+  for (int i = 0; i < steps; ++i) {
+    const int stage = i % STAGES;
+    mbar_wait(full0 + 8 * stage, (i / STAGES) & 1);
+    const unsigned a_addr = base + stage * Tiles::STAGE_BYTES + wg * 64 * 128;
+    const unsigned b_addr = base + stage * Tiles::STAGE_BYTES + Tiles::A_BYTES;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      Wgmma<T, BN>::run(acc, wgmma_desc(a_addr + kk * 32), wgmma_desc(b_addr + kk * 32));
+    wgmma_commit();
+    wgmma_wait<1>();  // step i - 1 has finished reading its stage
+    if (i > 0) mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
+  }
+  wgmma_wait<0>();
+
+  // Accumulator layout as in conv3d_wgmma; row r of the tile is box position (r / BW, r % BW).
+  const int lane = tid & 31;
+  const int row0 = wg * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2);
+  const int bw_mask = (1 << s.bw_log2) - 1;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = row0 + 8 * half;
+    const int ho = h0 + (r >> s.bw_log2), wo = w0 + (r & bw_mask);
+    if (ho >= s.Ho || wo >= s.Wo) continue;
+    const long long p = ((static_cast<long long>(n) * s.Do + to) * s.Ho + ho) * s.Wo + wo;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+      const int co = co0 + 8 * j + 2 * (lane & 3);
+      if (co >= s.Cout) continue;
+      const float a = acc[4 * j + 2 * half], b = acc[4 * j + 2 * half + 1];
+      if (ws != nullptr) {
+        atomicAdd(ws + p * s.Cout + co, a);
+        atomicAdd(ws + p * s.Cout + co + 1, b);
+      } else {
+        const float b0 = bias != nullptr ? to_f32(bias[co]) : 0.0f;
+        const float b1 = bias != nullptr ? to_f32(bias[co + 1]) : 0.0f;
+        store_pair(y + p * s.Cout + co, a + b0, b + b1);
+      }
+    }
+  }
+#else
+  (void)ta;
+  (void)tb;
+  (void)bias;
+  (void)y;
+  (void)ws;
+  (void)s;
+  __trap();  // compiled for a target without wgmma/TMA; the launchers never pick this kernel there
+#endif
+}
+
+// y = ws + bias, converted to T: the last pass of split-K (4 elements per thread and step).
+template <typename T>
+__device__ __forceinline__ void conv3d_splitk_finalize(const float* __restrict__ ws,
+                                                       const T* __restrict__ bias,
+                                                       T* __restrict__ y, long long total,
+                                                       int cout) {
+  for (long long i = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
+       i < total; i += static_cast<long long>(gridDim.x) * blockDim.x * 4) {
+    const float4 v = *reinterpret_cast<const float4*>(ws + i);
+    const int co = static_cast<int>(i % cout);
+    Pack<T, 4> o;
+    o.v[0] = from_f32<T>(v.x + (bias != nullptr ? to_f32(bias[co]) : 0.0f));
+    o.v[1] = from_f32<T>(v.y + (bias != nullptr ? to_f32(bias[co + 1]) : 0.0f));
+    o.v[2] = from_f32<T>(v.z + (bias != nullptr ? to_f32(bias[co + 2]) : 0.0f));
+    o.v[3] = from_f32<T>(v.w + (bias != nullptr ? to_f32(bias[co + 3]) : 0.0f));
+    *reinterpret_cast<Pack<T, 4>*>(y + i) = o;
+  }
+}
+
 }  // namespace latentrt
 
 // Kernel entry points (grid: x = position tiles, y = output-channel tiles, z = batch):
@@ -675,6 +902,25 @@ __device__ __forceinline__ void conv3d_wgmma(const T* __restrict__ x, const T* _
                                                     T* y, LRT_CONV_PARAMS) {                  \
     latentrt::conv3d_wgmma<T, 128, S>(x, wp, bias, y, LRT_CONV_SHAPE);                        \
   }
+#define LRT_CONV_TMA_SHAPE                                                                   \
+  latentrt::TmaConvShape {                                                                   \
+    Cin, Cout, kT, kH, kW, Do, Ho, Wo, pt, ph, pw, replicate, bw_log2, tiles_h, tiles_w,     \
+        k_per_split                                                                          \
+  }
+#define LRT_CONV_TMA(T, SUF, BN, S, MINB)                                                    \
+  extern "C" __global__ void __launch_bounds__(288, MINB)                                    \
+      latentrt_conv3d_tma_ndhwc_##SUF##_n##BN##_s##S(                                        \
+          const __grid_constant__ latentrt::TmaDesc ta,                                      \
+          const __grid_constant__ latentrt::TmaDesc tb, const T* bias, T* y, float* ws,      \
+          int Cin, int Cout, int kT, int kH, int kW, int Do, int Ho, int Wo, int pt, int ph, \
+          int pw, int replicate, int bw_log2, int tiles_h, int tiles_w, int k_per_split) {   \
+    latentrt::conv3d_tma<T, BN, S>(ta, tb, bias, y, ws, LRT_CONV_TMA_SHAPE);                 \
+  }
+#define LRT_CONV_FINALIZE(T, SUF)                                                             \
+  extern "C" __global__ void latentrt_conv3d_splitk_finalize_##SUF(                           \
+      const float* ws, const T* bias, T* y, long long total, int cout) {                      \
+    latentrt::conv3d_splitk_finalize<T>(ws, bias, y, total, cout);                            \
+  }
 #define LRT_CONV_DTYPE(T, SUF)                                       \
   LRT_CONV_PACK(T, SUF)                                              \
   LRT_CONV_DIRECT(T, SUF, latentrt::kLayoutChannelsFirst, ncdhw)     \
@@ -687,7 +933,11 @@ __device__ __forceinline__ void conv3d_wgmma(const T* __restrict__ x, const T* _
   LRT_CONV_WGMMA(T, SUF, 64)                                         \
   LRT_CONV_WGMMA(T, SUF, 96)                                         \
   LRT_CONV_WGMMA(T, SUF, 128)                                        \
-  LRT_CONV_WGMMA_DEEP(T, SUF, 6)
+  LRT_CONV_WGMMA_DEEP(T, SUF, 6)                                     \
+  LRT_CONV_TMA(T, SUF, 128, 3, 2)                                    \
+  LRT_CONV_TMA(T, SUF, 128, 6, 1)                                    \
+  LRT_CONV_TMA(T, SUF, 256, 4, 1)                                    \
+  LRT_CONV_FINALIZE(T, SUF)
 
 LRT_CONV_DTYPE(float, f32)
 LRT_CONV_DTYPE(__half, f16)

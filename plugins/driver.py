@@ -1,0 +1,93 @@
+"""CUDA driver-API calls the TMA-fed kernels need, through ctypes on libcuda.
+
+A kernel that takes a CUtensorMap by value (`const __grid_constant__`) cannot be launched
+through CuPy's argument packing, so these kernels are launched with cuLaunchKernel directly;
+the tensor maps come from cuTensorMapEncodeTiled. Nothing here imports CuPy or torch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Sequence
+
+from latentrt.errors import BackendError
+
+__all__ = ["TensorMap", "encode_tiled", "launch"]
+
+# CUtensorMapDataType / Swizzle / L2promotion values (cuda.h); 16-bit elements move as UINT16,
+# whose out-of-range fill (zero bits) is +0.0 in fp16 and bf16 alike.
+_U16 = 1
+_SWIZZLE_128B = 3
+_L2_PROMOTION_128B = 2
+
+
+class TensorMap(ctypes.Structure):
+    """CUtensorMap: 128 opaque bytes, passed to a kernel by value."""
+
+    _fields_ = [("opaque", ctypes.c_uint64 * 16)]
+
+
+@functools.cache
+def _libcuda() -> ctypes.CDLL:
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError as exc:
+        raise BackendError(f"the TMA kernels need the CUDA driver (libcuda.so.1): {exc}") from exc
+    u32, u64, vp = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_void_p
+    lib.cuTensorMapEncodeTiled.argtypes = [
+        ctypes.POINTER(TensorMap), ctypes.c_int, u32, vp, ctypes.POINTER(u64),
+        ctypes.POINTER(u64), ctypes.POINTER(u32), ctypes.POINTER(u32),
+        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+    ]  # fmt: skip
+    lib.cuTensorMapEncodeTiled.restype = ctypes.c_int
+    lib.cuLaunchKernel.argtypes = [vp, u32, u32, u32, u32, u32, u32, u32, vp, vp, vp]
+    lib.cuLaunchKernel.restype = ctypes.c_int
+    return lib
+
+
+def encode_tiled(ptr: int, dims: Sequence[int], box: Sequence[int]) -> TensorMap:
+    """Tensor map of a dense 16-bit tensor, `dims` innermost first, loaded in `box` tiles with
+    128-byte swizzling (the layout wgmma reads); coordinates outside `dims` read as zeros."""
+    rank = len(dims)
+    strides, acc = [], 2
+    for d in dims[:-1]:
+        acc *= int(d)
+        strides.append(acc)
+    tmap = TensorMap()
+    err = _libcuda().cuTensorMapEncodeTiled(
+        ctypes.byref(tmap),
+        _U16,
+        rank,
+        ctypes.c_void_p(ptr),
+        (ctypes.c_uint64 * rank)(*dims),
+        (ctypes.c_uint64 * max(rank - 1, 1))(*strides),
+        (ctypes.c_uint32 * rank)(*box),
+        (ctypes.c_uint32 * rank)(*([1] * rank)),
+        0,
+        _SWIZZLE_128B,
+        _L2_PROMOTION_128B,
+        0,
+    )
+    if err:
+        raise BackendError(
+            f"cuTensorMapEncodeTiled failed (CUresult {err}) for dims {list(dims)}, box {list(box)}"
+        )
+    return tmap
+
+
+def launch(
+    function: int,
+    grid: Sequence[int],
+    block: int,
+    smem: int,
+    stream: int,
+    args: Sequence[ctypes._SimpleCData | ctypes.Structure],
+) -> None:
+    """cuLaunchKernel on a CUfunction handle with ctypes-typed arguments, in kernel order."""
+    params = (ctypes.c_void_p * len(args))(*(ctypes.addressof(a) for a in args))
+    err = _libcuda().cuLaunchKernel(
+        ctypes.c_void_p(function), *grid, block, 1, 1, smem, ctypes.c_void_p(stream), params, None
+    )
+    if err:
+        raise BackendError(f"cuLaunchKernel failed (CUresult {err})")

@@ -280,9 +280,17 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
         (CONV_CASES[3], "NCDHW", "float32"),
         (CONV_CASES[3], "NDHWC", "float16"),
         (CONV_CASES[6], "NDHWC", "float16"),
+        (CONV_CASES[1], "NDHWC", "float16"),
     ],
-    # tc-ndhwc: on Hopper (sm_90a library) the deep wgmma pipeline (120 CTAs <= 132 SMs).
-    ids=["tc-ncdhw", "tc-ndhwc", "direct-ncdhw", "direct-ndhwc", "wgmma-or-direct-ndhwc"],
+    # On Hopper (sm_90a library): 384 channels run the TMA kernel, 96 the cp.async wgmma one.
+    ids=[
+        "tc-ncdhw",
+        "tma-or-tc-ndhwc",
+        "direct-ncdhw",
+        "direct-ndhwc",
+        "wgmma-or-direct-ndhwc",
+        "wgmma-or-tc-ndhwc-replicate",
+    ],  # fmt: skip
 )
 def test_c_launcher_conv3d(launcher_lib, gen, case, layout, dtype):
     shape, cout, k, pads, strides, dil, causal = case

@@ -947,6 +947,10 @@ LRT_CONV_TC(__nv_bfloat16, bf16)
 
 #ifndef __CUDACC_RTC__
 
+#if defined(LATENTRT_SM90A)
+#include <cuda.h>  // CUtensorMap and its enums; the encoder is fetched from the driver at run time
+#endif
+
 namespace {
 
 struct ConvGeometry {
@@ -992,6 +996,7 @@ struct ConvKernels<float> {
   }
   static void* igemm(int, int) { return nullptr; }
   static void* wgmma(int, bool) { return nullptr; }
+  static void* tma(int, int) { return nullptr; }
   static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_f32); }
 };
 template <>
@@ -1012,6 +1017,11 @@ struct ConvKernels<__half> {
     return bn == 128 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n128)
            : bn == 96 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n96)
                       : reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n64);
+  }
+  static void* tma(int bn, int stages) {
+    if (bn == 256) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_n256_s4);
+    return stages == 6 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_n128_s6)
+                       : reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_n128_s3);
   }
   static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_f16); }
 };
@@ -1034,6 +1044,11 @@ struct ConvKernels<__nv_bfloat16> {
            : bn == 96 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n96)
                       : reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n64);
   }
+  static void* tma(int bn, int stages) {
+    if (bn == 256) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_n256_s4);
+    return stages == 6 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_n128_s6)
+                       : reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_n128_s3);
+  }
   static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_bf16); }
 };
 
@@ -1049,6 +1064,95 @@ int wgmma_tile_n(int cout) {
 // The deep pipeline (6 stages, one CTA per SM) where 128-wide tiles leave at most one CTA per SM
 // (H100, 1x384x5x32x32 fp16: 0.124 vs 0.129 ms; on grids of two or more CTAs per SM it is slower).
 bool wgmma_deep(long long ctas, int bn, int sms) { return bn == 128 && ctas <= sms; }
+
+// ---- TMA kernel: tensor maps and plan (mirror conv3d_tma_plan in plugins/harness.py) ----
+static_assert(sizeof(CUtensorMap) == sizeof(latentrt::TmaDesc), "CUtensorMap is 128 bytes");
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no link against libcuda).
+EncodeTiled encode_tiled_fn() {
+  static const EncodeTiled fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    const cudaError_t e =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q);
+    return e == cudaSuccess && q == cudaDriverEntryPointSuccess ? reinterpret_cast<EncodeTiled>(p)
+                                                                : nullptr;
+  }();
+  return fn;
+}
+
+// A dense 16-bit tensor (dims innermost first) in box tiles, 128-byte swizzled, zero fill.
+bool encode_tiled(CUtensorMap* map, const void* ptr, int rank, const cuuint64_t* dims,
+                  const cuuint32_t* box) {
+  const EncodeTiled fn = encode_tiled_fn();
+  if (fn == nullptr) return false;
+  cuuint64_t strides[4];
+  cuuint64_t acc = 2;
+  for (int i = 0; i + 1 < rank; ++i) strides[i] = acc *= dims[i];
+  const cuuint32_t ones[5] = {1, 1, 1, 1, 1};
+  return fn(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, static_cast<cuuint32_t>(rank),
+            const_cast<void*>(ptr), dims, strides, box, ones, CU_TENSOR_MAP_INTERLEAVE_NONE,
+            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// The BH x BW box (BH * BW = 128) covering an Ho x Wo frame with the fewest idle positions.
+void tma_box(int ho, int wo, int* bw_log2, int* tiles_h, int* tiles_w) {
+  long long best = -1;
+  for (int lg = 7; lg >= 3; --lg) {
+    const int bw = 1 << lg, bh = 128 >> lg;
+    const int th = (ho + bh - 1) / bh, tw = (wo + bw - 1) / bw;
+    const long long area = static_cast<long long>(th) * bh * tw * bw;
+    if (best < 0 || area < best) {
+      best = area;
+      *bw_log2 = lg;
+      *tiles_h = th;
+      *tiles_w = tw;
+    }
+  }
+}
+
+template <typename T>
+int launch_conv3d_tma(const T* x, const T* wp, const T* bias, T* y, int n, int cin, int d, int h,
+                      int w, int cout, int kt, int kh, int kw, const ConvGeometry& g,
+                      int replicate, int sms, cudaStream_t stream) {
+  int bw_log2 = 0, tiles_h = 0, tiles_w = 0;
+  tma_box(g.Ho, g.Wo, &bw_log2, &tiles_h, &tiles_w);
+  const long long tiles_m = static_cast<long long>(n) * g.Do * tiles_h * tiles_w;
+  if (tiles_m > 0x7fffffffLL) return cudaErrorInvalidValue;
+  const int bn = 128;
+  const int stages = tiles_m * ((cout + 127) / 128) > sms ? 3 : 6;
+  CUtensorMap ta, tb;
+  const cuuint64_t adims[5] = {static_cast<cuuint64_t>(cin), static_cast<cuuint64_t>(w),
+                               static_cast<cuuint64_t>(h), static_cast<cuuint64_t>(d),
+                               static_cast<cuuint64_t>(n)};
+  const cuuint32_t abox[5] = {64, 1u << bw_log2, 128u >> bw_log2, 1, 1};
+  const cuuint64_t bdims[2] = {static_cast<cuuint64_t>(kt) * kh * kw * cin,
+                               static_cast<cuuint64_t>(cout)};
+  const cuuint32_t bbox[2] = {64, static_cast<cuuint32_t>(bn)};
+  if (!encode_tiled(&ta, x, 5, adims, abox) || !encode_tiled(&tb, wp, 2, bdims, bbox))
+    return cudaErrorInvalidValue;
+  void* k = ConvKernels<T>::tma(bn, stages);
+  const int smem = stages == 3 ? latentrt::TmaTiles<128, 3>::SMEM_BYTES
+                               : latentrt::TmaTiles<128, 6>::SMEM_BYTES;
+  cudaError_t err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  float* ws = nullptr;
+  int Cin = cin, Cout = cout, kT = kt, kH = kh, kW = kw, Do = g.Do, Ho = g.Ho, Wo = g.Wo;
+  int pt = g.pt, ph = g.ph, pw = g.pw, rep = replicate;
+  int k_per_split = kt * kh * kw * (cin / 64);
+  void* args[] = {&ta, &tb, &bias, &y,  &ws, &Cin,    &Cout,    &kT,      &kH,     &kW,
+                  &Do, &Ho, &Wo,   &pt, &ph, &pw,     &rep,     &bw_log2, &tiles_h, &tiles_w,
+                  &k_per_split};
+  const dim3 grid(static_cast<unsigned>(tiles_m), static_cast<unsigned>((cout + bn - 1) / bn), 1);
+  err = cudaLaunchKernel(k, grid, dim3(latentrt::TmaTiles<128, 3>::THREADS), args, smem, stream);
+  return err != cudaSuccess ? err : cudaGetLastError();
+}
 #endif
 
 int conv_ci_chunk(int cin, int taps) {
@@ -1087,8 +1191,13 @@ int launch_conv3d(const T* x, const T* wp, const T* bias, T* y, int n, int cin, 
   err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
   if (err != cudaSuccess) return err;
-  if (ConvKernels<T>::tc && layout == 1 && major == 9 && minor == 0 && cin % 8 == 0 &&
-      cout % 8 == 0 && aligned && addr(y) % 16 == 0) {
+  const bool hopper_ok = ConvKernels<T>::tc && layout == 1 && major == 9 && minor == 0 &&
+                        cin % 8 == 0 && cout % 8 == 0 && aligned && addr(y) % 16 == 0;
+  if (hopper_ok && cin % 64 == 0 && st == 1 && sh == 1 && sw == 1 && dt == 1 && dh == 1 &&
+      dw == 1)
+    return launch_conv3d_tma(x, wp, bias, y, n, cin, d, h, w, cout, kt, kh, kw, g, replicate, sms,
+                             stream);
+  if (hopper_ok) {
     const int bn = wgmma_tile_n(cout);
     const bool deep = wgmma_deep((P + 127) / 128 * ((cout + bn - 1) / bn) * n, bn, sms);
     void* k = ConvKernels<T>::wgmma(bn, deep);

@@ -554,7 +554,8 @@ def _conv3d_tma(
     kern = mod.get_function(plan.kernel)
     kern.max_dynamic_shared_size_bytes = plan.smem
     cupy = _cupy()
-    with _stream(stream) as st:
+    st = _stream(stream)
+    with st:
         wsptr = 0
         if plan.splits > 1:  # allocated in the stream's pool arena: freed in stream order
             ws = cupy.empty(total, dtype=np.float32) if workspace is None else workspace

@@ -568,7 +568,7 @@ def _conv3d_tma(
         ints = [cin, cout, kt, kh, kw, do, ho, wo, pt, ph, pw, replicate]
         ints += [plan.bw_log2, plan.tiles_h, plan.tiles_w, plan.k_per_split]
         args = [ta, tb, c64(bptr), c64(yd.ptr), c64(wsptr)] + [c32(v) for v in ints]
-        driver.launch(kern.ptr, plan.grid, 288, plan.smem, st.ptr, args)
+        driver.launch(kern.kernel.ptr, plan.grid, 288, plan.smem, st.ptr, args)
         if wsptr:
             fin = mod.get_function(f"latentrt_conv3d_splitk_finalize_{_SUFFIX[xd.dtype]}")
             blocks = min(-(-total // 1024), 132 * 16)

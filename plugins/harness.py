@@ -438,7 +438,8 @@ def conv3d_plan(
     )
 
 
-TMA_VARIANTS = ((128, 3), (128, 6), (256, 4))  # (tile_n, stages); (128, 3) fits two CTAs per SM
+# (tile_m, tile_n, stages) of the TMA kernel; (128, 128, 3) fits two CTAs per SM, the rest one.
+TMA_VARIANTS = ((128, 128, 3), (128, 128, 6), (128, 192, 5), (128, 256, 4), (256, 128, 4))
 
 
 @dataclass(frozen=True)
@@ -448,6 +449,7 @@ class TmaPlan:
     kernel: str
     grid: tuple[int, int, int]
     smem: int
+    tile_m: int
     tile_n: int
     bw_log2: int
     tiles_h: int
@@ -459,17 +461,17 @@ class TmaPlan:
         return self.grid[2]
 
 
-def tma_smem_bytes(tile_n: int, stages: int) -> int:
-    """Dynamic shared memory of the TMA kernel (TmaTiles<BN, STAGES>::SMEM_BYTES)."""
-    return stages * (128 + tile_n) * 128 + 1024 + 16 * stages
+def tma_smem_bytes(tile_m: int, tile_n: int, stages: int) -> int:
+    """Dynamic shared memory of the TMA kernel (TmaTiles<BM, BN, STAGES>::SMEM_BYTES)."""
+    return stages * (tile_m + tile_n) * 128 + 1024 + 16 * stages
 
 
-def tma_box(ho: int, wo: int) -> tuple[int, int, int]:
-    """(log2 BW, tiles_h, tiles_w): the BH x BW box of 128 output positions that covers an
+def tma_box(ho: int, wo: int, tile_m: int = 128) -> tuple[int, int, int]:
+    """(log2 BW, tiles_h, tiles_w): the BH x BW box of `tile_m` output positions that covers an
     Ho x Wo frame with the fewest idle positions (the wider box on a tie)."""
     best = None
-    for lg in (7, 6, 5, 4, 3):
-        bw, bh = 1 << lg, 128 >> lg
+    for lg in range(tile_m.bit_length() - 1, 2, -1):
+        bw, bh = 1 << lg, tile_m >> lg
         th, tw = -(-ho // bh), -(-wo // bw)
         if best is None or th * bh * tw * bw < best[0]:
             best = (th * bh * tw * bw, lg, th, tw)
@@ -506,23 +508,30 @@ def conv3d_tma_plan(
     tile_n: int | None = None,
     stages: int | None = None,
     splits: int | None = None,
+    tile_m: int | None = None,
 ) -> TmaPlan:
     """Tile, pipeline and K split of the TMA kernel; the arguments force them (sweeps)."""
     do, ho, wo = out_shape
-    lg, th, tw = tma_box(ho, wo)
-    tiles_m = n * do * th * tw
+    bm = 128 if tile_m is None else tile_m
     bn = 128 if tile_n is None else tile_n
+    lg, th, tw = tma_box(ho, wo, bm)
+    tiles_m = n * do * th * tw
     if stages is None:  # two CTAs per SM where the grid fills the GPU, else the deep pipeline
-        stages = (3 if tiles_m * -(-cout // 128) > sms else 6) if bn == 128 else 4
-    if (bn, stages) not in TMA_VARIANTS:
-        raise InputError(f"(tile_n, stages) must be one of {TMA_VARIANTS}, got {(bn, stages)}")
+        default = {(bm_, bn_): st for bm_, bn_, st in TMA_VARIANTS if st != 3}
+        stages = 3 if (bm, bn) == (128, 128) and tiles_m * -(-cout // 128) > sms else None
+        stages = stages or default.get((bm, bn), 0)
+    if (bm, bn, stages) not in TMA_VARIANTS:
+        raise InputError(
+            f"(tile_m, tile_n, stages) must be one of {TMA_VARIANTS}, got {(bm, bn, stages)}"
+        )
     nk = kernel[0] * kernel[1] * kernel[2] * cin // 64
     per = -(-nk // (splits or 1))
     grid = (tiles_m, -(-cout // bn), -(-nk // per))
     return TmaPlan(
-        f"latentrt_conv3d_tma_ndhwc_{_SUFFIX[dtype]}_n{bn}_s{stages}",
+        f"latentrt_conv3d_tma_ndhwc_{_SUFFIX[dtype]}_m{bm}_n{bn}_s{stages}",
         grid,
-        tma_smem_bytes(bn, stages),
+        tma_smem_bytes(bm, bn, stages),
+        bm,
         bn,
         lg,
         th,
@@ -546,7 +555,7 @@ def _conv3d_tma(
 
     n, cin, d, h, w, cout, kt, kh, kw, do, ho, wo, pt, ph, pw, replicate = geometry
     ta = driver.encode_tiled(
-        xd.ptr, (cin, w, h, d, n), (64, 1 << plan.bw_log2, 128 >> plan.bw_log2, 1, 1)
+        xd.ptr, (cin, w, h, d, n), (64, 1 << plan.bw_log2, plan.tile_m >> plan.bw_log2, 1, 1)
     )
     tb = driver.encode_tiled(pd.ptr, (kt * kh * kw * cin, cout), (64, plan.tile_n))
     total = n * do * ho * wo * cout
@@ -610,13 +619,15 @@ def conv3d(
     tma: bool | None = None,
     splits: int | None = None,
     workspace: Any = None,
+    tile_m: int | None = None,
 ) -> Any:
     """Conv3d with fused causal padding on the GPU; returns `out` (allocated when None).
 
     w is (Cout, Cin, kT, kH, kW), or (Cout, kT, kH, kW, Cin) from pack_conv3d_weights when
     weights_packed is True (as a plugin would hold constant weights). On Hopper the TMA kernel
     runs where it applies (`tma` False forbids it, True demands it); `tile_n`, `stages` and
-    `splits` (K slices, summed in a float32 `workspace` allocated when None) force the tile,
+    `splits` (K slices, summed in a float32 `workspace` allocated when None) and `tile_m` (TMA
+    kernel: 128 or 256 positions) force the tile,
     pipeline and split of the kernel chosen (benchmark sweeps).
     """
     cupy = _cupy()
@@ -665,7 +676,7 @@ def conv3d(
         )
     if use_tma and tma is not False:
         tplan = conv3d_tma_plan(
-            xd.dtype, n, cin, cout, (kt, kh, kw), (do, ho, wo), sms, tile_n, stages, splits
+            xd.dtype, n, cin, cout, (kt, kh, kw), (do, ho, wo), sms, tile_n, stages, splits, tile_m
         )
         geometry = (n, cin, d, h, wd_, cout, kt, kh, kw, do, ho, wo, p[0], p[1], p[2])
         rep = 1 if causal_time == 2 else 0

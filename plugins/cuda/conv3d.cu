@@ -433,6 +433,7 @@ __device__ __forceinline__ void fence_proxy_async() {
   "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111"
 #define LRT_R112 \
   "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+#define LRT_D96 LRT_D64, LRT_D8(64), LRT_D8(72), LRT_D8(80), LRT_D8(88)
 #define LRT_D128 LRT_D64, LRT_D8(64), LRT_D8(72), LRT_D8(80), LRT_D8(88), LRT_D8(96), LRT_D8(104), \
                  LRT_D8(112), LRT_D8(120)
 
@@ -456,6 +457,9 @@ struct Wgmma;
   LRT_WGMMA(T, PTX_T, 96, LRT_R0 ", " LRT_R16 ", " LRT_R32, "%48", "%49", "%50", LRT_D48)    \
   LRT_WGMMA(T, PTX_T, 128, LRT_R0 ", " LRT_R16 ", " LRT_R32 ", " LRT_R48, "%64", "%65", "%66", \
             LRT_D64)                                                                          \
+  LRT_WGMMA(T, PTX_T, 192,                                                                    \
+            LRT_R0 ", " LRT_R16 ", " LRT_R32 ", " LRT_R48 ", " LRT_R64 ", " LRT_R80, "%96",   \
+            "%97", "%98", LRT_D96)                                                            \
   LRT_WGMMA(T, PTX_T, 256,                                                                    \
             LRT_R0 ", " LRT_R16 ", " LRT_R32 ", " LRT_R48 ", " LRT_R64 ", " LRT_R80 ", " LRT_R96 \
                    ", " LRT_R112,                                                             \
@@ -680,13 +684,13 @@ __device__ __forceinline__ void conv3d_wgmma(const T* __restrict__ x, const T* _
 
 // ---- Hopper (sm_90a) implicit GEMM fed by TMA, warp-specialized --------------------------------
 //
-// Channels-last, stride 1, dilation 1, Cin % 64 == 0. A CTA's 128 output positions are a BH x BW
-// box of one output frame, so one tap's A tile is the same box of the input shifted by the tap: a
+// Channels-last, stride 1, dilation 1, Cin % 64 == 0. A CTA's BM (128 or 256) output positions
+// are a BH x BW box of one output frame, so one tap's A tile is the same box of the input shifted by the tap: a
 // 5-D TMA tile (C, W, H, T, N) of 64 channels. Coordinates outside the input (spatial and causal
 // zero padding) arrive as zeros; replicate padding clamps the frame coordinate, which is uniform
 // over the box. B (packed weights, a [Cout, K] matrix) is a 2-D TMA tile. One producer thread
-// issues both loads of a K step onto an mbarrier ring of STAGES; two consumer warpgroups (64
-// positions each) wait for a stage, issue wgmma, keep one group in flight and release the stage
+// issues both loads of a K step onto an mbarrier ring of STAGES; two consumer warpgroups (BM / 2
+// positions each, in m64 slabs) wait for a stage, issue wgmma, keep one group in flight and release the stage
 // before it. No thread computes a gather address and no barrier spans the CTA inside the loop.
 // Split-K: with `ws` set, grid.z slices K and each CTA adds its fp32 partial sums into ws, which
 // latentrt_conv3d_splitk_finalize turns into y (plus bias).
@@ -700,14 +704,14 @@ struct TmaConvShape {
   int Do, Ho, Wo;
   int pt, ph, pw;
   int replicate;
-  int bw_log2;           // box width BW = 1 << bw_log2 positions; BH = 128 / BW rows
+  int bw_log2;           // box width BW = 1 << bw_log2 positions; BH = BM / BW rows
   int tiles_h, tiles_w;  // boxes per frame
   int k_per_split;       // K steps (64 channels of one tap) per grid.z slice
 };
 
-template <int BN, int STAGES_>
+template <int BM_, int BN, int STAGES_>
 struct TmaTiles {
-  static constexpr int BM = 128;
+  static constexpr int BM = BM_;
   static constexpr int BK = 64;
   static constexpr int A_BYTES = BM * BK * 2;
   static constexpr int B_BYTES = BN * BK * 2;
@@ -717,13 +721,14 @@ struct TmaTiles {
   static constexpr int THREADS = 288;  // two consumer warpgroups + one producer warp
 };
 
-template <typename T, int BN, int STAGES_>
+template <typename T, int BM, int BN, int STAGES_>
 __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
                                            const T* __restrict__ bias, T* __restrict__ y,
                                            float* __restrict__ ws, const TmaConvShape s) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Tiles = TmaTiles<BN, STAGES_>;
+  using Tiles = TmaTiles<BM, BN, STAGES_>;
   constexpr int STAGES = Tiles::STAGES;
+  constexpr int MW = BM / 128;  // m64 slabs per consumer warpgroup
   extern __shared__ __align__(1024) unsigned char tma_smem[];
   const unsigned base = (shared_address(tma_smem) + 1023u) & ~1023u;
   const unsigned full0 = base + STAGES * Tiles::STAGE_BYTES;  // STAGES "landed" barriers
@@ -746,7 +751,7 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
   bx /= s.tiles_h;
   const int to = bx % s.Do;
   const int n = bx / s.Do;
-  const int h0 = th * (128 >> s.bw_log2), w0 = tw << s.bw_log2;
+  const int h0 = th * (BM >> s.bw_log2), w0 = tw << s.bw_log2;
   const int co0 = blockIdx.y * BN;
   const int chunks = s.Cin >> 6;
   const int hw = s.kH * s.kW;
@@ -777,19 +782,24 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
     return;
   }
 
-  const int wg = tid >> 7;  // consumer warpgroup: positions 64 * wg ...
-  float acc[BN / 2];
+  const int wg = tid >> 7;  // consumer warpgroup: positions BM / 2 * wg ...
+  float acc[MW][BN / 2];
 #pragma unroll
-  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
+  for (int m = 0; m < MW; ++m)
+#pragma unroll
+    for (int i = 0; i < BN / 2; ++i) acc[m][i] = 0.0f;
   for (int i = 0; i < steps; ++i) {
     const int stage = i % STAGES;
     mbar_wait(full0 + 8 * stage, (i / STAGES) & 1);
-    const unsigned a_addr = base + stage * Tiles::STAGE_BYTES + wg * 64 * 128;
+    const unsigned a_addr = base + stage * Tiles::STAGE_BYTES + wg * (BM / 2) * 128;
     const unsigned b_addr = base + stage * Tiles::STAGE_BYTES + Tiles::A_BYTES;
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk)
-      Wgmma<T, BN>::run(acc, wgmma_desc(a_addr + kk * 32), wgmma_desc(b_addr + kk * 32));
+#pragma unroll
+      for (int m = 0; m < MW; ++m)
+        Wgmma<T, BN>::run(acc[m], wgmma_desc(a_addr + m * 64 * 128 + kk * 32),
+                          wgmma_desc(b_addr + kk * 32));
     wgmma_commit();
     wgmma_wait<1>();  // step i - 1 has finished reading its stage
     if (i > 0) mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
@@ -798,11 +808,11 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
 
   // Accumulator layout as in conv3d_wgmma; row r of the tile is box position (r / BW, r % BW).
   const int lane = tid & 31;
-  const int row0 = wg * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2);
   const int bw_mask = (1 << s.bw_log2) - 1;
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = row0 + 8 * half;
+  for (int mh = 0; mh < 2 * MW; ++mh) {
+    const int m = mh >> 1, half = mh & 1;
+    const int r = wg * (BM / 2) + m * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2) + 8 * half;
     const int ho = h0 + (r >> s.bw_log2), wo = w0 + (r & bw_mask);
     if (ho >= s.Ho || wo >= s.Wo) continue;
     const long long p = ((static_cast<long long>(n) * s.Do + to) * s.Ho + ho) * s.Wo + wo;
@@ -810,7 +820,7 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
     for (int j = 0; j < BN / 8; ++j) {
       const int co = co0 + 8 * j + 2 * (lane & 3);
       if (co >= s.Cout) continue;
-      const float a = acc[4 * j + 2 * half], b = acc[4 * j + 2 * half + 1];
+      const float a = acc[m][4 * j + 2 * half], b = acc[m][4 * j + 2 * half + 1];
       if (ws != nullptr) {
         atomicAdd(ws + p * s.Cout + co, a);
         atomicAdd(ws + p * s.Cout + co + 1, b);
@@ -907,14 +917,14 @@ __device__ __forceinline__ void conv3d_splitk_finalize(const float* __restrict__
     Cin, Cout, kT, kH, kW, Do, Ho, Wo, pt, ph, pw, replicate, bw_log2, tiles_h, tiles_w,     \
         k_per_split                                                                          \
   }
-#define LRT_CONV_TMA(T, SUF, BN, S, MINB)                                                    \
+#define LRT_CONV_TMA(T, SUF, BM, BN, S, MINB)                                                \
   extern "C" __global__ void __launch_bounds__(288, MINB)                                    \
-      latentrt_conv3d_tma_ndhwc_##SUF##_n##BN##_s##S(                                        \
+      latentrt_conv3d_tma_ndhwc_##SUF##_m##BM##_n##BN##_s##S(                                \
           const __grid_constant__ latentrt::TmaDesc ta,                                      \
           const __grid_constant__ latentrt::TmaDesc tb, const T* bias, T* y, float* ws,      \
           int Cin, int Cout, int kT, int kH, int kW, int Do, int Ho, int Wo, int pt, int ph, \
           int pw, int replicate, int bw_log2, int tiles_h, int tiles_w, int k_per_split) {   \
-    latentrt::conv3d_tma<T, BN, S>(ta, tb, bias, y, ws, LRT_CONV_TMA_SHAPE);                 \
+    latentrt::conv3d_tma<T, BM, BN, S>(ta, tb, bias, y, ws, LRT_CONV_TMA_SHAPE);             \
   }
 #define LRT_CONV_FINALIZE(T, SUF)                                                             \
   extern "C" __global__ void latentrt_conv3d_splitk_finalize_##SUF(                           \
@@ -934,9 +944,11 @@ __device__ __forceinline__ void conv3d_splitk_finalize(const float* __restrict__
   LRT_CONV_WGMMA(T, SUF, 96)                                         \
   LRT_CONV_WGMMA(T, SUF, 128)                                        \
   LRT_CONV_WGMMA_DEEP(T, SUF, 6)                                     \
-  LRT_CONV_TMA(T, SUF, 128, 3, 2)                                    \
-  LRT_CONV_TMA(T, SUF, 128, 6, 1)                                    \
-  LRT_CONV_TMA(T, SUF, 256, 4, 1)                                    \
+  LRT_CONV_TMA(T, SUF, 128, 128, 3, 2)                               \
+  LRT_CONV_TMA(T, SUF, 128, 128, 6, 1)                               \
+  LRT_CONV_TMA(T, SUF, 128, 192, 5, 1)                               \
+  LRT_CONV_TMA(T, SUF, 128, 256, 4, 1)                               \
+  LRT_CONV_TMA(T, SUF, 256, 128, 4, 1)                               \
   LRT_CONV_FINALIZE(T, SUF)
 
 LRT_CONV_DTYPE(float, f32)
@@ -1019,9 +1031,9 @@ struct ConvKernels<__half> {
                       : reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n64);
   }
   static void* tma(int bn, int stages) {
-    if (bn == 256) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_n256_s4);
-    return stages == 6 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_n128_s6)
-                       : reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_n128_s3);
+    if (bn == 256) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n256_s4);
+    return stages == 6 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n128_s6)
+                       : reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n128_s3);
   }
   static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_f16); }
 };
@@ -1045,9 +1057,9 @@ struct ConvKernels<__nv_bfloat16> {
                       : reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n64);
   }
   static void* tma(int bn, int stages) {
-    if (bn == 256) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_n256_s4);
-    return stages == 6 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_n128_s6)
-                       : reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_n128_s3);
+    if (bn == 256) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n256_s4);
+    return stages == 6 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n128_s6)
+                       : reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n128_s3);
   }
   static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_bf16); }
 };
@@ -1138,8 +1150,8 @@ int launch_conv3d_tma(const T* x, const T* wp, const T* bias, T* y, int n, int c
   if (!encode_tiled(&ta, x, 5, adims, abox) || !encode_tiled(&tb, wp, 2, bdims, bbox))
     return cudaErrorInvalidValue;
   void* k = ConvKernels<T>::tma(bn, stages);
-  const int smem = stages == 3 ? latentrt::TmaTiles<128, 3>::SMEM_BYTES
-                               : latentrt::TmaTiles<128, 6>::SMEM_BYTES;
+  const int smem = stages == 3 ? latentrt::TmaTiles<128, 128, 3>::SMEM_BYTES
+                               : latentrt::TmaTiles<128, 128, 6>::SMEM_BYTES;
   cudaError_t err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   float* ws = nullptr;
@@ -1150,7 +1162,7 @@ int launch_conv3d_tma(const T* x, const T* wp, const T* bias, T* y, int n, int c
                   &Do, &Ho, &Wo,   &pt, &ph, &pw,     &rep,     &bw_log2, &tiles_h, &tiles_w,
                   &k_per_split};
   const dim3 grid(static_cast<unsigned>(tiles_m), static_cast<unsigned>((cout + bn - 1) / bn), 1);
-  err = cudaLaunchKernel(k, grid, dim3(latentrt::TmaTiles<128, 3>::THREADS), args, smem, stream);
+  err = cudaLaunchKernel(k, grid, dim3(latentrt::TmaTiles<128, 128, 3>::THREADS), args, smem, stream);
   return err != cudaSuccess ? err : cudaGetLastError();
 }
 #endif

@@ -177,8 +177,8 @@ def test_conv3d_wgmma_every_tile(harness, gen, tile_n, stages, dtype):
 
 TMA_CASES = [
     # (N, Cin, D, H, W), Cout, kernel, pads, causal: partial boxes (12 x 20 frames in 4 x 32 or
-    # 8 x 16 boxes), Cout 192 (an idle half tile at n128, zero-filled B rows at n256), replicate
-    # and zero causal padding, and a (1, 3, 3) kernel with symmetric pads and no causal time.
+    # 8 x 16 boxes, 8 x 32 or 16 x 16 at m256), Cout 192 (an idle half tile at n128, zero-filled
+    # B rows at n256), replicate and zero causal padding, and a (1, 3, 3) kernel with symmetric pads and no causal time.
     ((2, 128, 5, 12, 20), 192, (3, 3, 3), (0, 1, 1, 0, 1, 1), 1),
     ((2, 128, 5, 12, 20), 192, (3, 3, 3), (0, 1, 1, 0, 1, 1), 2),
     ((1, 64, 4, 9, 33), 64, (1, 3, 3), (0, 1, 1, 0, 1, 1), 0),
@@ -188,9 +188,12 @@ TMA_CASES = [
 @pytest.mark.skipif(not HOPPER, reason="the TMA kernel needs an sm_90 GPU")
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("splits", [1, 3])
-@pytest.mark.parametrize(("tile_n", "stages"), [(128, 3), (128, 6), (256, 4)])
+@pytest.mark.parametrize(
+    ("tile_m", "tile_n", "stages"),
+    [(128, 128, 3), (128, 128, 6), (128, 192, 5), (128, 256, 4), (256, 128, 4)],
+)
 @pytest.mark.parametrize("case", TMA_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-c{c[4]}")
-def test_conv3d_tma_every_variant(harness, gen, case, tile_n, stages, splits, dtype):
+def test_conv3d_tma_every_variant(harness, gen, case, tile_m, tile_n, stages, splits, dtype):
     shape, cout, k, pads, causal = case
     x = _rand((shape[0], *shape[2:], shape[1]), dtype, gen)
     w = _rand((cout, shape[1], *k), dtype, gen, (shape[1] * k[0] * k[1] * k[2]) ** -0.5)
@@ -199,7 +202,7 @@ def test_conv3d_tma_every_variant(harness, gen, case, tile_n, stages, splits, dt
     out = _poisoned(tuple(ref.shape), dtype)
     harness.conv3d(
         x, w, b, pads, causal_time=causal, layout="NDHWC", out=out, tma=True,
-        tile_n=tile_n, stages=stages, splits=splits,
+        tile_n=tile_n, stages=stages, splits=splits, tile_m=tile_m,
     )  # fmt: skip
     _check(out, ref, dtype)
 

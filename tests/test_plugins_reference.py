@@ -186,12 +186,16 @@ def test_tma_plan_boxes_tiles_and_splits():
     assert not harness.tma_supported("float16", False, 384, 384, (1, 1, 1), (1, 1, 1))
     assert not harness.tma_supported("float16", True, 128, 128, (2, 2, 2), (1, 1, 1))
     assert not harness.tma_supported("float32", True, 128, 128, (1, 1, 1), (1, 1, 1))
+    assert harness.tma_box(32, 32, 256) == (5, 4, 1)  # 8 x 32 boxes
+    assert harness.tma_box(128, 128, 256) == (7, 64, 1)
     p = harness.conv3d_tma_plan("float16", 1, 128, 128, (3, 3, 3), (9, 128, 128), 132)
-    assert p.kernel == "latentrt_conv3d_tma_ndhwc_f16_n128_s3"
-    assert p.grid == (9 * 128, 1, 1) and p.smem == harness.tma_smem_bytes(128, 3)
+    assert p.kernel == "latentrt_conv3d_tma_ndhwc_f16_m128_n128_s3"
+    assert p.grid == (9 * 128, 1, 1) and p.smem == harness.tma_smem_bytes(128, 128, 3)
     assert 2 * p.smem <= 228 * 1024  # two CTAs per SM
+    for bm, bn, st in harness.TMA_VARIANTS:
+        assert harness.tma_smem_bytes(bm, bn, st) <= 227 * 1024  # the opt-in limit of one CTA
     p = harness.conv3d_tma_plan("bfloat16", 1, 512, 512, (3, 3, 3), (5, 32, 32), 132, 256, 4, 3)
-    assert p.kernel == "latentrt_conv3d_tma_ndhwc_bf16_n256_s4"
+    assert p.kernel == "latentrt_conv3d_tma_ndhwc_bf16_m128_n256_s4"
     assert p.grid == (40, 2, 3) and p.k_per_split == 72 and p.splits == 3  # 216 K steps
     p = harness.conv3d_tma_plan("float16", 1, 64, 64, (1, 3, 3), (4, 9, 33), 132, splits=4)
     assert (p.k_per_split, p.splits) == (3, 3)  # 9 steps: no empty slice

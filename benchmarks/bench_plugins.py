@@ -277,15 +277,16 @@ def sweep_conv_tiles(cases, dtype: str = "float16") -> list[str]:
     return rows
 
 
-# (tile_m, tile_n, stages, splits)
+# (tile_m, tile_n, stages, streamk): 0 is one CTA per tile, None the planner's stream-K share
 TMA_SWEEP = [
-    (128, 128, 3, 1),
-    (128, 128, 6, 1),
-    (128, 192, 5, 1),
-    (128, 256, 4, 1),
-    (256, 128, 4, 1),
-    (128, 256, 4, 2),
-    (256, 128, 4, 2),
+    (128, 128, 3, 0),
+    (128, 192, 5, 0),
+    (128, 256, 4, 0),
+    (256, 128, 4, 0),
+    (128, 128, 3, None),
+    (128, 192, 5, None),
+    (128, 256, 4, None),
+    (256, 128, 4, None),
 ]
 
 
@@ -294,7 +295,7 @@ def sweep_conv_tma(cases, dtype: str = "float16") -> list[str]:
     cp.async wgmma kernel's planner choice and pad + cuDNN on the same tensors (Hopper only)."""
     rows = [
         "| x | Cout | pad+cuDNN ms | wgmma ms | "
-        + " | ".join(f"m{bm}n{bn}_s{st}_k{sp} ms" for bm, bn, st, sp in TMA_SWEEP)
+        + " | ".join(f"m{bm}n{bn}{'' if sk == 0 else '+sk'} ms" for bm, bn, _, sk in TMA_SWEEP)
         + " | best TMA / pad+cuDNN | TMA planner | planner ms | planner / pad+cuDNN |",
         "| --- | --- | --- | --- |" + " --- |" * (len(TMA_SWEEP) + 4),
     ]
@@ -309,14 +310,15 @@ def sweep_conv_tma(cases, dtype: str = "float16") -> list[str]:
         reference[0]()
         t_ref = _time_graph(reference)[0]
         t_wg = _time_graph(_fused_calls(xin, outs, packed, bias, "NDHWC", tma=False))[0]
-        ws = torch.empty(n * d * h * w * cout, device="cuda", dtype=torch.float32)
+        ws_elems = n * d * h * w * cout + sms * 256 * 256  # >= any stream-K share of tiles
+        ws = torch.empty(ws_elems, device="cuda", dtype=torch.float32)
         cells, best = [], float("inf")
-        for bm, bn, st, sp in TMA_SWEEP:
+        for bm, bn, st, sk in TMA_SWEEP:
             if bn == 192 and cout % 192:
                 cells.append("-")
                 continue
             calls = _fused_calls(
-                xin, outs, packed, bias, "NDHWC", bn, st, tma=True, splits=sp, workspace=ws,
+                xin, outs, packed, bias, "NDHWC", bn, st, tma=True, streamk=sk, workspace=ws,
                 tile_m=bm,
             )  # fmt: skip
             t = _time_graph(calls)[0]
@@ -327,7 +329,8 @@ def sweep_conv_tma(cases, dtype: str = "float16") -> list[str]:
         rows.append(
             f"| {'x'.join(map(str, shape))} | {cout} | {t_ref:.4f} | {t_wg:.4f} "
             f"| {' | '.join(cells)} | {t_ref / best:.2f}x "
-            f"| {plan.kernel.split('_ndhwc_')[1]}_k{plan.splits} | {t_plan:.4f} "
+            f"| {plan.kernel.split('_ndhwc_')[1]} dp{plan.dp_tiles}+sk{plan.sk_tiles} "
+            f"| {t_plan:.4f} "
             f"| {t_ref / t_plan:.2f}x |"
         )
         print(rows[-1], flush=True)

@@ -444,21 +444,27 @@ TMA_VARIANTS = ((128, 128, 3), (128, 128, 6), (128, 192, 5), (128, 256, 4), (256
 
 @dataclass(frozen=True)
 class TmaPlan:
-    """Launch plan of the TMA-fed Conv3d kernel (conv3d_tma in conv3d.cu)."""
+    """Launch plan of the TMA-fed Conv3d kernel (conv3d_tma in conv3d.cu): `dp_tiles` tiles one
+    CTA each, then (stream-K) the last `sk_tiles` tiles shared by `sk_ctas` CTAs of `sk_iters`
+    (tile, K step) iterations, summed in a float32 workspace and finalized."""
 
     kernel: str
-    grid: tuple[int, int, int]
     smem: int
     tile_m: int
     tile_n: int
     bw_log2: int
     tiles_h: int
     tiles_w: int
-    k_per_split: int
+    tiles_m: int
+    nk: int
+    dp_tiles: int
+    sk_tiles: int
+    sk_ctas: int
+    sk_iters: int
 
     @property
-    def splits(self) -> int:
-        return self.grid[2]
+    def workspace_elems(self) -> int:
+        return self.sk_tiles * self.tile_m * self.tile_n
 
 
 def tma_smem_bytes(tile_m: int, tile_n: int, stages: int) -> int:
@@ -497,6 +503,13 @@ def tma_supported(
     )
 
 
+def tma_tiles_for(cout: int) -> tuple[int, int, int]:
+    """The (tile_m, tile_n, stages) variant with the fewest idle output channels; on a tie the
+    one whose CTA does the most work per byte of shared memory read (n256, n192, then m256)."""
+    order = [(128, 256, 4), (128, 192, 5), (256, 128, 4)]
+    return min(order, key=lambda v: -(-cout // v[1]) * v[1])
+
+
 def conv3d_tma_plan(
     dtype: str,
     n: int,
@@ -507,36 +520,49 @@ def conv3d_tma_plan(
     sms: int,
     tile_n: int | None = None,
     stages: int | None = None,
-    splits: int | None = None,
     tile_m: int | None = None,
+    streamk: int | None = None,
 ) -> TmaPlan:
-    """Tile, pipeline and K split of the TMA kernel; the arguments force them (sweeps)."""
+    """Tile variant and stream-K split of the TMA kernel.
+
+    By default the last partial wave of tiles goes through stream-K when it would leave more
+    than 15% of the SMs idle. `tile_m`, `tile_n`, `stages` and `streamk` (how many of the last
+    tiles stream-K shares; 0 for none) force the plan (tests and sweeps).
+    """
     do, ho, wo = out_shape
-    bm = 128 if tile_m is None else tile_m
-    bn = 128 if tile_n is None else tile_n
+    bm, bn, st = tma_tiles_for(cout)
+    if tile_n is not None or tile_m is not None or stages is not None:
+        bm, bn = tile_m or 128, tile_n or 128
+        st = stages or {(v[0], v[1]): v[2] for v in reversed(TMA_VARIANTS)}.get((bm, bn), 0)
+    if (bm, bn, st) not in TMA_VARIANTS:
+        raise InputError(
+            f"(tile_m, tile_n, stages) must be one of {TMA_VARIANTS}, got {(bm, bn, st)}"
+        )
     lg, th, tw = tma_box(ho, wo, bm)
     tiles_m = n * do * th * tw
-    if stages is None:  # two CTAs per SM where the grid fills the GPU, else the deep pipeline
-        default = {(bm_, bn_): st for bm_, bn_, st in TMA_VARIANTS if st != 3}
-        stages = 3 if (bm, bn) == (128, 128) and tiles_m * -(-cout // 128) > sms else None
-        stages = stages or default.get((bm, bn), 0)
-    if (bm, bn, stages) not in TMA_VARIANTS:
-        raise InputError(
-            f"(tile_m, tile_n, stages) must be one of {TMA_VARIANTS}, got {(bm, bn, stages)}"
-        )
+    tiles = tiles_m * -(-cout // bn)
     nk = kernel[0] * kernel[1] * kernel[2] * cin // 64
-    per = -(-nk // (splits or 1))
-    grid = (tiles_m, -(-cout // bn), -(-nk // per))
+    if streamk is None:
+        rem = tiles % sms
+        sk = rem if 0 < rem <= 0.85 * sms else 0
+    else:
+        sk = min(max(streamk, 0), tiles)
+    ctas = min(sms, sk * nk)
+    iters = -(-sk * nk // ctas) if sk else 0
     return TmaPlan(
-        f"latentrt_conv3d_tma_ndhwc_{_SUFFIX[dtype]}_m{bm}_n{bn}_s{stages}",
-        grid,
-        tma_smem_bytes(bm, bn, stages),
+        f"latentrt_conv3d_tma_ndhwc_{_SUFFIX[dtype]}_m{bm}_n{bn}_s{st}",
+        tma_smem_bytes(bm, bn, st),
         bm,
         bn,
         lg,
         th,
         tw,
-        per,
+        tiles_m,
+        nk,
+        tiles - sk,
+        sk,
+        -(-sk * nk // iters) if sk else 0,
+        iters,
     )
 
 
@@ -550,38 +576,40 @@ def _conv3d_tma(
     workspace: Any,
     stream: Any,
 ) -> None:
-    """Launch the TMA kernel (and, when K is split, the memset and finalize around it)."""
+    """Launch the TMA kernel: the one-CTA-per-tile part, then the stream-K part (memset, kernel,
+    finalize) when the plan has one."""
     from latentrt.plugins import driver
 
     n, cin, d, h, w, cout, kt, kh, kw, do, ho, wo, pt, ph, pw, replicate = geometry
-    ta = driver.encode_tiled(
-        xd.ptr, (cin, w, h, d, n), (64, 1 << plan.bw_log2, plan.tile_m >> plan.bw_log2, 1, 1)
-    )
+    box = (64, 1 << plan.bw_log2, plan.tile_m >> plan.bw_log2, 1, 1)
+    ta = driver.encode_tiled(xd.ptr, (cin, w, h, d, n), box)
     tb = driver.encode_tiled(pd.ptr, (kt * kh * kw * cin, cout), (64, plan.tile_n))
-    total = n * do * ho * wo * cout
     mod = _module_sm90a("conv3d.cu")
     kern = mod.get_function(plan.kernel)
     kern.max_dynamic_shared_size_bytes = plan.smem
+    ints = [cin, cout, kt, kh, kw, do, ho, wo, pt, ph, pw, replicate]
+    ints += [plan.bw_log2, plan.tiles_h, plan.tiles_w, plan.tiles_m]
+    c64, c32 = ctypes.c_uint64, ctypes.c_int32
     cupy = _cupy()
     st = _stream(stream)
     with st:
-        wsptr = 0
-        if plan.splits > 1:  # allocated in the stream's pool arena: freed in stream order
-            ws = cupy.empty(total, dtype=np.float32) if workspace is None else workspace
+        if plan.dp_tiles:
+            args = [ta, tb, c64(bptr), c64(yd.ptr), c64(0)]
+            args += [c32(v) for v in (*ints, 0, plan.dp_tiles, plan.nk)]
+            driver.launch(kern.kernel.ptr, (plan.dp_tiles, 1, 1), 288, plan.smem, st.ptr, args)
+        if plan.sk_tiles:  # workspace allocated in the stream's pool arena: freed in stream order
+            elems = plan.workspace_elems
+            ws = cupy.empty(elems, dtype=np.float32) if workspace is None else workspace
             wsd = _describe(ws, "workspace")
-            if wsd.dtype != "float32" or int(np.prod(wsd.shape)) < total:
-                raise InputError(f"workspace must be float32 with at least {total} elements")
-            wsptr = wsd.ptr
-            cupy.cuda.runtime.memsetAsync(wsptr, 0, total * 4, st.ptr)
-        c64, c32 = ctypes.c_uint64, ctypes.c_int32
-        ints = [cin, cout, kt, kh, kw, do, ho, wo, pt, ph, pw, replicate]
-        ints += [plan.bw_log2, plan.tiles_h, plan.tiles_w, plan.k_per_split]
-        args = [ta, tb, c64(bptr), c64(yd.ptr), c64(wsptr)] + [c32(v) for v in ints]
-        driver.launch(kern.kernel.ptr, plan.grid, 288, plan.smem, st.ptr, args)
-        if wsptr:
-            fin = mod.get_function(f"latentrt_conv3d_splitk_finalize_{_SUFFIX[xd.dtype]}")
-            blocks = min(-(-total // 1024), 132 * 16)
-            fin((blocks,), (256,), (_p(wsptr), _p(bptr), _p(yd.ptr), np.int64(total), _i(cout)))
+            if wsd.dtype != "float32" or int(np.prod(wsd.shape)) < elems:
+                raise InputError(f"workspace must be float32 with at least {elems} elements")
+            cupy.cuda.runtime.memsetAsync(wsd.ptr, 0, elems * 4, st.ptr)
+            sk = (plan.dp_tiles, plan.sk_tiles, plan.sk_iters)
+            args = [ta, tb, c64(bptr), c64(yd.ptr), c64(wsd.ptr)] + [c32(v) for v in (*ints, *sk)]
+            driver.launch(kern.kernel.ptr, (plan.sk_ctas, 1, 1), 288, plan.smem, st.ptr, args)
+            fin = mod.get_function(f"latentrt_conv3d_streamk_finalize_{_SUFFIX[xd.dtype]}")
+            fargs = [_p(wsd.ptr), _p(bptr), _p(yd.ptr)] + [_i(v) for v in (*ints, *sk)]
+            fin((plan.sk_tiles,), (256,), (*fargs, _i(plan.tile_m), _i(plan.tile_n)))
 
 
 def pack_conv3d_weights(w: Any, out: Any = None, stream: Any = None) -> Any:
@@ -617,7 +645,7 @@ def conv3d(
     tile_n: int | None = None,
     stages: int | None = None,
     tma: bool | None = None,
-    splits: int | None = None,
+    streamk: int | None = None,
     workspace: Any = None,
     tile_m: int | None = None,
 ) -> Any:
@@ -625,10 +653,10 @@ def conv3d(
 
     w is (Cout, Cin, kT, kH, kW), or (Cout, kT, kH, kW, Cin) from pack_conv3d_weights when
     weights_packed is True (as a plugin would hold constant weights). On Hopper the TMA kernel
-    runs where it applies (`tma` False forbids it, True demands it); `tile_n`, `stages` and
-    `splits` (K slices, summed in a float32 `workspace` allocated when None) and `tile_m` (TMA
-    kernel: 128 or 256 positions) force the tile,
-    pipeline and split of the kernel chosen (benchmark sweeps).
+    runs where it applies (`tma` False forbids it, True demands it). `tile_n`, `stages`,
+    `tile_m` (TMA kernel: 128 or 256 positions) and `streamk` (TMA kernel: how many of the last
+    tiles stream-K shares) force the plan (tests, sweeps); stream-K sums in a float32
+    `workspace`, allocated when None.
     """
     cupy = _cupy()
     if layout not in ("NCDHW", "NDHWC"):
@@ -676,7 +704,7 @@ def conv3d(
         )
     if use_tma and tma is not False:
         tplan = conv3d_tma_plan(
-            xd.dtype, n, cin, cout, (kt, kh, kw), (do, ho, wo), sms, tile_n, stages, splits, tile_m
+            xd.dtype, n, cin, cout, (kt, kh, kw), (do, ho, wo), sms, tile_n, stages, tile_m, streamk
         )
         geometry = (n, cin, d, h, wd_, cout, kt, kh, kw, do, ho, wo, p[0], p[1], p[2])
         rep = 1 if causal_time == 2 else 0

@@ -684,16 +684,21 @@ __device__ __forceinline__ void conv3d_wgmma(const T* __restrict__ x, const T* _
 
 // ---- Hopper (sm_90a) implicit GEMM fed by TMA, warp-specialized --------------------------------
 //
-// Channels-last, stride 1, dilation 1, Cin % 64 == 0. A CTA's BM (128 or 256) output positions
-// are a BH x BW box of one output frame, so one tap's A tile is the same box of the input shifted by the tap: a
-// 5-D TMA tile (C, W, H, T, N) of 64 channels. Coordinates outside the input (spatial and causal
-// zero padding) arrive as zeros; replicate padding clamps the frame coordinate, which is uniform
-// over the box. B (packed weights, a [Cout, K] matrix) is a 2-D TMA tile. One producer thread
-// issues both loads of a K step onto an mbarrier ring of STAGES; two consumer warpgroups (BM / 2
-// positions each, in m64 slabs) wait for a stage, issue wgmma, keep one group in flight and release the stage
-// before it. No thread computes a gather address and no barrier spans the CTA inside the loop.
-// Split-K: with `ws` set, grid.z slices K and each CTA adds its fp32 partial sums into ws, which
-// latentrt_conv3d_splitk_finalize turns into y (plus bias).
+// Channels-last, stride 1, dilation 1, Cin % 64 == 0. A tile's BM (128 or 256) output positions
+// are a BH x BW box of one output frame, so one tap's A tile is the same box of the input shifted
+// by the tap: a 5-D TMA tile (C, W, H, T, N) of 64 channels. Coordinates outside the input
+// (spatial and causal zero padding) arrive as zeros; replicate padding clamps the frame
+// coordinate, which is uniform over the box. B (packed weights, a [Cout, K] matrix) is a 2-D TMA
+// tile. One producer thread issues both loads of a K step onto an mbarrier ring of STAGES; two
+// consumer warpgroups (BM / 2 positions each, in m64 slabs) wait for a stage, issue wgmma, keep
+// one group in flight and release the stage before it. No thread computes a gather address and
+// no barrier spans the CTA inside the loop.
+//
+// Work is the range of (tile, K step) iterations [tile0 * nk, (tile0 + tiles) * nk), tiles
+// numbered M-fastest (CTAs in flight share B). CTA b takes `iters` consecutive iterations from
+// tile0 * nk + b * iters: with iters == nk every CTA owns one tile and stores it (bias added);
+// otherwise (stream-K, `ws` set) a CTA's range may start or end inside a tile, and every
+// segment adds its fp32 partial sums into ws, tile-major, for latentrt_conv3d_streamk_finalize.
 
 struct alignas(64) TmaDesc {  // a CUtensorMap: 128 opaque bytes from cuTensorMapEncodeTiled
   unsigned long long v[16];
@@ -706,7 +711,9 @@ struct TmaConvShape {
   int replicate;
   int bw_log2;           // box width BW = 1 << bw_log2 positions; BH = BM / BW rows
   int tiles_h, tiles_w;  // boxes per frame
-  int k_per_split;       // K steps (64 channels of one tap) per grid.z slice
+  int tiles_m;           // position tiles: N * Do * tiles_h * tiles_w
+  int tile0, tiles;      // this launch's tiles
+  int iters;             // (tile, K step) iterations per CTA
 };
 
 template <int BM_, int BN, int STAGES_>
@@ -720,6 +727,30 @@ struct TmaTiles {
   static constexpr int SMEM_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
   static constexpr int THREADS = 288;  // two consumer warpgroups + one producer warp
 };
+
+// Where tile `tile` sits: batch n, output frame to, box corner (h0, w0), first channel co0.
+struct TmaTile {
+  int n, to, h0, w0, co0;
+};
+__device__ __forceinline__ TmaTile tma_tile(const TmaConvShape& s, int tile, int bm, int bn) {
+  int m = tile % s.tiles_m;
+  TmaTile t;
+  t.co0 = tile / s.tiles_m * bn;
+  t.w0 = (m % s.tiles_w) << s.bw_log2;
+  m /= s.tiles_w;
+  t.h0 = m % s.tiles_h * (bm >> s.bw_log2);
+  m /= s.tiles_h;
+  t.to = m % s.Do;
+  t.n = m / s.Do;
+  return t;
+}
+
+// Output row index (n, to, ho, wo) of tile row r, or -1 past the frame's edge.
+__device__ __forceinline__ long long tma_row(const TmaConvShape& s, const TmaTile& t, int r) {
+  const int ho = t.h0 + (r >> s.bw_log2), wo = t.w0 + (r & ((1 << s.bw_log2) - 1));
+  if (ho >= s.Ho || wo >= s.Wo) return -1;
+  return ((static_cast<long long>(t.n) * s.Do + t.to) * s.Ho + ho) * s.Wo + wo;
+}
 
 template <typename T, int BM, int BN, int STAGES_>
 __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
@@ -743,91 +774,93 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
   }
   __syncthreads();
 
-  // blockIdx.x = ((n * Do + to) * tiles_h + th) * tiles_w + tw
-  int bx = blockIdx.x;
-  const int tw = bx % s.tiles_w;
-  bx /= s.tiles_w;
-  const int th = bx % s.tiles_h;
-  bx /= s.tiles_h;
-  const int to = bx % s.Do;
-  const int n = bx / s.Do;
-  const int h0 = th * (BM >> s.bw_log2), w0 = tw << s.bw_log2;
-  const int co0 = blockIdx.y * BN;
   const int chunks = s.Cin >> 6;
   const int hw = s.kH * s.kW;
   const int nk = s.kT * hw * chunks;
-  const int k0 = blockIdx.z * s.k_per_split;
-  const int steps = min(nk, k0 + s.k_per_split) - k0;
+  const long long g0 = static_cast<long long>(s.tile0) * nk +
+                       static_cast<long long>(blockIdx.x) * s.iters;
+  const long long g1 = min(static_cast<long long>(s.tile0 + s.tiles) * nk, g0 + s.iters);
 
   if (tid >= 256) {  // producer warp: one thread issues every load
     if (tid == 256) {
-      for (int i = 0; i < steps; ++i) {
+      for (long long g = g0; g < g1; ++g) {
+        const int i = static_cast<int>(g - g0);
         const int stage = i % STAGES;
         if (i >= STAGES) mbar_wait(empty0 + 8 * stage, (i / STAGES - 1) & 1);
         const unsigned full = full0 + 8 * stage;
         mbar_expect_tx(full, Tiles::STAGE_BYTES);
-        const int ks = k0 + i;
+        const int tile = static_cast<int>(g / nk);
+        const int ks = static_cast<int>(g - static_cast<long long>(tile) * nk);
+        const TmaTile t = tma_tile(s, tile, BM, BN);
         const int tap = ks / chunks;
         const int ci = (ks - tap * chunks) << 6;
         const int kt = tap / hw;
         const int kh = (tap - kt * hw) / s.kW;
         const int kw = tap - kt * hw - kh * s.kW;
-        int ti = to - s.pt + kt;
+        int ti = t.to - s.pt + kt;
         if (ti < 0 && s.replicate) ti = 0;
         const unsigned as = base + stage * Tiles::STAGE_BYTES;
-        tma_load_5d(as, &ta, full, ci, w0 - s.pw + kw, h0 - s.ph + kh, ti, n);
-        tma_load_2d(as + Tiles::A_BYTES, &tb, full, tap * s.Cin + ci, co0);
+        tma_load_5d(as, &ta, full, ci, t.w0 - s.pw + kw, t.h0 - s.ph + kh, ti, t.n);
+        tma_load_2d(as + Tiles::A_BYTES, &tb, full, tap * s.Cin + ci, t.co0);
       }
     }
     return;
   }
 
   const int wg = tid >> 7;  // consumer warpgroup: positions BM / 2 * wg ...
-  float acc[MW][BN / 2];
-#pragma unroll
-  for (int m = 0; m < MW; ++m)
-#pragma unroll
-    for (int i = 0; i < BN / 2; ++i) acc[m][i] = 0.0f;
-  for (int i = 0; i < steps; ++i) {
-    const int stage = i % STAGES;
-    mbar_wait(full0 + 8 * stage, (i / STAGES) & 1);
-    const unsigned a_addr = base + stage * Tiles::STAGE_BYTES + wg * (BM / 2) * 128;
-    const unsigned b_addr = base + stage * Tiles::STAGE_BYTES + Tiles::A_BYTES;
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-      for (int m = 0; m < MW; ++m)
-        Wgmma<T, BN>::run(acc[m], wgmma_desc(a_addr + m * 64 * 128 + kk * 32),
-                          wgmma_desc(b_addr + kk * 32));
-    wgmma_commit();
-    wgmma_wait<1>();  // step i - 1 has finished reading its stage
-    if (i > 0) mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
-  }
-  wgmma_wait<0>();
-
-  // Accumulator layout as in conv3d_wgmma; row r of the tile is box position (r / BW, r % BW).
   const int lane = tid & 31;
-  const int bw_mask = (1 << s.bw_log2) - 1;
+  int i = 0;  // this CTA's K steps so far: the ring's stage and phase
+  for (long long g = g0; g < g1;) {
+    const int tile = static_cast<int>(g / nk);
+    const int kb = static_cast<int>(g - static_cast<long long>(tile) * nk);
+    const int seg = static_cast<int>(min(static_cast<long long>(nk - kb), g1 - g));
+    float acc[MW][BN / 2];
 #pragma unroll
-  for (int mh = 0; mh < 2 * MW; ++mh) {
-    const int m = mh >> 1, half = mh & 1;
-    const int r = wg * (BM / 2) + m * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2) + 8 * half;
-    const int ho = h0 + (r >> s.bw_log2), wo = w0 + (r & bw_mask);
-    if (ho >= s.Ho || wo >= s.Wo) continue;
-    const long long p = ((static_cast<long long>(n) * s.Do + to) * s.Ho + ho) * s.Wo + wo;
+    for (int m = 0; m < MW; ++m)
 #pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-      const int co = co0 + 8 * j + 2 * (lane & 3);
-      if (co >= s.Cout) continue;
-      const float a = acc[m][4 * j + 2 * half], b = acc[m][4 * j + 2 * half + 1];
-      if (ws != nullptr) {
-        atomicAdd(ws + p * s.Cout + co, a);
-        atomicAdd(ws + p * s.Cout + co + 1, b);
-      } else {
-        const float b0 = bias != nullptr ? to_f32(bias[co]) : 0.0f;
-        const float b1 = bias != nullptr ? to_f32(bias[co + 1]) : 0.0f;
-        store_pair(y + p * s.Cout + co, a + b0, b + b1);
+      for (int e = 0; e < BN / 2; ++e) acc[m][e] = 0.0f;
+    for (int j = 0; j < seg; ++j, ++i) {
+      const int stage = i % STAGES;
+      mbar_wait(full0 + 8 * stage, (i / STAGES) & 1);
+      const unsigned a_addr = base + stage * Tiles::STAGE_BYTES + wg * (BM / 2) * 128;
+      const unsigned b_addr = base + stage * Tiles::STAGE_BYTES + Tiles::A_BYTES;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int m = 0; m < MW; ++m)
+          Wgmma<T, BN>::run(acc[m], wgmma_desc(a_addr + m * 64 * 128 + kk * 32),
+                            wgmma_desc(b_addr + kk * 32));
+      wgmma_commit();
+      wgmma_wait<1>();  // step i - 1 has finished reading its stage
+      if (i > 0) mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
+    }
+    wgmma_wait<0>();
+    g += seg;
+
+    // Accumulator layout as in conv3d_wgmma; row r of the tile is box position (r / BW, r % BW).
+    const TmaTile t = tma_tile(s, tile, BM, BN);
+    float* wtile = ws + static_cast<long long>(tile - s.tile0) * BM * BN;
+#pragma unroll
+    for (int mh = 0; mh < 2 * MW; ++mh) {
+      const int m = mh >> 1, half = mh & 1;
+      const int r = wg * (BM / 2) + m * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2) + 8 * half;
+      const long long p = tma_row(s, t, r);
+      if (p < 0) continue;
+#pragma unroll
+      for (int jn = 0; jn < BN / 8; ++jn) {
+        const int c = 8 * jn + 2 * (lane & 3);
+        const int co = t.co0 + c;
+        if (co >= s.Cout) continue;
+        const float a = acc[m][4 * jn + 2 * half], b = acc[m][4 * jn + 2 * half + 1];
+        if (ws != nullptr) {
+          atomicAdd(wtile + r * BN + c, a);
+          atomicAdd(wtile + r * BN + c + 1, b);
+        } else {
+          const float b0 = bias != nullptr ? to_f32(bias[co]) : 0.0f;
+          const float b1 = bias != nullptr ? to_f32(bias[co + 1]) : 0.0f;
+          store_pair(y + p * s.Cout + co, a + b0, b + b1);
+        }
       }
     }
   }
@@ -842,22 +875,21 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
 #endif
 }
 
-// y = ws + bias, converted to T: the last pass of split-K (4 elements per thread and step).
+// Stream-K's last pass: y = ws + bias for the tiles of the launch; one block per tile.
 template <typename T>
-__device__ __forceinline__ void conv3d_splitk_finalize(const float* __restrict__ ws,
-                                                       const T* __restrict__ bias,
-                                                       T* __restrict__ y, long long total,
-                                                       int cout) {
-  for (long long i = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * 4;
-       i < total; i += static_cast<long long>(gridDim.x) * blockDim.x * 4) {
-    const float4 v = *reinterpret_cast<const float4*>(ws + i);
-    const int co = static_cast<int>(i % cout);
-    Pack<T, 4> o;
-    o.v[0] = from_f32<T>(v.x + (bias != nullptr ? to_f32(bias[co]) : 0.0f));
-    o.v[1] = from_f32<T>(v.y + (bias != nullptr ? to_f32(bias[co + 1]) : 0.0f));
-    o.v[2] = from_f32<T>(v.z + (bias != nullptr ? to_f32(bias[co + 2]) : 0.0f));
-    o.v[3] = from_f32<T>(v.w + (bias != nullptr ? to_f32(bias[co + 3]) : 0.0f));
-    *reinterpret_cast<Pack<T, 4>*>(y + i) = o;
+__device__ __forceinline__ void conv3d_streamk_finalize(const float* __restrict__ ws,
+                                                        const T* __restrict__ bias,
+                                                        T* __restrict__ y, const TmaConvShape s,
+                                                        int bm, int bn) {
+  const TmaTile t = tma_tile(s, s.tile0 + blockIdx.x, bm, bn);
+  const float* wtile = ws + static_cast<long long>(blockIdx.x) * bm * bn;
+  for (int e = 2 * threadIdx.x; e < bm * bn; e += 2 * blockDim.x) {
+    const int r = e / bn, c = e - r * bn, co = t.co0 + c;
+    const long long p = tma_row(s, t, r);
+    if (p < 0 || co >= s.Cout) continue;
+    const float b0 = bias != nullptr ? to_f32(bias[co]) : 0.0f;
+    const float b1 = bias != nullptr ? to_f32(bias[co + 1]) : 0.0f;
+    store_pair(y + p * s.Cout + co, wtile[e] + b0, wtile[e + 1] + b1);
   }
 }
 
@@ -912,24 +944,27 @@ __device__ __forceinline__ void conv3d_splitk_finalize(const float* __restrict__
                                                     T* y, LRT_CONV_PARAMS) {                  \
     latentrt::conv3d_wgmma<T, 128, S>(x, wp, bias, y, LRT_CONV_SHAPE);                        \
   }
-#define LRT_CONV_TMA_SHAPE                                                                   \
-  latentrt::TmaConvShape {                                                                   \
-    Cin, Cout, kT, kH, kW, Do, Ho, Wo, pt, ph, pw, replicate, bw_log2, tiles_h, tiles_w,     \
-        k_per_split                                                                          \
+#define LRT_TMA_PARAMS                                                                         \
+  int Cin, int Cout, int kT, int kH, int kW, int Do, int Ho, int Wo, int pt, int ph, int pw,     \
+      int replicate, int bw_log2, int tiles_h, int tiles_w, int tiles_m, int tile0, int tiles,   \
+      int iters
+#define LRT_CONV_TMA_SHAPE                                                                     \
+  latentrt::TmaConvShape {                                                                     \
+    Cin, Cout, kT, kH, kW, Do, Ho, Wo, pt, ph, pw, replicate, bw_log2, tiles_h, tiles_w,       \
+        tiles_m, tile0, tiles, iters                                                           \
   }
-#define LRT_CONV_TMA(T, SUF, BM, BN, S, MINB)                                                \
-  extern "C" __global__ void __launch_bounds__(288, MINB)                                    \
-      latentrt_conv3d_tma_ndhwc_##SUF##_m##BM##_n##BN##_s##S(                                \
-          const __grid_constant__ latentrt::TmaDesc ta,                                      \
-          const __grid_constant__ latentrt::TmaDesc tb, const T* bias, T* y, float* ws,      \
-          int Cin, int Cout, int kT, int kH, int kW, int Do, int Ho, int Wo, int pt, int ph, \
-          int pw, int replicate, int bw_log2, int tiles_h, int tiles_w, int k_per_split) {   \
-    latentrt::conv3d_tma<T, BM, BN, S>(ta, tb, bias, y, ws, LRT_CONV_TMA_SHAPE);             \
+#define LRT_CONV_TMA(T, SUF, BM, BN, S, MINB)                                                  \
+  extern "C" __global__ void __launch_bounds__(288, MINB)                                      \
+      latentrt_conv3d_tma_ndhwc_##SUF##_m##BM##_n##BN##_s##S(                                  \
+          const __grid_constant__ latentrt::TmaDesc ta,                                        \
+          const __grid_constant__ latentrt::TmaDesc tb, const T* bias, T* y, float* ws,        \
+          LRT_TMA_PARAMS) {                                                                    \
+    latentrt::conv3d_tma<T, BM, BN, S>(ta, tb, bias, y, ws, LRT_CONV_TMA_SHAPE);               \
   }
-#define LRT_CONV_FINALIZE(T, SUF)                                                             \
-  extern "C" __global__ void latentrt_conv3d_splitk_finalize_##SUF(                           \
-      const float* ws, const T* bias, T* y, long long total, int cout) {                      \
-    latentrt::conv3d_splitk_finalize<T>(ws, bias, y, total, cout);                            \
+#define LRT_CONV_FINALIZE(T, SUF)                                                              \
+  extern "C" __global__ void __launch_bounds__(256) latentrt_conv3d_streamk_finalize_##SUF(    \
+      const float* ws, const T* bias, T* y, LRT_TMA_PARAMS, int bm, int bn) {                  \
+    latentrt::conv3d_streamk_finalize<T>(ws, bias, y, LRT_CONV_TMA_SHAPE, bm, bn);             \
   }
 #define LRT_CONV_DTYPE(T, SUF)                                       \
   LRT_CONV_PACK(T, SUF)                                              \
@@ -1030,10 +1065,11 @@ struct ConvKernels<__half> {
            : bn == 96 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n96)
                       : reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n64);
   }
-  static void* tma(int bn, int stages) {
+  static void* tma(int bm, int bn) {
     if (bn == 256) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n256_s4);
-    return stages == 6 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n128_s6)
-                       : reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n128_s3);
+    if (bn == 192) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n192_s5);
+    return bm == 256 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m256_n128_s4)
+                     : reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n128_s3);
   }
   static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_f16); }
 };
@@ -1056,10 +1092,11 @@ struct ConvKernels<__nv_bfloat16> {
            : bn == 96 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n96)
                       : reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n64);
   }
-  static void* tma(int bn, int stages) {
+  static void* tma(int bm, int bn) {
     if (bn == 256) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n256_s4);
-    return stages == 6 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n128_s6)
-                       : reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n128_s3);
+    if (bn == 192) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n192_s5);
+    return bm == 256 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m256_n128_s4)
+                     : reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n128_s3);
   }
   static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_bf16); }
 };
@@ -1113,11 +1150,11 @@ bool encode_tiled(CUtensorMap* map, const void* ptr, int rank, const cuuint64_t*
             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// The BH x BW box (BH * BW = 128) covering an Ho x Wo frame with the fewest idle positions.
-void tma_box(int ho, int wo, int* bw_log2, int* tiles_h, int* tiles_w) {
+// The BH x BW box (BH * BW = bm) covering an Ho x Wo frame with the fewest idle positions.
+void tma_box(int ho, int wo, int bm, int* bw_log2, int* tiles_h, int* tiles_w) {
   long long best = -1;
-  for (int lg = 7; lg >= 3; --lg) {
-    const int bw = 1 << lg, bh = 128 >> lg;
+  for (int lg = bm == 256 ? 8 : 7; lg >= 3; --lg) {
+    const int bw = 1 << lg, bh = bm >> lg;
     const int th = (ho + bh - 1) / bh, tw = (wo + bw - 1) / bw;
     const long long area = static_cast<long long>(th) * bh * tw * bw;
     if (best < 0 || area < best) {
@@ -1129,40 +1166,47 @@ void tma_box(int ho, int wo, int* bw_log2, int* tiles_h, int* tiles_w) {
   }
 }
 
+// The TMA kernel one CTA per tile (stream-K needs a workspace this launcher does not take): the
+// tile variant with the fewest idle output channels, n256 before n192 before m256 (as
+// tma_tiles_for in plugins/harness.py).
 template <typename T>
 int launch_conv3d_tma(const T* x, const T* wp, const T* bias, T* y, int n, int cin, int d, int h,
                       int w, int cout, int kt, int kh, int kw, const ConvGeometry& g,
-                      int replicate, int sms, cudaStream_t stream) {
+                      int replicate, cudaStream_t stream) {
+  const int pad256 = (cout + 255) / 256 * 256, pad192 = (cout + 191) / 192 * 192;
+  const int pad128 = (cout + 127) / 128 * 128;
+  const int bn = pad256 <= pad192 && pad256 <= pad128 ? 256 : pad192 <= pad128 ? 192 : 128;
+  const int bm = bn == 128 ? 256 : 128;
   int bw_log2 = 0, tiles_h = 0, tiles_w = 0;
-  tma_box(g.Ho, g.Wo, &bw_log2, &tiles_h, &tiles_w);
+  tma_box(g.Ho, g.Wo, bm, &bw_log2, &tiles_h, &tiles_w);
   const long long tiles_m = static_cast<long long>(n) * g.Do * tiles_h * tiles_w;
-  if (tiles_m > 0x7fffffffLL) return cudaErrorInvalidValue;
-  const int bn = 128;
-  const int stages = tiles_m * ((cout + 127) / 128) > sms ? 3 : 6;
+  const long long tiles = tiles_m * ((cout + bn - 1) / bn);
+  if (tiles > 0x7fffffffLL) return cudaErrorInvalidValue;
   CUtensorMap ta, tb;
   const cuuint64_t adims[5] = {static_cast<cuuint64_t>(cin), static_cast<cuuint64_t>(w),
                                static_cast<cuuint64_t>(h), static_cast<cuuint64_t>(d),
                                static_cast<cuuint64_t>(n)};
-  const cuuint32_t abox[5] = {64, 1u << bw_log2, 128u >> bw_log2, 1, 1};
+  const cuuint32_t abox[5] = {64, 1u << bw_log2, static_cast<cuuint32_t>(bm) >> bw_log2, 1, 1};
   const cuuint64_t bdims[2] = {static_cast<cuuint64_t>(kt) * kh * kw * cin,
                                static_cast<cuuint64_t>(cout)};
   const cuuint32_t bbox[2] = {64, static_cast<cuuint32_t>(bn)};
   if (!encode_tiled(&ta, x, 5, adims, abox) || !encode_tiled(&tb, wp, 2, bdims, bbox))
     return cudaErrorInvalidValue;
-  void* k = ConvKernels<T>::tma(bn, stages);
-  const int smem = stages == 3 ? latentrt::TmaTiles<128, 128, 3>::SMEM_BYTES
-                               : latentrt::TmaTiles<128, 128, 6>::SMEM_BYTES;
+  void* k = ConvKernels<T>::tma(bm, bn);
+  const int smem = bn == 256   ? latentrt::TmaTiles<128, 256, 4>::SMEM_BYTES
+                   : bn == 192 ? latentrt::TmaTiles<128, 192, 5>::SMEM_BYTES
+                               : latentrt::TmaTiles<256, 128, 4>::SMEM_BYTES;
   cudaError_t err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   float* ws = nullptr;
   int Cin = cin, Cout = cout, kT = kt, kH = kh, kW = kw, Do = g.Do, Ho = g.Ho, Wo = g.Wo;
-  int pt = g.pt, ph = g.ph, pw = g.pw, rep = replicate;
-  int k_per_split = kt * kh * kw * (cin / 64);
-  void* args[] = {&ta, &tb, &bias, &y,  &ws, &Cin,    &Cout,    &kT,      &kH,     &kW,
-                  &Do, &Ho, &Wo,   &pt, &ph, &pw,     &rep,     &bw_log2, &tiles_h, &tiles_w,
-                  &k_per_split};
-  const dim3 grid(static_cast<unsigned>(tiles_m), static_cast<unsigned>((cout + bn - 1) / bn), 1);
-  err = cudaLaunchKernel(k, grid, dim3(latentrt::TmaTiles<128, 128, 3>::THREADS), args, smem, stream);
+  int pt = g.pt, ph = g.ph, pw = g.pw, rep = replicate, tm = static_cast<int>(tiles_m);
+  int tile0 = 0, ntiles = static_cast<int>(tiles), iters = kt * kh * kw * (cin / 64);
+  void* args[] = {&ta, &tb,  &bias, &y,       &ws,      &Cin,    &Cout, &kT,    &kH,
+                  &kW, &Do,  &Ho,   &Wo,      &pt,      &ph,     &pw,   &rep,   &bw_log2,
+                  &tiles_h,  &tiles_w,        &tm,      &tile0,  &ntiles, &iters};
+  err = cudaLaunchKernel(k, dim3(static_cast<unsigned>(tiles)),
+                         dim3(latentrt::TmaTiles<128, 128, 3>::THREADS), args, smem, stream);
   return err != cudaSuccess ? err : cudaGetLastError();
 }
 #endif
@@ -1207,7 +1251,7 @@ int launch_conv3d(const T* x, const T* wp, const T* bias, T* y, int n, int cin, 
                         cin % 8 == 0 && cout % 8 == 0 && aligned && addr(y) % 16 == 0;
   if (hopper_ok && cin % 64 == 0 && st == 1 && sh == 1 && sw == 1 && dt == 1 && dh == 1 &&
       dw == 1)
-    return launch_conv3d_tma(x, wp, bias, y, n, cin, d, h, w, cout, kt, kh, kw, g, replicate, sms,
+    return launch_conv3d_tma(x, wp, bias, y, n, cin, d, h, w, cout, kt, kh, kw, g, replicate,
                              stream);
   if (hopper_ok) {
     const int bn = wgmma_tile_n(cout);

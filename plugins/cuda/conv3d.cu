@@ -782,26 +782,41 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
   const long long g1 = min(static_cast<long long>(s.tile0 + s.tiles) * nk, g0 + s.iters);
 
   if (tid >= 256) {  // producer warp: one thread issues every load
-    if (tid == 256) {
-      for (long long g = g0; g < g1; ++g) {
-        const int i = static_cast<int>(g - g0);
+    if (tid == 256 && g1 > g0) {
+      // The (tile, K step) position advances by counting: a divide per step would make this one
+      // thread's dependent integer chain slower than the tensor cores' step.
+      int tile = static_cast<int>(g0 / nk);
+      int ks = static_cast<int>(g0 - static_cast<long long>(tile) * nk);
+      TmaTile t = tma_tile(s, tile, BM, BN);
+      const int tap0 = ks / chunks;
+      int ci = (ks - tap0 * chunks) << 6;
+      int kt = tap0 / hw;
+      int kh = (tap0 - kt * hw) / s.kW;
+      int kw = tap0 - kt * hw - kh * s.kW;
+      const int steps = static_cast<int>(g1 - g0);
+      for (int i = 0; i < steps; ++i) {
         const int stage = i % STAGES;
         if (i >= STAGES) mbar_wait(empty0 + 8 * stage, (i / STAGES - 1) & 1);
         const unsigned full = full0 + 8 * stage;
         mbar_expect_tx(full, Tiles::STAGE_BYTES);
-        const int tile = static_cast<int>(g / nk);
-        const int ks = static_cast<int>(g - static_cast<long long>(tile) * nk);
-        const TmaTile t = tma_tile(s, tile, BM, BN);
-        const int tap = ks / chunks;
-        const int ci = (ks - tap * chunks) << 6;
-        const int kt = tap / hw;
-        const int kh = (tap - kt * hw) / s.kW;
-        const int kw = tap - kt * hw - kh * s.kW;
         int ti = t.to - s.pt + kt;
         if (ti < 0 && s.replicate) ti = 0;
         const unsigned as = base + stage * Tiles::STAGE_BYTES;
         tma_load_5d(as, &ta, full, ci, t.w0 - s.pw + kw, t.h0 - s.ph + kh, ti, t.n);
-        tma_load_2d(as + Tiles::A_BYTES, &tb, full, tap * s.Cin + ci, t.co0);
+        tma_load_2d(as + Tiles::A_BYTES, &tb, full, ks << 6, t.co0);  // K index = 64 * ks
+        if (++ks == nk) {
+          ks = ci = kt = kh = kw = 0;
+          t = tma_tile(s, ++tile, BM, BN);
+        } else if ((ci += 64) == s.Cin) {
+          ci = 0;
+          if (++kw == s.kW) {
+            kw = 0;
+            if (++kh == s.kH) {
+              kh = 0;
+              ++kt;
+            }
+          }
+        }
       }
     }
     return;

@@ -609,7 +609,8 @@ def _conv3d_tma(
             driver.launch(kern.kernel.ptr, (plan.sk_ctas, 1, 1), 288, plan.smem, st.ptr, args)
             fin = mod.get_function(f"latentrt_conv3d_streamk_finalize_{_SUFFIX[xd.dtype]}")
             fargs = [_p(wsd.ptr), _p(bptr), _p(yd.ptr)] + [_i(v) for v in (*ints, *sk)]
-            fin((plan.sk_tiles,), (256,), (*fargs, _i(plan.tile_m), _i(plan.tile_n)))
+            blocks = plan.sk_tiles * plan.tile_m * plan.tile_n // 2048  # 8 elements a thread
+            fin((blocks,), (256,), (*fargs, _i(plan.tile_m), _i(plan.tile_n)))
 
 
 def pack_conv3d_weights(w: Any, out: Any = None, stream: Any = None) -> Any:

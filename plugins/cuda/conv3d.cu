@@ -869,8 +869,7 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
         if (co >= s.Cout) continue;
         const float a = acc[m][4 * jn + 2 * half], b = acc[m][4 * jn + 2 * half + 1];
         if (ws != nullptr) {
-          atomicAdd(wtile + r * BN + c, a);
-          atomicAdd(wtile + r * BN + c + 1, b);
+          atomicAdd(reinterpret_cast<float2*>(wtile + r * BN + c), make_float2(a, b));
         } else {
           const float b0 = bias != nullptr ? to_f32(bias[co]) : 0.0f;
           const float b1 = bias != nullptr ? to_f32(bias[co + 1]) : 0.0f;
@@ -890,22 +889,30 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
 #endif
 }
 
-// Stream-K's last pass: y = ws + bias for the tiles of the launch; one block per tile.
+// Stream-K's last pass: y = ws + bias for the tiles of the launch. Each thread converts 8
+// consecutive channels of one tile row (BN % 8 == 0): BM * BN / 2048 blocks of 256 per tile, so
+// enough loads are in flight to hide their latency.
 template <typename T>
 __device__ __forceinline__ void conv3d_streamk_finalize(const float* __restrict__ ws,
                                                         const T* __restrict__ bias,
                                                         T* __restrict__ y, const TmaConvShape s,
                                                         int bm, int bn) {
-  const TmaTile t = tma_tile(s, s.tile0 + blockIdx.x, bm, bn);
-  const float* wtile = ws + static_cast<long long>(blockIdx.x) * bm * bn;
-  for (int e = 2 * threadIdx.x; e < bm * bn; e += 2 * blockDim.x) {
-    const int r = e / bn, c = e - r * bn, co = t.co0 + c;
-    const long long p = tma_row(s, t, r);
-    if (p < 0 || co >= s.Cout) continue;
-    const float b0 = bias != nullptr ? to_f32(bias[co]) : 0.0f;
-    const float b1 = bias != nullptr ? to_f32(bias[co + 1]) : 0.0f;
-    store_pair(y + p * s.Cout + co, wtile[e] + b0, wtile[e + 1] + b1);
-  }
+  const int per_tile = bm * bn / 2048;
+  const int local = blockIdx.x / per_tile;
+  const int e = ((blockIdx.x - local * per_tile) * 256 + threadIdx.x) * 8;
+  const int r = e / bn, co = e - r * bn;
+  const TmaTile t = tma_tile(s, s.tile0 + local, bm, bn);
+  const long long p = tma_row(s, t, r);
+  if (p < 0 || t.co0 + co >= s.Cout) return;
+  const float* src = ws + static_cast<long long>(local) * bm * bn + e;
+  const float4 v0 = *reinterpret_cast<const float4*>(src);
+  const float4 v1 = *reinterpret_cast<const float4*>(src + 4);
+  const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+  Pack<T, 8> o;
+#pragma unroll
+  for (int k = 0; k < 8; ++k)
+    o.v[k] = from_f32<T>(v[k] + (bias != nullptr ? to_f32(bias[t.co0 + co + k]) : 0.0f));
+  *reinterpret_cast<Pack<T, 8>*>(y + p * s.Cout + t.co0 + co) = o;
 }
 
 }  // namespace latentrt

@@ -503,11 +503,17 @@ def tma_supported(
     )
 
 
-def tma_tiles_for(cout: int) -> tuple[int, int, int]:
+def tma_tiles_for(cout: int, tiles_m: int, sms: int) -> tuple[int, int, int]:
     """The (tile_m, tile_n, stages) variant with the fewest idle output channels; on a tie the
-    one whose CTA does the most work per byte of shared memory read (n256, n192, then m256)."""
+    one whose CTA does the most work per byte of shared memory read (n256, n192, then m256).
+    Where that leaves SMs idle and 128-channel tiles still fit one wave, those (two CTAs per SM)
+    win (H100, 1x384x5x32x32: 0.086 ms vs 0.092 for n192)."""
     order = [(128, 256, 4), (128, 192, 5), (256, 128, 4)]
-    return min(order, key=lambda v: -(-cout // v[1]) * v[1])
+    bm, bn, st = min(order, key=lambda v: -(-cout // v[1]) * v[1])
+    m = tiles_m * 128 // bm  # position tiles at this variant's tile_m (approximately)
+    if m * -(-cout // bn) < sms and tiles_m * -(-cout // 128) <= sms:
+        return 128, 128, 3
+    return bm, bn, st
 
 
 def conv3d_tma_plan(
@@ -525,12 +531,12 @@ def conv3d_tma_plan(
 ) -> TmaPlan:
     """Tile variant and stream-K split of the TMA kernel.
 
-    By default the last partial wave of tiles goes through stream-K when it would leave more
-    than 15% of the SMs idle. `tile_m`, `tile_n`, `stages` and `streamk` (how many of the last
+    By default stream-K takes the last partial wave of tiles when that wave is under a quarter
+    of the SMs and follows full ones. `tile_m`, `tile_n`, `stages` and `streamk` (how many of the last
     tiles stream-K shares; 0 for none) force the plan (tests and sweeps).
     """
     do, ho, wo = out_shape
-    bm, bn, st = tma_tiles_for(cout)
+    bm, bn, st = tma_tiles_for(cout, n * do * tma_box(ho, wo)[1] * tma_box(ho, wo)[2], sms)
     if tile_n is not None or tile_m is not None or stages is not None:
         bm, bn = tile_m or 128, tile_n or 128
         st = stages or {(v[0], v[1]): v[2] for v in reversed(TMA_VARIANTS)}.get((bm, bn), 0)
@@ -542,9 +548,9 @@ def conv3d_tma_plan(
     tiles_m = n * do * th * tw
     tiles = tiles_m * -(-cout // bn)
     nk = kernel[0] * kernel[1] * kernel[2] * cin // 64
-    if streamk is None:
+    if streamk is None:  # H100: a tail of 24 tiles after 264 gained 13%; 48 after 528 lost 7%
         rem = tiles % sms
-        sk = rem if 0 < rem <= 0.85 * sms else 0
+        sk = rem if tiles > sms and rem <= 0.25 * sms else 0
     else:
         sk = min(max(streamk, 0), tiles)
     ctas = min(sms, sk * nk)

@@ -188,26 +188,28 @@ def test_tma_plan_boxes_tiles_and_splits():
     assert not harness.tma_supported("float32", True, 128, 128, (1, 1, 1), (1, 1, 1))
     assert harness.tma_box(32, 32, 256) == (5, 4, 1)  # 8 x 32 boxes
     assert harness.tma_box(128, 128, 256) == (7, 64, 1)
-    # Variant: fewest idle output channels, then n256, n192, m256.
-    assert harness.tma_tiles_for(512) == (128, 256, 4)
-    assert harness.tma_tiles_for(384) == (128, 192, 5)
-    assert harness.tma_tiles_for(128) == (256, 128, 4)
-    assert harness.tma_tiles_for(320) == (128, 192, 5)  # 384 computed, as with n128
+    # Variant: fewest idle output channels, then n256, n192, m256; 128 x 128 under one wave.
+    assert harness.tma_tiles_for(512, 1000, 132) == (128, 256, 4)
+    assert harness.tma_tiles_for(384, 1000, 132) == (128, 192, 5)
+    assert harness.tma_tiles_for(128, 1000, 132) == (256, 128, 4)
+    assert harness.tma_tiles_for(320, 1000, 132) == (128, 192, 5)  # 384 computed, as with n128
+    assert harness.tma_tiles_for(384, 40, 132) == (128, 128, 3)  # 120 tiles: one wave
+    assert harness.tma_tiles_for(512, 40, 132) == (128, 256, 4)  # 160 would not fit a wave
     for bm, bn, st in harness.TMA_VARIANTS:
         assert harness.tma_smem_bytes(bm, bn, st) <= 227 * 1024  # the opt-in limit of one CTA
     assert 2 * harness.tma_smem_bytes(128, 128, 3) <= 228 * 1024  # two CTAs per SM
-    # 576 tiles on 132 SMs: four full waves one CTA per tile, the last 48 tiles by stream-K.
+    # 288 tiles on 132 SMs: two full waves one CTA per tile, the last 24 by stream-K.
+    p = harness.conv3d_tma_plan("float16", 1, 256, 256, (3, 3, 3), (9, 64, 64), 132)
+    assert p.kernel == "latentrt_conv3d_tma_ndhwc_f16_m128_n256_s4"
+    assert (p.tiles_m, p.nk, p.dp_tiles, p.sk_tiles) == (9 * 32, 108, 264, 24)
+    assert p.sk_ctas * p.sk_iters >= 24 * 108 > (p.sk_ctas - 1) * p.sk_iters
+    assert p.workspace_elems == 24 * 128 * 256
+    # A tail over a quarter of the SMs, or no full wave before it: one CTA per tile.
     p = harness.conv3d_tma_plan("float16", 1, 128, 128, (3, 3, 3), (9, 128, 128), 132)
-    assert p.kernel == "latentrt_conv3d_tma_ndhwc_f16_m256_n128_s4"
-    assert (p.tiles_m, p.nk, p.dp_tiles, p.sk_tiles) == (9 * 64, 54, 528, 48)
-    assert p.sk_ctas * p.sk_iters >= 48 * 54 > (p.sk_ctas - 1) * p.sk_iters
-    assert p.workspace_elems == 48 * 256 * 128
-    # 80 tiles: all by stream-K over the SMs; a last wave 94% full is left alone.
+    assert p.kernel.endswith("_m256_n128_s4") and (p.dp_tiles, p.sk_tiles) == (576, 0)
     p = harness.conv3d_tma_plan("bfloat16", 1, 512, 512, (3, 3, 3), (5, 32, 32), 132)
     assert p.kernel == "latentrt_conv3d_tma_ndhwc_bf16_m128_n256_s4"
-    assert (p.dp_tiles, p.sk_tiles, p.sk_ctas, p.sk_iters) == (0, 80, 132, 131)
-    p = harness.conv3d_tma_plan("float16", 1, 384, 384, (3, 3, 3), (5, 60, 104), 132)
-    assert (p.dp_tiles, p.sk_tiles) == (520, 0)
+    assert (p.dp_tiles, p.sk_tiles) == (80, 0)
     # Forced: tile, pipeline, stream-K share.
     p = harness.conv3d_tma_plan("float16", 1, 64, 64, (1, 3, 3), (4, 9, 33), 132, 128, 6, 128, 5)
     assert p.kernel.endswith("_m128_n128_s6") and (p.dp_tiles, p.sk_tiles) == (p.tiles_m - 5, 5)

@@ -1189,17 +1189,23 @@ void tma_box(int ho, int wo, int bm, int* bw_log2, int* tiles_h, int* tiles_w) {
 }
 
 // The TMA kernel one CTA per tile (stream-K needs a workspace this launcher does not take): the
-// tile variant with the fewest idle output channels, n256 before n192 before m256 (as
-// tma_tiles_for in plugins/harness.py).
+// tile variant with the fewest idle output channels, n256 before n192 before m256, or 128 x 128
+// tiles for grids under one wave (as tma_tiles_for in plugins/harness.py).
 template <typename T>
 int launch_conv3d_tma(const T* x, const T* wp, const T* bias, T* y, int n, int cin, int d, int h,
                       int w, int cout, int kt, int kh, int kw, const ConvGeometry& g,
-                      int replicate, cudaStream_t stream) {
+                      int replicate, int sms, cudaStream_t stream) {
   const int pad256 = (cout + 255) / 256 * 256, pad192 = (cout + 191) / 192 * 192;
   const int pad128 = (cout + 127) / 128 * 128;
-  const int bn = pad256 <= pad192 && pad256 <= pad128 ? 256 : pad192 <= pad128 ? 192 : 128;
-  const int bm = bn == 128 ? 256 : 128;
+  int bn = pad256 <= pad192 && pad256 <= pad128 ? 256 : pad192 <= pad128 ? 192 : 128;
+  int bm = bn == 128 ? 256 : 128;
   int bw_log2 = 0, tiles_h = 0, tiles_w = 0;
+  tma_box(g.Ho, g.Wo, 128, &bw_log2, &tiles_h, &tiles_w);
+  const long long m128 = static_cast<long long>(n) * g.Do * tiles_h * tiles_w;
+  if (m128 * 128 / bm * ((cout + bn - 1) / bn) < sms && m128 * ((cout + 127) / 128) <= sms) {
+    bm = 128;  // a grid under one wave: 128-channel tiles, two CTAs per SM
+    bn = 128;
+  }
   tma_box(g.Ho, g.Wo, bm, &bw_log2, &tiles_h, &tiles_w);
   const long long tiles_m = static_cast<long long>(n) * g.Do * tiles_h * tiles_w;
   const long long tiles = tiles_m * ((cout + bn - 1) / bn);
@@ -1217,7 +1223,8 @@ int launch_conv3d_tma(const T* x, const T* wp, const T* bias, T* y, int n, int c
   void* k = ConvKernels<T>::tma(bm, bn);
   const int smem = bn == 256   ? latentrt::TmaTiles<128, 256, 4>::SMEM_BYTES
                    : bn == 192 ? latentrt::TmaTiles<128, 192, 5>::SMEM_BYTES
-                               : latentrt::TmaTiles<256, 128, 4>::SMEM_BYTES;
+                   : bm == 256 ? latentrt::TmaTiles<256, 128, 4>::SMEM_BYTES
+                               : latentrt::TmaTiles<128, 128, 3>::SMEM_BYTES;
   cudaError_t err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   float* ws = nullptr;
@@ -1273,7 +1280,7 @@ int launch_conv3d(const T* x, const T* wp, const T* bias, T* y, int n, int cin, 
                         cin % 8 == 0 && cout % 8 == 0 && aligned && addr(y) % 16 == 0;
   if (hopper_ok && cin % 64 == 0 && st == 1 && sh == 1 && sw == 1 && dt == 1 && dh == 1 &&
       dw == 1)
-    return launch_conv3d_tma(x, wp, bias, y, n, cin, d, h, w, cout, kt, kh, kw, g, replicate,
+    return launch_conv3d_tma(x, wp, bias, y, n, cin, d, h, w, cout, kt, kh, kw, g, replicate, sms,
                              stream);
   if (hopper_ok) {
     const int bn = wgmma_tile_n(cout);

@@ -12,7 +12,8 @@ format combinations, the workspace size and the launches. TensorRT itself is imp
 
 Formats: both plugins take TensorRT's LINEAR (NCHW / NCDHW). Conv3d also takes DHWC8 for fp16 and
 bf16 when its input and output channel counts are multiples of 8: DHWC8 then holds exactly NDHWC,
-the layout the C launcher's channels-last kernels read (on Hopper, the wgmma kernel).
+the layout the C launcher's channels-last kernels read (on Hopper, the TMA-fed kernel where Cin is a
+multiple of 64 and strides and dilations are 1, else the cp.async wgmma kernel).
 """
 
 from __future__ import annotations

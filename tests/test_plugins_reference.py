@@ -176,7 +176,7 @@ def test_conv3d_plan_picks_wgmma_only_where_it_applies():
         harness.conv3d_plan("float16", True, 1, 96, 96, 27, 4096, True, sms, True, 96, 6)
 
 
-def test_tma_plan_boxes_tiles_and_splits():
+def test_tma_plan_boxes_tiles_and_streamk():
     # Frames are covered by 128-position boxes with the fewest idle positions, wider on a tie.
     assert harness.tma_box(32, 32) == (5, 8, 1)  # 4 x 32 boxes
     assert harness.tma_box(128, 128) == (7, 128, 1)

@@ -199,6 +199,14 @@ def _fused_calls(xin, outs, packed, bias, layout: str, tile_n=None, stages=None,
     ]
 
 
+def _channels_last_case(shape, cout, dtype: str) -> tuple:
+    """A channels-last Conv3d case: its rotating inputs (as _conv_inputs) and pad + cuDNN's time."""
+    xs, xin, outs, wt, packed, bias = _conv_inputs(shape, cout, getattr(torch, dtype), True)
+    reference = [partial(_pad_conv_torch, x, wt, bias) for x in xs]
+    reference[0]()
+    return xin, outs, packed, bias, _time_graph(reference)[0]
+
+
 def _hopper() -> bool:
     return torch.cuda.get_device_capability() == (9, 0)
 
@@ -254,17 +262,15 @@ def sweep_conv_tiles(cases, dtype: str = "float16") -> list[str]:
         n, cin, d, h, w = shape
         if cin % 8 or cout % 8:
             continue
-        xs, xin, outs, wt, packed, bias = _conv_inputs(shape, cout, getattr(torch, dtype), True)
-        reference = [partial(_pad_conv_torch, x, wt, bias) for x in xs]
-        reference[0]()
-        t_ref = _time_graph(reference)[0]
+        xin, outs, packed, bias, t_ref = _channels_last_case(shape, cout, dtype)
         cells, best = [], float("inf")
         for bn, stages in variants:
             if bn == 96 and cout % 96:
                 cells.append("-")
                 continue
             stages = stages or harness.wgmma_stages(bn)  # forced: no planner choice
-            t = _time_graph(_fused_calls(xin, outs, packed, bias, "NDHWC", bn, stages))[0]
+            calls = _fused_calls(xin, outs, packed, bias, "NDHWC", bn, stages, tma=False)
+            t = _time_graph(calls)[0]
             best = min(best, t)
             cells.append(f"{t:.4f}")
         plan = harness.conv3d_plan(dtype, True, n, cin, cout, 27, d * h * w, True, sms, wgmma=True)
@@ -291,8 +297,9 @@ TMA_SWEEP = [
 
 
 def sweep_conv_tma(cases, dtype: str = "float16") -> list[str]:
-    """Channels-last Conv3d: the TMA kernel per forced tile, pipeline and K split, next to the
-    cp.async wgmma kernel's planner choice and pad + cuDNN on the same tensors (Hopper only)."""
+    """Channels-last Conv3d: the TMA kernel per forced tile variant, one CTA per tile and with
+    the planner's stream-K share, next to the cp.async wgmma kernel's planner choice and pad +
+    cuDNN on the same tensors (Hopper only)."""
     rows = [
         "| x | Cout | pad+cuDNN ms | wgmma ms | "
         + " | ".join(f"m{bm}n{bn}{'' if sk == 0 else '+sk'} ms" for bm, bn, _, sk in TMA_SWEEP)
@@ -305,10 +312,7 @@ def sweep_conv_tma(cases, dtype: str = "float16") -> list[str]:
         n, cin, d, h, w = shape
         if cin % 64 or cout % 8:
             continue
-        xs, xin, outs, wt, packed, bias = _conv_inputs(shape, cout, getattr(torch, dtype), True)
-        reference = [partial(_pad_conv_torch, x, wt, bias) for x in xs]
-        reference[0]()
-        t_ref = _time_graph(reference)[0]
+        xin, outs, packed, bias, t_ref = _channels_last_case(shape, cout, dtype)
         t_wg = _time_graph(_fused_calls(xin, outs, packed, bias, "NDHWC", tma=False))[0]
         ws_elems = n * d * h * w * cout + sms * 256 * 256  # >= any stream-K share of tiles
         ws = torch.empty(ws_elems, device="cuda", dtype=torch.float32)
@@ -405,13 +409,17 @@ def profile_once() -> None:
         x = torch.randn(shape, device="cuda", dtype=torch.float16)
         w = torch.randn(384, 384, 3, 3, 3, device="cuda", dtype=torch.float16) * 0.02
         harness.conv3d(x, w, None, (0, 1, 1, 0, 1, 1), causal_time=1, layout=layout)
-    # Hopper: the wgmma kernel's two pipelines on an under-filled grid, and a four-wave one.
+    # Hopper: the cp.async wgmma kernel's two pipelines on an under-filled grid, and a four-wave
+    # one; the TMA kernel (the planner's choice) on the four-wave one.
     x = torch.randn((1, 5, 32, 32, 384), device="cuda", dtype=torch.float16)
     w = torch.randn(384, 384, 3, 3, 3, device="cuda", dtype=torch.float16) * 0.02
-    harness.conv3d(x, w, None, (0, 1, 1, 0, 1, 1), causal_time=1, layout="NDHWC", stages=3)
+    pads = (0, 1, 1, 0, 1, 1)
+    harness.conv3d(x, w, None, pads, causal_time=1, layout="NDHWC", stages=3, tma=False)
+    harness.conv3d(x, w, None, pads, causal_time=1, layout="NDHWC", tma=False)
     x = torch.randn((1, 9, 128, 128, 128), device="cuda", dtype=torch.float16)
     w = torch.randn(128, 128, 3, 3, 3, device="cuda", dtype=torch.float16) * 0.02
-    harness.conv3d(x, w, None, (0, 1, 1, 0, 1, 1), causal_time=1, layout="NDHWC")
+    harness.conv3d(x, w, None, pads, causal_time=1, layout="NDHWC", tma=False)
+    harness.conv3d(x, w, None, pads, causal_time=1, layout="NDHWC")
     torch.cuda.synchronize()
 
 

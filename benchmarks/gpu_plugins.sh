@@ -34,7 +34,7 @@ timeout 240 python3 -P benchmarks/bench_plugins.py "$@" 2>&1 | tee "$OUT/bench.t
 # One launch of each hot kernel under Nsight Compute, when it is installed.
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "$NCU" ] && [ -z "${SKIP_NCU:-}" ]; then
-  timeout 120 "$NCU" -k "regex:${NCU_KERNELS:-latentrt_(gn_silu|conv3d_igemm|conv3d_wgmma)}" -c 4 \
+  timeout 120 "$NCU" -k "regex:${NCU_KERNELS:-latentrt_(gn_silu|conv3d_igemm|conv3d_wgmma|conv3d_tma)}" -c 8 \
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
     --section MemoryWorkloadAnalysis \
     python3 -P benchmarks/bench_plugins.py --profile > "$OUT/ncu.txt" 2>&1

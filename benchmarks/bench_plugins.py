@@ -199,12 +199,19 @@ def _fused_calls(xin, outs, packed, bias, layout: str, tile_n=None, stages=None,
     ]
 
 
-def _channels_last_case(shape, cout, dtype: str) -> tuple:
-    """A channels-last Conv3d case: its rotating inputs (as _conv_inputs) and pad + cuDNN's time."""
-    xs, xin, outs, wt, packed, bias = _conv_inputs(shape, cout, getattr(torch, dtype), True)
-    reference = [partial(_pad_conv_torch, x, wt, bias) for x in xs]
-    reference[0]()
-    return xin, outs, packed, bias, _time_graph(reference)[0]
+def _channels_last_cases(cases, multiple: int, dtype: str):
+    """Yields (shape, cout, sms, xin, outs, packed, bias, pad + cuDNN ms) for the channels-last
+    Conv3d cases whose Cin is a multiple of `multiple` and Cout of 8 (inputs as _conv_inputs)."""
+    torch.backends.cudnn.benchmark = True
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for shape, cout in cases:
+        if shape[1] % multiple or cout % 8:
+            continue
+        xs, xin, outs, wt, packed, bias = _conv_inputs(shape, cout, getattr(torch, dtype), True)
+        reference = [partial(_pad_conv_torch, x, wt, bias) for x in xs]
+        reference[0]()
+        yield shape, cout, sms, xin, outs, packed, bias, _time_graph(reference)[0]
+        torch.cuda.empty_cache()
 
 
 def _hopper() -> bool:
@@ -256,13 +263,8 @@ def sweep_conv_tiles(cases, dtype: str = "float16") -> list[str]:
         + " | speedup of the best | planner |",
         "| --- | --- |" + " --- |" * (len(variants) + 3),
     ]
-    torch.backends.cudnn.benchmark = True
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for shape, cout in cases:
+    for shape, cout, sms, xin, outs, packed, bias, t_ref in _channels_last_cases(cases, 8, dtype):
         n, cin, d, h, w = shape
-        if cin % 8 or cout % 8:
-            continue
-        xin, outs, packed, bias, t_ref = _channels_last_case(shape, cout, dtype)
         cells, best = [], float("inf")
         for bn, stages in variants:
             if bn == 96 and cout % 96:
@@ -279,7 +281,6 @@ def sweep_conv_tiles(cases, dtype: str = "float16") -> list[str]:
             f"| {t_ref / best:.2f}x | {plan.kernel.split('_ndhwc_')[1]} |"
         )
         print(rows[-1], flush=True)
-        torch.cuda.empty_cache()
     return rows
 
 
@@ -306,13 +307,8 @@ def sweep_conv_tma(cases, dtype: str = "float16") -> list[str]:
         + " | best TMA / pad+cuDNN | TMA planner | planner ms | planner / pad+cuDNN |",
         "| --- | --- | --- | --- |" + " --- |" * (len(TMA_SWEEP) + 4),
     ]
-    torch.backends.cudnn.benchmark = True
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for shape, cout in cases:
+    for shape, cout, sms, xin, outs, packed, bias, t_ref in _channels_last_cases(cases, 64, dtype):
         n, cin, d, h, w = shape
-        if cin % 64 or cout % 8:
-            continue
-        xin, outs, packed, bias, t_ref = _channels_last_case(shape, cout, dtype)
         t_wg = _time_graph(_fused_calls(xin, outs, packed, bias, "NDHWC", tma=False))[0]
         ws_elems = n * d * h * w * cout + sms * 256 * 256  # >= any stream-K share of tiles
         ws = torch.empty(ws_elems, device="cuda", dtype=torch.float32)
@@ -338,8 +334,7 @@ def sweep_conv_tma(cases, dtype: str = "float16") -> list[str]:
             f"| {t_ref / t_plan:.2f}x |"
         )
         print(rows[-1], flush=True)
-        del ws
-        torch.cuda.empty_cache()
+        del ws  # before the generator's empty_cache
     return rows
 
 

@@ -26,9 +26,11 @@ from latentrt.plugins.reference import conv3d_output_shape, resolve_conv3d_pads
 __all__ = [
     "ConvPlan",
     "GroupNormPlan",
+    "TmaPlan",
     "build_shared_library",
     "conv3d",
     "conv3d_plan",
+    "conv3d_tma_plan",
     "groupnorm_plan",
     "groupnorm_silu",
     "kernel_source",
@@ -439,7 +441,7 @@ def conv3d_plan(
 
 
 # (tile_m, tile_n, stages) of the TMA kernel; (128, 128, 3) fits two CTAs per SM, the rest one.
-TMA_VARIANTS = ((128, 128, 3), (128, 128, 6), (128, 192, 5), (128, 256, 4), (256, 128, 4))
+TMA_VARIANTS = ((128, 128, 3), (128, 192, 5), (128, 256, 4), (256, 128, 4))
 
 
 @dataclass(frozen=True)
@@ -532,14 +534,15 @@ def conv3d_tma_plan(
     """Tile variant and stream-K split of the TMA kernel.
 
     By default stream-K takes the last partial wave of tiles when that wave is under a quarter
-    of the SMs and follows full ones. `tile_m`, `tile_n`, `stages` and `streamk` (how many of the last
-    tiles stream-K shares; 0 for none) force the plan (tests and sweeps).
+    of the SMs and follows full ones. `tile_m`, `tile_n`, `stages` and `streamk` (how many of
+    the last tiles stream-K shares; 0 for none) force the plan (tests and sweeps).
     """
     do, ho, wo = out_shape
-    bm, bn, st = tma_tiles_for(cout, n * do * tma_box(ho, wo)[1] * tma_box(ho, wo)[2], sms)
+    _, th, tw = tma_box(ho, wo)
+    bm, bn, st = tma_tiles_for(cout, n * do * th * tw, sms)
     if tile_n is not None or tile_m is not None or stages is not None:
         bm, bn = tile_m or 128, tile_n or 128
-        st = stages or {(v[0], v[1]): v[2] for v in reversed(TMA_VARIANTS)}.get((bm, bn), 0)
+        st = stages or {(v[0], v[1]): v[2] for v in TMA_VARIANTS}.get((bm, bn), 0)
     if (bm, bn, st) not in TMA_VARIANTS:
         raise InputError(
             f"(tile_m, tile_n, stages) must be one of {TMA_VARIANTS}, got {(bm, bn, st)}"
@@ -702,8 +705,9 @@ def conv3d(
     dev = cupy.cuda.runtime.getDevice()
     sms, _ = _device_limits(dev)
     aligned = xd.ptr % 16 == 0 and pd.ptr % 16 == 0 and yd.ptr % 16 == 0
-    hopper = _has_wgmma(dev)
-    use_tma = hopper and aligned and tma_supported(xd.dtype, last, cin, cout, strides, dilations)
+    use_tma = (
+        _has_wgmma(dev) and aligned and tma_supported(xd.dtype, last, cin, cout, strides, dilations)
+    )
     if tma and not use_tma:
         raise InputError(
             "the TMA kernel needs a Hopper GPU, fp16/bf16 NDHWC, Cin % 64 == 0, Cout % 8 == 0, "

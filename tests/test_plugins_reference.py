@@ -211,8 +211,8 @@ def test_tma_plan_boxes_tiles_and_streamk():
     assert p.kernel == "latentrt_conv3d_tma_ndhwc_bf16_m128_n256_s4"
     assert (p.dp_tiles, p.sk_tiles) == (80, 0)
     # Forced: tile, pipeline, stream-K share.
-    p = harness.conv3d_tma_plan("float16", 1, 64, 64, (1, 3, 3), (4, 9, 33), 132, 128, 6, 128, 5)
-    assert p.kernel.endswith("_m128_n128_s6") and (p.dp_tiles, p.sk_tiles) == (p.tiles_m - 5, 5)
+    p = harness.conv3d_tma_plan("float16", 1, 64, 64, (1, 3, 3), (4, 9, 33), 132, 128, 3, 128, 5)
+    assert p.kernel.endswith("_m128_n128_s3") and (p.dp_tiles, p.sk_tiles) == (p.tiles_m - 5, 5)
     assert p.nk == 9 and p.sk_ctas == 45 and p.sk_iters == 1
     with pytest.raises(InputError):
         harness.conv3d_tma_plan("float16", 1, 64, 64, (3, 3, 3), (4, 9, 33), 132, 256, 3)

@@ -925,6 +925,12 @@ __device__ __forceinline__ void conv3d_streamk_finalize(const float* __restrict_
 //                                          grid.y = ceil(Cout/BN); sm_90a only
 //   latentrt_conv3d_wgmma_ndhwc_{f16|bf16}_n128_s6           the same with 6 stages, one CTA
 //                                          per SM
+//   latentrt_conv3d_tma_ndhwc_{f16|bf16}_m{BM}_n{BN}_s{S}    (BM, BN, S) = (128, 128, 3),
+//                                          (128, 192, 5), (128, 256, 4), (256, 128, 4); block
+//                                          288, grid.x = CTAs over the launch's tiles (TmaConvShape);
+//                                          tensor maps by value; sm_90a only
+//   latentrt_conv3d_streamk_finalize_{f16|bf16}              block 256, BM * BN / 2048 blocks
+//                                          per stream-K tile
 #define LRT_CONV_PARAMS                                                                         \
   int Cin, int D, int H, int W, int Cout, int kT, int kH, int kW, int Do, int Ho, int Wo, int st, \
       int sh, int sw, int dt, int dh, int dw, int pt, int ph, int pw, int replicate
@@ -1002,7 +1008,6 @@ __device__ __forceinline__ void conv3d_streamk_finalize(const float* __restrict_
   LRT_CONV_WGMMA(T, SUF, 128)                                        \
   LRT_CONV_WGMMA_DEEP(T, SUF, 6)                                     \
   LRT_CONV_TMA(T, SUF, 128, 128, 3, 2)                               \
-  LRT_CONV_TMA(T, SUF, 128, 128, 6, 1)                               \
   LRT_CONV_TMA(T, SUF, 128, 192, 5, 1)                               \
   LRT_CONV_TMA(T, SUF, 128, 256, 4, 1)                               \
   LRT_CONV_TMA(T, SUF, 256, 128, 4, 1)                               \

@@ -1,11 +1,14 @@
-"""Both plugin .cu files compile with nvcc for sm_90 and sm_90a (wgmma) with every warning an error."""
+"""Both plugin .cu files compile with nvcc for sm_90 and sm_90a (wgmma) with every warning an error;
+the nvcc-built C launcher plans the TMA Conv3d kernel as the Python harness does."""
 
 from __future__ import annotations
 
+import ctypes
 import subprocess
 
 import pytest
 
+from latentrt.plugins import harness
 from latentrt.plugins.harness import CUDA_DIR, find_nvcc
 
 
@@ -34,3 +37,32 @@ def test_compiles_for_sm90_without_warnings(name, arch, tmp_path):
     assert res.returncode == 0, output
     assert "warning" not in output.lower(), output
     assert (tmp_path / "k.o").stat().st_size > 0
+
+
+@pytest.mark.skipif(
+    find_nvcc() is None, reason="nvcc (CUDA toolkit) is not installed on this machine"
+)
+def test_c_launcher_tma_plan_matches_the_harness(tmp_path):
+    # The C launcher (what a TensorRT plugin calls) and the Python harness pick the TMA kernel's
+    # tile variant and box each in their own code; host-only, so no GPU is needed.
+    lib = ctypes.CDLL(str(harness.build_shared_library(tmp_path / "lib.so", arch="sm_90a")))
+    plan = lib.latentrt_conv3d_tma_plan
+    plan.argtypes = [ctypes.c_int] * 6 + [ctypes.POINTER(ctypes.c_int)]
+    plan.restype = ctypes.c_int
+    shapes = [  # (N, Cout, Do, Ho, Wo): the benchmark's video-VAE shapes and odd ones
+        (1, 384, 5, 32, 32), (1, 128, 9, 128, 128), (1, 256, 9, 64, 64), (1, 512, 5, 32, 32),
+        (1, 384, 5, 60, 104), (1, 192, 9, 120, 208), (2, 320, 3, 40, 72), (1, 64, 4, 9, 33),
+        (1, 96, 17, 90, 160), (4, 1024, 2, 8, 8),
+    ]  # fmt: skip
+    for n, cout, d, h, w in shapes:
+        out = (ctypes.c_int * 5)()
+        assert plan(n, cout, d, h, w, 132, out) == 0
+        p = harness.conv3d_tma_plan("float16", n, 128, cout, (3, 3, 3), (d, h, w), 132)
+        assert list(out) == [p.tile_m, p.tile_n, p.bw_log2, p.tiles_h, p.tiles_w], (
+            n,
+            cout,
+            d,
+            h,
+            w,
+        )
+    assert plan(1, 0, 1, 1, 1, 132, (ctypes.c_int * 5)()) != 0

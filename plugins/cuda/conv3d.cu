@@ -1193,25 +1193,36 @@ void tma_box(int ho, int wo, int bm, int* bw_log2, int* tiles_h, int* tiles_w) {
   }
 }
 
-// The TMA kernel one CTA per tile (stream-K needs a workspace this launcher does not take): the
-// tile variant with the fewest idle output channels, n256 before n192 before m256, or 128 x 128
-// tiles for grids under one wave (as tma_tiles_for in plugins/harness.py).
+// Tile variant and box of the TMA kernel, as tma_tiles_for and tma_box in plugins/harness.py:
+// the variant with the fewest idle output channels, n256 before n192 before m256, or 128 x 128
+// tiles for grids under one wave.
+struct TmaLaunchPlan {
+  int bm, bn, bw_log2, tiles_h, tiles_w;
+};
+TmaLaunchPlan tma_launch_plan(int n, int cout, int frames, int ho, int wo, int sms) {
+  const int pad256 = (cout + 255) / 256 * 256, pad192 = (cout + 191) / 192 * 192;
+  const int pad128 = (cout + 127) / 128 * 128;
+  TmaLaunchPlan p{};
+  p.bn = pad256 <= pad192 && pad256 <= pad128 ? 256 : pad192 <= pad128 ? 192 : 128;
+  p.bm = p.bn == 128 ? 256 : 128;
+  tma_box(ho, wo, 128, &p.bw_log2, &p.tiles_h, &p.tiles_w);
+  const long long m128 = static_cast<long long>(n) * frames * p.tiles_h * p.tiles_w;
+  if (m128 * 128 / p.bm * ((cout + p.bn - 1) / p.bn) < sms && m128 * ((cout + 127) / 128) <= sms) {
+    p.bm = 128;  // a grid under one wave: 128-channel tiles, two CTAs per SM
+    p.bn = 128;
+  }
+  tma_box(ho, wo, p.bm, &p.bw_log2, &p.tiles_h, &p.tiles_w);
+  return p;
+}
+
+// The TMA kernel one CTA per tile (stream-K needs a workspace this launcher does not take).
 template <typename T>
 int launch_conv3d_tma(const T* x, const T* wp, const T* bias, T* y, int n, int cin, int d, int h,
                       int w, int cout, int kt, int kh, int kw, const ConvGeometry& g,
                       int replicate, int sms, cudaStream_t stream) {
-  const int pad256 = (cout + 255) / 256 * 256, pad192 = (cout + 191) / 192 * 192;
-  const int pad128 = (cout + 127) / 128 * 128;
-  int bn = pad256 <= pad192 && pad256 <= pad128 ? 256 : pad192 <= pad128 ? 192 : 128;
-  int bm = bn == 128 ? 256 : 128;
-  int bw_log2 = 0, tiles_h = 0, tiles_w = 0;
-  tma_box(g.Ho, g.Wo, 128, &bw_log2, &tiles_h, &tiles_w);
-  const long long m128 = static_cast<long long>(n) * g.Do * tiles_h * tiles_w;
-  if (m128 * 128 / bm * ((cout + bn - 1) / bn) < sms && m128 * ((cout + 127) / 128) <= sms) {
-    bm = 128;  // a grid under one wave: 128-channel tiles, two CTAs per SM
-    bn = 128;
-  }
-  tma_box(g.Ho, g.Wo, bm, &bw_log2, &tiles_h, &tiles_w);
+  const TmaLaunchPlan plan = tma_launch_plan(n, cout, g.Do, g.Ho, g.Wo, sms);
+  const int bm = plan.bm, bn = plan.bn;
+  int bw_log2 = plan.bw_log2, tiles_h = plan.tiles_h, tiles_w = plan.tiles_w;
   const long long tiles_m = static_cast<long long>(n) * g.Do * tiles_h * tiles_w;
   const long long tiles = tiles_m * ((cout + bn - 1) / bn);
   if (tiles > 0x7fffffffLL) return cudaErrorInvalidValue;
@@ -1366,6 +1377,21 @@ extern "C" int latentrt_conv3d_output_shape(int d, int h, int w, int kt, int kh,
   out3[2] = g.Wo;
   return 0;
 }
+
+#if defined(LATENTRT_SM90A)
+// The TMA kernel's tile variant and box for a channels-last shape, out5 = {tile_m, tile_n,
+// log2 box width, boxes per frame height, boxes per frame width}: host-only, so CPU tests can
+// hold it against plugins/harness.py.
+extern "C" int latentrt_conv3d_tma_plan(int n, int cout, int frames, int ho, int wo, int sms,
+                                        int* out5) {
+  if (n <= 0 || cout <= 0 || frames <= 0 || ho <= 0 || wo <= 0 || sms <= 0)
+    return cudaErrorInvalidValue;
+  const TmaLaunchPlan p = tma_launch_plan(n, cout, frames, ho, wo, sms);
+  const int v[5] = {p.bm, p.bn, p.bw_log2, p.tiles_h, p.tiles_w};
+  for (int i = 0; i < 5; ++i) out5[i] = v[i];
+  return 0;
+}
+#endif
 
 // C-linkage launchers for a TensorRT IPluginV3::enqueue: device pointers x (NCDHW for layout 0,
 // NDHWC for layout 1), packed weights [Cout, kT, kH, kW, Cin], bias [Cout] or null, y; host

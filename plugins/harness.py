@@ -509,7 +509,7 @@ def tma_tiles_for(cout: int, tiles_m: int, sms: int) -> tuple[int, int, int]:
     """The (tile_m, tile_n, stages) variant with the fewest idle output channels; on a tie the
     one whose CTA does the most work per byte of shared memory read (n256, n192, then m256).
     Where that leaves SMs idle and 128-channel tiles still fit one wave, those (two CTAs per SM)
-    win (H100, 1x384x5x32x32: 0.086 ms vs 0.092 for n192)."""
+    win (H100, 1x384x5x32x32: 0.086-0.087 ms vs 0.090-0.092 for n192, two runs)."""
     order = [(128, 256, 4), (128, 192, 5), (256, 128, 4)]
     bm, bn, st = min(order, key=lambda v: -(-cout // v[1]) * v[1])
     m = tiles_m * 128 // bm  # position tiles at this variant's tile_m (approximately)

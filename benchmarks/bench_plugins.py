@@ -284,39 +284,43 @@ def sweep_conv_tiles(cases, dtype: str = "float16") -> list[str]:
     return rows
 
 
-# (tile_m, tile_n, stages, streamk): 0 is one CTA per tile, None the planner's stream-K share
-TMA_SWEEP = [
-    (128, 128, 3, 0),
-    (128, 192, 5, 0),
-    (128, 256, 4, 0),
-    (256, 128, 4, 0),
-    (128, 128, 3, None),
-    (128, 192, 5, None),
-    (128, 256, 4, None),
-    (256, 128, 4, None),
-]
+TMA_TILES = [(128, 128, 3), (128, 192, 5), (128, 256, 4), (256, 128, 4)]
+# How many of the last tiles stream-K shares: none (one CTA per tile), the partial last wave
+# (the planner's rule aside), that and one full wave before it, or all of them.
+TMA_SHARES = ("dp", "tail", "tail+wave", "all")
+
+
+def _streamk_share(mode: str, tiles: int, sms: int) -> int:
+    tail = tiles % sms
+    return {"dp": 0, "tail": tail, "tail+wave": tail + sms if tiles > sms else tiles}.get(
+        mode, tiles
+    )
 
 
 def sweep_conv_tma(cases, dtype: str = "float16") -> list[str]:
-    """Channels-last Conv3d: the TMA kernel per forced tile variant, one CTA per tile and with
-    the planner's stream-K share, next to the cp.async wgmma kernel's planner choice and pad +
-    cuDNN on the same tensors (Hopper only)."""
+    """Channels-last Conv3d: the TMA kernel per forced tile variant and stream-K share, next to
+    the cp.async wgmma kernel's planner choice and pad + cuDNN on the same tensors (Hopper only)."""
+    cols = [(t, m) for t in TMA_TILES for m in TMA_SHARES]
     rows = [
         "| x | Cout | pad+cuDNN ms | wgmma ms | "
-        + " | ".join(f"m{bm}n{bn}{'' if sk == 0 else '+sk'} ms" for bm, bn, _, sk in TMA_SWEEP)
+        + " | ".join(f"m{bm}n{bn} {m} ms" for (bm, bn, _), m in cols)
         + " | best TMA / pad+cuDNN | TMA planner | planner ms | planner / pad+cuDNN |",
-        "| --- | --- | --- | --- |" + " --- |" * (len(TMA_SWEEP) + 4),
+        "| --- | --- | --- | --- |" + " --- |" * (len(cols) + 4),
     ]
     for shape, cout, sms, xin, outs, packed, bias, t_ref in _channels_last_cases(cases, 64, dtype):
         n, cin, d, h, w = shape
         t_wg = _time_graph(_fused_calls(xin, outs, packed, bias, "NDHWC", tma=False))[0]
-        ws_elems = n * d * h * w * cout + sms * 256 * 256  # >= any stream-K share of tiles
+        ws_elems = sms * (256 * 256 + 1)  # >= any stream-K workspace
         ws = torch.empty(ws_elems, device="cuda", dtype=torch.float32)
         cells, best = [], float("inf")
-        for bm, bn, st, sk in TMA_SWEEP:
+        for (bm, bn, st), mode in cols:
             if bn == 192 and cout % 192:
                 cells.append("-")
                 continue
+            one = harness.conv3d_tma_plan(
+                dtype, n, cin, cout, (3, 3, 3), (d, h, w), sms, bn, st, bm, 0
+            )
+            sk = _streamk_share(mode, one.dp_tiles, sms)
             calls = _fused_calls(
                 xin, outs, packed, bias, "NDHWC", bn, st, tma=True, streamk=sk, workspace=ws,
                 tile_m=bm,

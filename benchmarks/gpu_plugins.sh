@@ -2,7 +2,8 @@
 # GPU run for the plugin kernels: environment, nvcc resource report, gpu tests, benchmarks.
 # Usage (repository root, on the GPU machine): bash benchmarks/gpu_plugins.sh [--quick]
 # SKIP_NCU=1 skips the Nsight Compute pass, SKIP_PTXAS=1 the resource report; NCU_KERNELS
-# picks the kernels ncu captures (a regex), PYTEST_K the GPU tests (pytest -k).
+# picks the kernels ncu captures (a regex), PYTEST_K the GPU tests (pytest -k), BENCH_TIMEOUT
+# the benchmark's time limit in seconds (240).
 # Logs go to $OUT (default /tmp/latentrt_plugins_out).
 set -uo pipefail
 OUT=${OUT:-/tmp/latentrt_plugins_out}
@@ -29,7 +30,7 @@ done
 
 timeout 280 python3 -P -m pytest --import-mode=append -q -m gpu tests/test_plugins_cuda.py \
   ${PYTEST_K:+-k "$PYTEST_K"} -rfE 2>&1 | tee "$OUT/pytest_gpu.txt"
-timeout 240 python3 -P benchmarks/bench_plugins.py "$@" 2>&1 | tee "$OUT/bench.txt"
+timeout "${BENCH_TIMEOUT:-240}" python3 -P benchmarks/bench_plugins.py "$@" 2>&1 | tee "$OUT/bench.txt"
 
 # One launch of each hot kernel under Nsight Compute, when it is installed.
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)

@@ -448,7 +448,7 @@ TMA_VARIANTS = ((128, 128, 3), (128, 192, 5), (128, 256, 4), (256, 128, 4))
 class TmaPlan:
     """Launch plan of the TMA-fed Conv3d kernel (conv3d_tma in conv3d.cu): `dp_tiles` tiles one
     CTA each, then (stream-K) the last `sk_tiles` tiles shared by `sk_ctas` CTAs of `sk_iters`
-    (tile, K step) iterations, summed in a float32 workspace and finalized."""
+    (tile, K step) iterations, which hand partial sums over through a float32 workspace."""
 
     kernel: str
     smem: int
@@ -466,7 +466,8 @@ class TmaPlan:
 
     @property
     def workspace_elems(self) -> int:
-        return self.sk_tiles * self.tile_m * self.tile_n
+        """float32 elements of stream-K's workspace: a partial tile per CTA, then a flag each."""
+        return self.sk_ctas * (self.tile_m * self.tile_n + 1)
 
 
 def tma_smem_bytes(tile_m: int, tile_n: int, stages: int) -> int:
@@ -585,16 +586,15 @@ def _conv3d_tma(
     workspace: Any,
     stream: Any,
 ) -> None:
-    """Launch the TMA kernel: the one-CTA-per-tile part, then the stream-K part (memset, kernel,
-    finalize) when the plan has one."""
+    """Launch the TMA kernel: the one-CTA-per-tile part, then the stream-K part (its flags zeroed,
+    then the kernel) when the plan has one."""
     from latentrt.plugins import driver
 
     n, cin, d, h, w, cout, kt, kh, kw, do, ho, wo, pt, ph, pw, replicate = geometry
     box = (64, 1 << plan.bw_log2, plan.tile_m >> plan.bw_log2, 1, 1)
     ta = driver.encode_tiled(xd.ptr, (cin, w, h, d, n), box)
     tb = driver.encode_tiled(pd.ptr, (kt * kh * kw * cin, cout), (64, plan.tile_n))
-    mod = _module_sm90a("conv3d.cu")
-    kern = mod.get_function(plan.kernel)
+    kern = _module_sm90a("conv3d.cu").get_function(plan.kernel)
     kern.max_dynamic_shared_size_bytes = plan.smem
     ints = [cin, cout, kt, kh, kw, do, ho, wo, pt, ph, pw, replicate]
     ints += [plan.bw_log2, plan.tiles_h, plan.tiles_w, plan.tiles_m]
@@ -612,14 +612,11 @@ def _conv3d_tma(
             wsd = _describe(ws, "workspace")
             if wsd.dtype != "float32" or int(np.prod(wsd.shape)) < elems:
                 raise InputError(f"workspace must be float32 with at least {elems} elements")
-            cupy.cuda.runtime.memsetAsync(wsd.ptr, 0, elems * 4, st.ptr)
+            flags = plan.sk_ctas * plan.tile_m * plan.tile_n * 4
+            cupy.cuda.runtime.memsetAsync(wsd.ptr + flags, 0, plan.sk_ctas * 4, st.ptr)
             sk = (plan.dp_tiles, plan.sk_tiles, plan.sk_iters)
             args = [ta, tb, c64(bptr), c64(yd.ptr), c64(wsd.ptr)] + [c32(v) for v in (*ints, *sk)]
             driver.launch(kern.kernel.ptr, (plan.sk_ctas, 1, 1), 288, plan.smem, st.ptr, args)
-            fin = mod.get_function(f"latentrt_conv3d_streamk_finalize_{_SUFFIX[xd.dtype]}")
-            fargs = [_p(wsd.ptr), _p(bptr), _p(yd.ptr)] + [_i(v) for v in (*ints, *sk)]
-            blocks = plan.sk_tiles * plan.tile_m * plan.tile_n // 2048  # 8 elements a thread
-            fin((blocks,), (256,), (*fargs, _i(plan.tile_m), _i(plan.tile_n)))
 
 
 def pack_conv3d_weights(w: Any, out: Any = None, stream: Any = None) -> Any:

@@ -203,7 +203,7 @@ def test_tma_plan_boxes_tiles_and_streamk():
     assert p.kernel == "latentrt_conv3d_tma_ndhwc_f16_m128_n256_s4"
     assert (p.tiles_m, p.nk, p.dp_tiles, p.sk_tiles) == (9 * 32, 108, 264, 24)
     assert p.sk_ctas * p.sk_iters >= 24 * 108 > (p.sk_ctas - 1) * p.sk_iters
-    assert p.workspace_elems == 24 * 128 * 256
+    assert p.workspace_elems == p.sk_ctas * (128 * 256 + 1)  # a partial tile and a flag per CTA
     # A tail over a quarter of the SMs, or no full wave before it: one CTA per tile.
     p = harness.conv3d_tma_plan("float16", 1, 128, 128, (3, 3, 3), (9, 128, 128), 132)
     assert p.kernel.endswith("_m256_n128_s4") and (p.dp_tiles, p.sk_tiles) == (576, 0)

@@ -696,9 +696,13 @@ __device__ __forceinline__ void conv3d_wgmma(const T* __restrict__ x, const T* _
 //
 // Work is the range of (tile, K step) iterations [tile0 * nk, (tile0 + tiles) * nk), tiles
 // numbered M-fastest (CTAs in flight share B). CTA b takes `iters` consecutive iterations from
-// tile0 * nk + b * iters: with iters == nk every CTA owns one tile and stores it (bias added);
-// otherwise (stream-K, `ws` set) a CTA's range may start or end inside a tile, and every
-// segment adds its fp32 partial sums into ws, tile-major, for latentrt_conv3d_streamk_finalize.
+// tile0 * nk + b * iters: with iters == nk every CTA owns one tile and stores it (bias added).
+// Otherwise (stream-K, `ws` set) a CTA's range may start or end inside a tile. Only a CTA's first
+// segment can start past a tile's K step 0; that segment's fp32 partial sums go to the CTA's slot
+// of ws and its flag is raised. The CTA that ran the tile's K step 0 meets that segment last in
+// its range, so by then the later CTAs' partials are (nearly always) ready: it waits for their
+// flags, adds the partials in registers and stores the tile. No atomics, no finalize pass.
+// ws: gridDim.x slots of BM * BN floats, then gridDim.x int flags, zero at launch and left zero.
 
 struct alignas(64) TmaDesc {  // a CUtensorMap: 128 opaque bytes from cuTensorMapEncodeTiled
   unsigned long long v[16];
@@ -750,6 +754,52 @@ __device__ __forceinline__ long long tma_row(const TmaConvShape& s, const TmaTil
   const int ho = t.h0 + (r >> s.bw_log2), wo = t.w0 + (r & ((1 << s.bw_log2) - 1));
   if (ho >= s.Ho || wo >= s.Wo) return -1;
   return ((static_cast<long long>(t.n) * s.Do + t.to) * s.Ho + ho) * s.Wo + wo;
+}
+
+// Stream-K hand-over between the consumer warpgroups (256 threads) of two CTAs. Each thread
+// moves its N accumulators as float4s laid out thread-fastest, so every access is coalesced.
+__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void stream_k_publish(const float* acc, float* ws, int tid) {
+  float4* slot = reinterpret_cast<float4*>(ws + static_cast<long long>(blockIdx.x) * N * 256);
+#pragma unroll
+  for (int e = 0; e < N / 4; ++e)
+    __stcg(slot + e * 256 + tid,
+           make_float4(acc[4 * e], acc[4 * e + 1], acc[4 * e + 2], acc[4 * e + 3]));
+  consumers_sync();
+  if (tid == 0) {
+    unsigned* flag =
+        reinterpret_cast<unsigned*>(ws + static_cast<long long>(gridDim.x) * N * 256) + blockIdx.x;
+    __threadfence();
+    asm volatile("st.release.gpu.global.u32 [%0], 1;" ::"l"(flag) : "memory");
+  }
+}
+
+// Adds the partials of CTAs blockIdx.x + 1 .. last (each waited for, its flag reset) to acc.
+template <int N>
+__device__ __forceinline__ void stream_k_gather(float* acc, const float* ws, int tid, int last) {
+  unsigned* flags = reinterpret_cast<unsigned*>(const_cast<float*>(ws) +
+                                                static_cast<long long>(gridDim.x) * N * 256);
+  for (int c = blockIdx.x + 1 + tid; c <= last; c += 256) {
+    unsigned v = 0;
+    do {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(flags + c) : "memory");
+    } while (v == 0);
+    flags[c] = 0;
+  }
+  consumers_sync();
+  for (int c = blockIdx.x + 1; c <= last; ++c) {
+    const float4* slot = reinterpret_cast<const float4*>(ws + static_cast<long long>(c) * N * 256);
+#pragma unroll
+    for (int e = 0; e < N / 4; ++e) {
+      const float4 v = __ldcg(slot + e * 256 + tid);
+      acc[4 * e] += v.x;
+      acc[4 * e + 1] += v.y;
+      acc[4 * e + 2] += v.z;
+      acc[4 * e + 3] += v.w;
+    }
+  }
 }
 
 template <typename T, int BM, int BN, int STAGES_>
@@ -853,9 +903,17 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
     wgmma_wait<0>();
     g += seg;
 
+    if (ws != nullptr && kb != 0) {  // a later part of a tile begun by an earlier CTA
+      stream_k_publish<MW * BN / 2>(acc[0], ws, tid);
+      continue;
+    }
+    if (ws != nullptr && seg < nk) {  // the tile's later K steps ran on CTAs blockIdx.x + 1 ...
+      const long long end = static_cast<long long>(tile + 1 - s.tile0) * nk;  // launch-relative
+      stream_k_gather<MW * BN / 2>(acc[0], ws, tid, static_cast<int>((end - 1) / s.iters));
+    }
+
     // Accumulator layout as in conv3d_wgmma; row r of the tile is box position (r / BW, r % BW).
     const TmaTile t = tma_tile(s, tile, BM, BN);
-    float* wtile = ws + static_cast<long long>(tile - s.tile0) * BM * BN;
 #pragma unroll
     for (int mh = 0; mh < 2 * MW; ++mh) {
       const int m = mh >> 1, half = mh & 1;
@@ -864,17 +922,12 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
       if (p < 0) continue;
 #pragma unroll
       for (int jn = 0; jn < BN / 8; ++jn) {
-        const int c = 8 * jn + 2 * (lane & 3);
-        const int co = t.co0 + c;
+        const int co = t.co0 + 8 * jn + 2 * (lane & 3);
         if (co >= s.Cout) continue;
-        const float a = acc[m][4 * jn + 2 * half], b = acc[m][4 * jn + 2 * half + 1];
-        if (ws != nullptr) {
-          atomicAdd(reinterpret_cast<float2*>(wtile + r * BN + c), make_float2(a, b));
-        } else {
-          const float b0 = bias != nullptr ? to_f32(bias[co]) : 0.0f;
-          const float b1 = bias != nullptr ? to_f32(bias[co + 1]) : 0.0f;
-          store_pair(y + p * s.Cout + co, a + b0, b + b1);
-        }
+        const float b0 = bias != nullptr ? to_f32(bias[co]) : 0.0f;
+        const float b1 = bias != nullptr ? to_f32(bias[co + 1]) : 0.0f;
+        store_pair(y + p * s.Cout + co, acc[m][4 * jn + 2 * half] + b0,
+                   acc[m][4 * jn + 2 * half + 1] + b1);
       }
     }
   }
@@ -887,32 +940,6 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
   (void)s;
   __trap();  // compiled for a target without wgmma/TMA; the launchers never pick this kernel there
 #endif
-}
-
-// Stream-K's last pass: y = ws + bias for the tiles of the launch. Each thread converts 8
-// consecutive channels of one tile row (BN % 8 == 0): BM * BN / 2048 blocks of 256 per tile, so
-// enough loads are in flight to hide their latency.
-template <typename T>
-__device__ __forceinline__ void conv3d_streamk_finalize(const float* __restrict__ ws,
-                                                        const T* __restrict__ bias,
-                                                        T* __restrict__ y, const TmaConvShape s,
-                                                        int bm, int bn) {
-  const int per_tile = bm * bn / 2048;
-  const int local = blockIdx.x / per_tile;
-  const int e = ((blockIdx.x - local * per_tile) * 256 + threadIdx.x) * 8;
-  const int r = e / bn, co = e - r * bn;
-  const TmaTile t = tma_tile(s, s.tile0 + local, bm, bn);
-  const long long p = tma_row(s, t, r);
-  if (p < 0 || t.co0 + co >= s.Cout) return;
-  const float* src = ws + static_cast<long long>(local) * bm * bn + e;
-  const float4 v0 = *reinterpret_cast<const float4*>(src);
-  const float4 v1 = *reinterpret_cast<const float4*>(src + 4);
-  const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-  Pack<T, 8> o;
-#pragma unroll
-  for (int k = 0; k < 8; ++k)
-    o.v[k] = from_f32<T>(v[k] + (bias != nullptr ? to_f32(bias[t.co0 + co + k]) : 0.0f));
-  *reinterpret_cast<Pack<T, 8>*>(y + p * s.Cout + t.co0 + co) = o;
 }
 
 }  // namespace latentrt
@@ -929,8 +956,6 @@ __device__ __forceinline__ void conv3d_streamk_finalize(const float* __restrict_
 //                                          (128, 192, 5), (128, 256, 4), (256, 128, 4); block
 //                                          288, grid.x = CTAs over the launch's tiles (TmaConvShape);
 //                                          tensor maps by value; sm_90a only
-//   latentrt_conv3d_streamk_finalize_{f16|bf16}              block 256, BM * BN / 2048 blocks
-//                                          per stream-K tile
 #define LRT_CONV_PARAMS                                                                         \
   int Cin, int D, int H, int W, int Cout, int kT, int kH, int kW, int Do, int Ho, int Wo, int st, \
       int sh, int sw, int dt, int dh, int dw, int pt, int ph, int pw, int replicate
@@ -989,11 +1014,6 @@ __device__ __forceinline__ void conv3d_streamk_finalize(const float* __restrict_
           LRT_TMA_PARAMS) {                                                                    \
     latentrt::conv3d_tma<T, BM, BN, S>(ta, tb, bias, y, ws, LRT_CONV_TMA_SHAPE);               \
   }
-#define LRT_CONV_FINALIZE(T, SUF)                                                              \
-  extern "C" __global__ void __launch_bounds__(256) latentrt_conv3d_streamk_finalize_##SUF(    \
-      const float* ws, const T* bias, T* y, LRT_TMA_PARAMS, int bm, int bn) {                  \
-    latentrt::conv3d_streamk_finalize<T>(ws, bias, y, LRT_CONV_TMA_SHAPE, bm, bn);             \
-  }
 #define LRT_CONV_DTYPE(T, SUF)                                       \
   LRT_CONV_PACK(T, SUF)                                              \
   LRT_CONV_DIRECT(T, SUF, latentrt::kLayoutChannelsFirst, ncdhw)     \
@@ -1010,8 +1030,7 @@ __device__ __forceinline__ void conv3d_streamk_finalize(const float* __restrict_
   LRT_CONV_TMA(T, SUF, 128, 128, 3, 2)                               \
   LRT_CONV_TMA(T, SUF, 128, 192, 5, 1)                               \
   LRT_CONV_TMA(T, SUF, 128, 256, 4, 1)                               \
-  LRT_CONV_TMA(T, SUF, 256, 128, 4, 1)                               \
-  LRT_CONV_FINALIZE(T, SUF)
+  LRT_CONV_TMA(T, SUF, 256, 128, 4, 1)
 
 LRT_CONV_DTYPE(float, f32)
 LRT_CONV_DTYPE(__half, f16)

@@ -285,25 +285,26 @@ def sweep_conv_tiles(cases, dtype: str = "float16") -> list[str]:
 
 
 TMA_TILES = [(128, 128, 3), (128, 192, 5), (128, 256, 4), (256, 128, 4)]
-# How many of the last tiles stream-K shares: none (one CTA per tile), the partial last wave
-# (the planner's rule aside), that and one full wave before it, or all of them.
-TMA_SHARES = ("dp", "tail", "tail+wave", "all")
+# (cluster, stream-K share) per tile variant. Shares: none (one cluster per unit of tiles), the
+# partial last wave, that and one full wave before it, or all units.
+TMA_MODES = [(1, "dp"), (1, "all"), (2, "dp"), (2, "tail"), (2, "tail+wave"), (2, "all")]
 
 
-def _streamk_share(mode: str, tiles: int, sms: int) -> int:
-    tail = tiles % sms
-    return {"dp": 0, "tail": tail, "tail+wave": tail + sms if tiles > sms else tiles}.get(
-        mode, tiles
+def _streamk_share(mode: str, units: int, slots: int) -> int:
+    tail = units % slots
+    return {"dp": 0, "tail": tail, "tail+wave": tail + slots if units > slots else units}.get(
+        mode, units
     )
 
 
 def sweep_conv_tma(cases, dtype: str = "float16") -> list[str]:
-    """Channels-last Conv3d: the TMA kernel per forced tile variant and stream-K share, next to
-    the cp.async wgmma kernel's planner choice and pad + cuDNN on the same tensors (Hopper only)."""
-    cols = [(t, m) for t in TMA_TILES for m in TMA_SHARES]
+    """Channels-last Conv3d: the TMA kernel per forced tile variant, cluster size and stream-K
+    share, next to the cp.async wgmma kernel's planner choice and pad + cuDNN on the same tensors
+    (Hopper only)."""
+    cols = [(t, m) for t in TMA_TILES for m in TMA_MODES]
     rows = [
         "| x | Cout | pad+cuDNN ms | wgmma ms | "
-        + " | ".join(f"m{bm}n{bn} {m} ms" for (bm, bn, _), m in cols)
+        + " | ".join(f"m{bm}n{bn} c{cl} {m} ms" for (bm, bn, _), (cl, m) in cols)
         + " | best TMA / pad+cuDNN | TMA planner | planner ms | planner / pad+cuDNN |",
         "| --- | --- | --- | --- |" + " --- |" * (len(cols) + 4),
     ]
@@ -313,17 +314,16 @@ def sweep_conv_tma(cases, dtype: str = "float16") -> list[str]:
         ws_elems = sms * (256 * 256 + 1)  # >= any stream-K workspace
         ws = torch.empty(ws_elems, device="cuda", dtype=torch.float32)
         cells, best = [], float("inf")
-        for (bm, bn, st), mode in cols:
+        for (bm, bn, st), (cl, mode) in cols:
             if bn == 192 and cout % 192:
                 cells.append("-")
                 continue
-            one = harness.conv3d_tma_plan(
-                dtype, n, cin, cout, (3, 3, 3), (d, h, w), sms, bn, st, bm, 0
-            )
-            sk = _streamk_share(mode, one.dp_tiles, sms)
+            geo = (dtype, n, cin, cout, (3, 3, 3), (d, h, w), sms)
+            one = harness.conv3d_tma_plan(*geo, bn, st, bm, 0, cl)
+            sk = _streamk_share(mode, one.dp_tiles, sms // cl)
             calls = _fused_calls(
                 xin, outs, packed, bias, "NDHWC", bn, st, tma=True, streamk=sk, workspace=ws,
-                tile_m=bm,
+                tile_m=bm, cluster=cl,
             )  # fmt: skip
             t = _time_graph(calls)[0]
             best = min(best, t)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from latentrt.errors import BackendError
 
-__all__ = ["TensorMap", "encode_tiled", "launch"]
+__all__ = ["TensorMap", "encode_tiled", "launch", "max_active_clusters"]
 
 # CUtensorMapDataType / Swizzle / L2promotion values (cuda.h); 16-bit elements move as UINT16,
 # whose out-of-range fill (zero bits) is +0.0 in fp16 and bf16 alike.
@@ -26,6 +26,17 @@ class TensorMap(ctypes.Structure):
     """CUtensorMap: 128 opaque bytes, passed to a kernel by value."""
 
     _fields_ = [("opaque", ctypes.c_uint64 * 16)]
+
+
+class _LaunchConfig(ctypes.Structure):
+    """CUlaunchConfig (cuda.h), without attributes: a kernel's cluster shape is compiled in."""
+
+    _fields_ = [
+        *((f, ctypes.c_uint32) for f in ("gx", "gy", "gz", "bx", "by", "bz", "smem")),
+        ("stream", ctypes.c_void_p),
+        ("attrs", ctypes.c_void_p),
+        ("num_attrs", ctypes.c_uint32),
+    ]
 
 
 @functools.cache
@@ -43,6 +54,12 @@ def _libcuda() -> ctypes.CDLL:
     lib.cuTensorMapEncodeTiled.restype = ctypes.c_int
     lib.cuLaunchKernel.argtypes = [vp, u32, u32, u32, u32, u32, u32, u32, vp, vp, vp]
     lib.cuLaunchKernel.restype = ctypes.c_int
+    lib.cuOccupancyMaxActiveClusters.argtypes = [
+        ctypes.POINTER(ctypes.c_int),
+        vp,
+        ctypes.POINTER(_LaunchConfig),
+    ]
+    lib.cuOccupancyMaxActiveClusters.restype = ctypes.c_int
     return lib
 
 
@@ -91,3 +108,15 @@ def launch(
     )
     if err:
         raise BackendError(f"cuLaunchKernel failed (CUresult {err})")
+
+
+def max_active_clusters(function: int, cluster: int, block: int, smem: int) -> int:
+    """How many clusters of a kernel (compiled with `cluster` CTAs each) the GPU holds at once."""
+    config = _LaunchConfig(cluster, 1, 1, block, 1, 1, smem, None, None, 0)
+    count = ctypes.c_int(0)
+    err = _libcuda().cuOccupancyMaxActiveClusters(
+        ctypes.byref(count), ctypes.c_void_p(function), ctypes.byref(config)
+    )
+    if err:
+        raise BackendError(f"cuOccupancyMaxActiveClusters failed (CUresult {err})")
+    return count.value

@@ -446,9 +446,11 @@ TMA_VARIANTS = ((128, 128, 3), (128, 192, 5), (128, 256, 4), (256, 128, 4))
 
 @dataclass(frozen=True)
 class TmaPlan:
-    """Launch plan of the TMA-fed Conv3d kernel (conv3d_tma in conv3d.cu): `dp_tiles` tiles one
-    CTA each, then (stream-K) the last `sk_tiles` tiles shared by `sk_ctas` CTAs of `sk_iters`
-    (tile, K step) iterations, which hand partial sums over through a float32 workspace."""
+    """Launch plan of the TMA-fed Conv3d kernel (conv3d_tma in conv3d.cu). Work comes in units
+    of `cluster` tiles (two neighbouring position tiles share B by multicast): `dp_tiles` units
+    one cluster each, then (stream-K) the last `sk_tiles` units shared by `sk_ctas` clusters of
+    `sk_iters` (unit, K step) iterations, which hand partial sums over through a float32
+    workspace. `tiles_m` (position tiles) is rounded up to a multiple of `cluster`."""
 
     kernel: str
     smem: int
@@ -463,11 +465,12 @@ class TmaPlan:
     sk_tiles: int
     sk_ctas: int
     sk_iters: int
+    cluster: int = 1
 
     @property
     def workspace_elems(self) -> int:
         """float32 elements of stream-K's workspace: a partial tile per CTA, then a flag each."""
-        return self.sk_ctas * (self.tile_m * self.tile_n + 1)
+        return self.sk_ctas * self.cluster * (self.tile_m * self.tile_n + 1)
 
 
 def tma_smem_bytes(tile_m: int, tile_n: int, stages: int) -> int:
@@ -531,12 +534,16 @@ def conv3d_tma_plan(
     stages: int | None = None,
     tile_m: int | None = None,
     streamk: int | None = None,
+    cluster: int | None = None,
+    resident: int | None = None,
 ) -> TmaPlan:
-    """Tile variant and stream-K split of the TMA kernel.
+    """Tile variant, cluster size and stream-K split of the TMA kernel.
 
     By default stream-K takes the last partial wave of tiles when that wave is under a quarter
-    of the SMs and follows full ones. `tile_m`, `tile_n`, `stages` and `streamk` (how many of
-    the last tiles stream-K shares; 0 for none) force the plan (tests and sweeps).
+    of the SMs and follows full ones. `tile_m`, `tile_n`, `stages`, `cluster` (1 or 2) and
+    `streamk` (how many of the last units stream-K shares; 0 for none) force the plan (tests and
+    sweeps). `resident` bounds the stream-K clusters to those the GPU holds at once (their
+    hand-over waits on each other); sms // cluster by default.
     """
     do, ho, wo = out_shape
     _, th, tw = tma_box(ho, wo)
@@ -548,19 +555,23 @@ def conv3d_tma_plan(
         raise InputError(
             f"(tile_m, tile_n, stages) must be one of {TMA_VARIANTS}, got {(bm, bn, st)}"
         )
+    cl = cluster or 1
+    if cl not in (1, 2):
+        raise InputError(f"cluster must be 1 or 2, got {cl}")
     lg, th, tw = tma_box(ho, wo, bm)
-    tiles_m = n * do * th * tw
-    tiles = tiles_m * -(-cout // bn)
+    tiles_m = -(-n * do * th * tw // cl) * cl
+    units = tiles_m * -(-cout // bn) // cl
+    slots = sms // cl  # clusters one wave holds
     nk = kernel[0] * kernel[1] * kernel[2] * cin // 64
     if streamk is None:  # H100: a tail of 24 tiles after 264 gained 13%; 48 after 528 lost 7%
-        rem = tiles % sms
-        sk = rem if tiles > sms and rem <= 0.25 * sms else 0
+        rem = units % slots
+        sk = rem if units > slots and rem <= 0.25 * slots else 0
     else:
-        sk = min(max(streamk, 0), tiles)
-    ctas = min(sms, sk * nk)
+        sk = min(max(streamk, 0), units)
+    ctas = min(resident or slots, slots, sk * nk)
     iters = -(-sk * nk // ctas) if sk else 0
     return TmaPlan(
-        f"latentrt_conv3d_tma_ndhwc_{_SUFFIX[dtype]}_m{bm}_n{bn}_s{st}",
+        f"latentrt_conv3d_tma_ndhwc_{_SUFFIX[dtype]}_m{bm}_n{bn}_s{st}{'_c2' if cl == 2 else ''}",
         tma_smem_bytes(bm, bn, st),
         bm,
         bn,
@@ -569,11 +580,22 @@ def conv3d_tma_plan(
         tw,
         tiles_m,
         nk,
-        tiles - sk,
+        units - sk,
         sk,
         -(-sk * nk // iters) if sk else 0,
         iters,
+        cl,
     )
+
+
+@functools.cache
+def _resident_clusters(device: int, kernel: str, cluster: int, smem: int) -> int:
+    """Clusters of a TMA kernel `device` (the current one) holds at once."""
+    from latentrt.plugins import driver
+
+    kern = _module_sm90a("conv3d.cu").get_function(kernel)
+    kern.max_dynamic_shared_size_bytes = smem
+    return driver.max_active_clusters(kern.kernel.ptr, cluster, 288, smem)
 
 
 def _conv3d_tma(
@@ -586,17 +608,18 @@ def _conv3d_tma(
     workspace: Any,
     stream: Any,
 ) -> None:
-    """Launch the TMA kernel: the one-CTA-per-tile part, then the stream-K part (its flags zeroed,
-    then the kernel) when the plan has one."""
+    """Launch the TMA kernel: the one-cluster-per-unit part, then the stream-K part (its flags
+    zeroed, then the kernel) when the plan has one."""
     from latentrt.plugins import driver
 
     n, cin, d, h, w, cout, kt, kh, kw, do, ho, wo, pt, ph, pw, replicate = geometry
+    cl = plan.cluster
     box = (64, 1 << plan.bw_log2, plan.tile_m >> plan.bw_log2, 1, 1)
     ta = driver.encode_tiled(xd.ptr, (cin, w, h, d, n), box)
-    tb = driver.encode_tiled(pd.ptr, (kt * kh * kw * cin, cout), (64, plan.tile_n))
+    tb = driver.encode_tiled(pd.ptr, (kt * kh * kw * cin, cout), (64, plan.tile_n // cl))
     kern = _module_sm90a("conv3d.cu").get_function(plan.kernel)
     kern.max_dynamic_shared_size_bytes = plan.smem
-    ints = [cin, cout, kt, kh, kw, do, ho, wo, pt, ph, pw, replicate]
+    ints = [n, cin, cout, kt, kh, kw, do, ho, wo, pt, ph, pw, replicate]
     ints += [plan.bw_log2, plan.tiles_h, plan.tiles_w, plan.tiles_m]
     c64, c32 = ctypes.c_uint64, ctypes.c_int32
     cupy = _cupy()
@@ -605,18 +628,20 @@ def _conv3d_tma(
         if plan.dp_tiles:
             args = [ta, tb, c64(bptr), c64(yd.ptr), c64(0)]
             args += [c32(v) for v in (*ints, 0, plan.dp_tiles, plan.nk)]
-            driver.launch(kern.kernel.ptr, (plan.dp_tiles, 1, 1), 288, plan.smem, st.ptr, args)
+            grid = (plan.dp_tiles * cl, 1, 1)
+            driver.launch(kern.kernel.ptr, grid, 288, plan.smem, st.ptr, args)
         if plan.sk_tiles:  # workspace allocated in the stream's pool arena: freed in stream order
             elems = plan.workspace_elems
             ws = cupy.empty(elems, dtype=np.float32) if workspace is None else workspace
             wsd = _describe(ws, "workspace")
             if wsd.dtype != "float32" or int(np.prod(wsd.shape)) < elems:
                 raise InputError(f"workspace must be float32 with at least {elems} elements")
-            flags = plan.sk_ctas * plan.tile_m * plan.tile_n * 4
-            cupy.cuda.runtime.memsetAsync(wsd.ptr + flags, 0, plan.sk_ctas * 4, st.ptr)
+            ctas = plan.sk_ctas * cl
+            flags = ctas * plan.tile_m * plan.tile_n * 4
+            cupy.cuda.runtime.memsetAsync(wsd.ptr + flags, 0, ctas * 4, st.ptr)
             sk = (plan.dp_tiles, plan.sk_tiles, plan.sk_iters)
             args = [ta, tb, c64(bptr), c64(yd.ptr), c64(wsd.ptr)] + [c32(v) for v in (*ints, *sk)]
-            driver.launch(kern.kernel.ptr, (plan.sk_ctas, 1, 1), 288, plan.smem, st.ptr, args)
+            driver.launch(kern.kernel.ptr, (ctas, 1, 1), 288, plan.smem, st.ptr, args)
 
 
 def pack_conv3d_weights(w: Any, out: Any = None, stream: Any = None) -> Any:
@@ -655,14 +680,16 @@ def conv3d(
     streamk: int | None = None,
     workspace: Any = None,
     tile_m: int | None = None,
+    cluster: int | None = None,
 ) -> Any:
     """Conv3d with fused causal padding on the GPU; returns `out` (allocated when None).
 
     w is (Cout, Cin, kT, kH, kW), or (Cout, kT, kH, kW, Cin) from pack_conv3d_weights when
     weights_packed is True (as a plugin would hold constant weights). On Hopper the TMA kernel
     runs where it applies (`tma` False forbids it, True demands it). `tile_n`, `stages`,
-    `tile_m` (TMA kernel: 128 or 256 positions) and `streamk` (TMA kernel: how many of the last
-    tiles stream-K shares) force the plan (tests, sweeps); stream-K sums in a float32
+    `tile_m` (TMA kernel: 128 or 256 positions), `cluster` (TMA kernel: 2 pairs position tiles
+    that share B by multicast) and `streamk` (TMA kernel: how many of the last units stream-K
+    shares) force the plan (tests, sweeps); stream-K hands partial sums over through a float32
     `workspace`, allocated when None.
     """
     cupy = _cupy()
@@ -711,9 +738,13 @@ def conv3d(
             "stride and dilation 1 and 16-byte-aligned buffers"
         )
     if use_tma and tma is not False:
-        tplan = conv3d_tma_plan(
-            xd.dtype, n, cin, cout, (kt, kh, kw), (do, ho, wo), sms, tile_n, stages, tile_m, streamk
-        )
+        forced = (tile_n, stages, tile_m, streamk, cluster)
+        tplan = conv3d_tma_plan(xd.dtype, n, cin, cout, (kt, kh, kw), (do, ho, wo), sms, *forced)
+        if tplan.sk_tiles and tplan.cluster > 1:  # stream-K's clusters must all be resident
+            resident = _resident_clusters(dev, tplan.kernel, tplan.cluster, tplan.smem)
+            tplan = conv3d_tma_plan(
+                xd.dtype, n, cin, cout, (kt, kh, kw), (do, ho, wo), sms, *forced, resident
+            )
         geometry = (n, cin, d, h, wd_, cout, kt, kh, kw, do, ho, wo, p[0], p[1], p[2])
         rep = 1 if causal_time == 2 else 0
         _conv3d_tma(xd, pd, bptr, yd, (*geometry, rep), tplan, workspace, stream)

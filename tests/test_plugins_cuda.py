@@ -178,23 +178,30 @@ def test_conv3d_wgmma_every_tile(harness, gen, tile_n, stages, dtype):
 TMA_CASES = [
     # (N, Cin, D, H, W), Cout, kernel, pads, causal: partial boxes (12 x 20 frames in 4 x 32 or
     # 8 x 16 boxes, 8 x 32 or 16 x 16 at m256), Cout 192 (an idle half tile at n128, zero-filled
-    # B rows at n256), replicate and zero causal padding; one CTA per tile, stream-K for the last 7
-    # tiles (132 CTAs of a few K steps, ranges that straddle tiles) or for all of them; and a (1, 3, 3) kernel with symmetric pads and no causal time.
+    # B rows at n256), replicate and zero causal padding; a (1, 3, 3) kernel with symmetric pads
+    # and no causal time; and an odd count of position tiles (3), so a cluster's partner tile lies
+    # past the batch.
     ((2, 128, 5, 12, 20), 192, (3, 3, 3), (0, 1, 1, 0, 1, 1), 1),
     ((2, 128, 5, 12, 20), 192, (3, 3, 3), (0, 1, 1, 0, 1, 1), 2),
     ((1, 64, 4, 9, 33), 64, (1, 3, 3), (0, 1, 1, 0, 1, 1), 0),
+    ((1, 64, 3, 8, 16), 64, (1, 3, 3), (0, 1, 1, 0, 1, 1), 0),
 ]
 
 
 @pytest.mark.skipif(not HOPPER, reason="the TMA kernel needs an sm_90 GPU")
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("cluster", [1, 2], ids=["c1", "c2"])
+# One cluster per unit of tiles; stream-K for the last 7 units (up to 132 CTAs of a few K steps,
+# ranges that straddle units, several partials handed to one tile); stream-K for all of them.
 @pytest.mark.parametrize("streamk", [0, 7, 10**6], ids=["dp", "dp+sk7", "sk"])
 @pytest.mark.parametrize(
     ("tile_m", "tile_n", "stages"),
     [(128, 128, 3), (128, 192, 5), (128, 256, 4), (256, 128, 4)],
 )
 @pytest.mark.parametrize("case", TMA_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-c{c[4]}")
-def test_conv3d_tma_every_variant(harness, gen, case, tile_m, tile_n, stages, streamk, dtype):
+def test_conv3d_tma_every_variant(
+    harness, gen, case, tile_m, tile_n, stages, streamk, cluster, dtype
+):
     shape, cout, k, pads, causal = case
     x = _rand((shape[0], *shape[2:], shape[1]), dtype, gen)
     w = _rand((cout, shape[1], *k), dtype, gen, (shape[1] * k[0] * k[1] * k[2]) ** -0.5)
@@ -203,7 +210,7 @@ def test_conv3d_tma_every_variant(harness, gen, case, tile_m, tile_n, stages, st
     out = _poisoned(tuple(ref.shape), dtype)
     harness.conv3d(
         x, w, b, pads, causal_time=causal, layout="NDHWC", out=out, tma=True,
-        tile_n=tile_n, stages=stages, tile_m=tile_m, streamk=streamk,
+        tile_n=tile_n, stages=stages, tile_m=tile_m, streamk=streamk, cluster=cluster,
     )  # fmt: skip
     _check(out, ref, dtype)
 

@@ -479,6 +479,23 @@ __device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
                : "memory");
 }
+// Arrives on the barrier at the same shared-memory offset in block `rank` of the cluster.
+__device__ __forceinline__ void mbar_arrive_cluster(unsigned bar, unsigned rank) {
+  asm volatile(
+      "{\n.reg .b32 r;\nmapa.shared::cluster.u32 r, %0, %1;\n"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [r];\n}" ::"r"(bar),
+      "r"(rank)
+      : "memory");
+}
+__device__ __forceinline__ unsigned cluster_rank() {
+  unsigned r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::
+                   : "memory");
+}
 // Spins until the phase of the given parity has completed.
 __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
   unsigned done = 0;
@@ -497,6 +514,16 @@ __device__ __forceinline__ void tma_load_2d(unsigned dst, const void* map, unsig
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
       " [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
       "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+// The same tile into every block of the cluster in `mask`, at the same shared-memory offsets of
+// dst and bar there.
+__device__ __forceinline__ void tma_load_2d_multicast(unsigned dst, const void* map, unsigned bar,
+                                                      int c0, int c1, unsigned short mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      ".multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(dst),
+      "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
       : "memory");
 }
 __device__ __forceinline__ void tma_load_5d(unsigned dst, const void* map, unsigned bar, int c0,
@@ -694,30 +721,36 @@ __device__ __forceinline__ void conv3d_wgmma(const T* __restrict__ x, const T* _
 // one group in flight and release the stage before it. No thread computes a gather address and
 // no barrier spans the CTA inside the loop.
 //
-// Work is the range of (tile, K step) iterations [tile0 * nk, (tile0 + tiles) * nk), tiles
-// numbered M-fastest (CTAs in flight share B). CTA b takes `iters` consecutive iterations from
+// Clusters of CL = 2 CTAs take two neighbouring position tiles of the same output channels: each
+// CTA loads half of the shared B tile and multicasts it to both, so B crosses L2 once per pair.
+// A stage is then refilled only when the consumers of both CTAs have released it.
+//
+// Work is counted in units of CL tiles (tiles numbered M-fastest over tiles_m position tiles,
+// a multiple of CL; CTAs in flight share B): the range of (unit, K step) iterations
+// [tile0 * nk, (tile0 + tiles) * nk). Cluster b takes `iters` consecutive iterations from
 // tile0 * nk + b * iters: with iters == nk every CTA owns one tile and stores it (bias added).
-// Otherwise (stream-K, `ws` set) a CTA's range may start or end inside a tile. Only a CTA's first
-// segment can start past a tile's K step 0; that segment's fp32 partial sums go to the CTA's slot
-// of ws and its flag is raised. The CTA that ran the tile's K step 0 meets that segment last in
-// its range, so by then the later CTAs' partials are (nearly always) ready: it waits for their
-// flags, adds the partials in registers and stores the tile. No atomics, no finalize pass.
+// Otherwise (stream-K, `ws` set) a cluster's range may start or end inside a unit. Only its
+// first segment can start past K step 0; that segment's fp32 partial sums go to the CTA's slot of
+// ws and its flag is raised. The CTA that ran the tile's K step 0 meets that segment last in its
+// range, so by then the later CTAs' partials are (nearly always) ready: it waits for their flags,
+// adds the partials in registers and stores the tile. No atomics, no finalize pass.
 // ws: gridDim.x slots of BM * BN floats, then gridDim.x int flags, zero at launch and left zero.
+// Every CTA of the launch must be resident at once (the launcher bounds the grid).
 
 struct alignas(64) TmaDesc {  // a CUtensorMap: 128 opaque bytes from cuTensorMapEncodeTiled
   unsigned long long v[16];
 };
 
 struct TmaConvShape {
-  int Cin, Cout, kT, kH, kW;
+  int N, Cin, Cout, kT, kH, kW;
   int Do, Ho, Wo;
   int pt, ph, pw;
   int replicate;
   int bw_log2;           // box width BW = 1 << bw_log2 positions; BH = BM / BW rows
   int tiles_h, tiles_w;  // boxes per frame
-  int tiles_m;           // position tiles: N * Do * tiles_h * tiles_w
-  int tile0, tiles;      // this launch's tiles
-  int iters;             // (tile, K step) iterations per CTA
+  int tiles_m;           // position tiles: N * Do * tiles_h * tiles_w rounded up to CL
+  int tile0, tiles;      // this launch's units of CL tiles
+  int iters;             // (unit, K step) iterations per cluster
 };
 
 template <int BM_, int BN, int STAGES_>
@@ -732,7 +765,8 @@ struct TmaTiles {
   static constexpr int THREADS = 288;  // two consumer warpgroups + one producer warp
 };
 
-// Where tile `tile` sits: batch n, output frame to, box corner (h0, w0), first channel co0.
+// Where tile `tile` sits: batch n (N past the last tile: a cluster's idle partner), output
+// frame to, box corner (h0, w0), first channel co0.
 struct TmaTile {
   int n, to, h0, w0, co0;
 };
@@ -749,10 +783,10 @@ __device__ __forceinline__ TmaTile tma_tile(const TmaConvShape& s, int tile, int
   return t;
 }
 
-// Output row index (n, to, ho, wo) of tile row r, or -1 past the frame's edge.
+// Output row index (n, to, ho, wo) of tile row r, or -1 past the frame's edge or the batch.
 __device__ __forceinline__ long long tma_row(const TmaConvShape& s, const TmaTile& t, int r) {
   const int ho = t.h0 + (r >> s.bw_log2), wo = t.w0 + (r & ((1 << s.bw_log2) - 1));
-  if (ho >= s.Ho || wo >= s.Wo) return -1;
+  if (ho >= s.Ho || wo >= s.Wo || t.n >= s.N) return -1;
   return ((static_cast<long long>(t.n) * s.Do + t.to) * s.Ho + ho) * s.Wo + wo;
 }
 
@@ -776,12 +810,13 @@ __device__ __forceinline__ void stream_k_publish(const float* acc, float* ws, in
   }
 }
 
-// Adds the partials of CTAs blockIdx.x + 1 .. last (each waited for, its flag reset) to acc.
+// Adds the partials of CTAs first, first + step, ... <= last (each waited for, its flag reset).
 template <int N>
-__device__ __forceinline__ void stream_k_gather(float* acc, const float* ws, int tid, int last) {
+__device__ __forceinline__ void stream_k_gather(float* acc, const float* ws, int tid, int first,
+                                                int last, int step) {
   unsigned* flags = reinterpret_cast<unsigned*>(const_cast<float*>(ws) +
                                                 static_cast<long long>(gridDim.x) * N * 256);
-  for (int c = blockIdx.x + 1 + tid; c <= last; c += 256) {
+  for (int c = first + tid * step; c <= last; c += 256 * step) {
     unsigned v = 0;
     do {
       asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(flags + c) : "memory");
@@ -789,7 +824,7 @@ __device__ __forceinline__ void stream_k_gather(float* acc, const float* ws, int
     flags[c] = 0;
   }
   consumers_sync();
-  for (int c = blockIdx.x + 1; c <= last; ++c) {
+  for (int c = first; c <= last; c += step) {
     const float4* slot = reinterpret_cast<const float4*>(ws + static_cast<long long>(c) * N * 256);
 #pragma unroll
     for (int e = 0; e < N / 4; ++e) {
@@ -802,7 +837,7 @@ __device__ __forceinline__ void stream_k_gather(float* acc, const float* ws, int
   }
 }
 
-template <typename T, int BM, int BN, int STAGES_>
+template <typename T, int BM, int BN, int STAGES_, int CL>
 __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
                                            const T* __restrict__ bias, T* __restrict__ y,
                                            float* __restrict__ ws, const TmaConvShape s) {
@@ -815,29 +850,33 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
   const unsigned full0 = base + STAGES * Tiles::STAGE_BYTES;  // STAGES "landed" barriers
   const unsigned empty0 = full0 + STAGES * 8;                 // STAGES "consumed" barriers
   const int tid = threadIdx.x;
+  const int rank = CL > 1 ? static_cast<int>(cluster_rank()) : 0;
+  const int cl = blockIdx.x / CL;  // this CTA's cluster
   if (tid == 0) {
     for (int i = 0; i < STAGES; ++i) {
       mbar_init(full0 + 8 * i, 1);
-      mbar_init(empty0 + 8 * i, 256);
+      mbar_init(empty0 + 8 * i, 8 * CL);  // each consumer warp of each CTA of the cluster
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
-  __syncthreads();
+  if constexpr (CL > 1)
+    cluster_sync();  // the peer's barriers are initialized before anything lands there
+  else
+    __syncthreads();
 
   const int chunks = s.Cin >> 6;
   const int hw = s.kH * s.kW;
   const int nk = s.kT * hw * chunks;
-  const long long g0 = static_cast<long long>(s.tile0) * nk +
-                       static_cast<long long>(blockIdx.x) * s.iters;
+  const long long g0 = static_cast<long long>(s.tile0) * nk + static_cast<long long>(cl) * s.iters;
   const long long g1 = min(static_cast<long long>(s.tile0 + s.tiles) * nk, g0 + s.iters);
 
   if (tid >= 256) {  // producer warp: one thread issues every load
     if (tid == 256 && g1 > g0) {
-      // The (tile, K step) position advances by counting: a divide per step would make this one
+      // The (unit, K step) position advances by counting: a divide per step would make this one
       // thread's dependent integer chain slower than the tensor cores' step.
-      int tile = static_cast<int>(g0 / nk);
-      int ks = static_cast<int>(g0 - static_cast<long long>(tile) * nk);
-      TmaTile t = tma_tile(s, tile, BM, BN);
+      int unit = static_cast<int>(g0 / nk);
+      int ks = static_cast<int>(g0 - static_cast<long long>(unit) * nk);
+      TmaTile t = tma_tile(s, unit * CL + rank, BM, BN);
       const int tap0 = ks / chunks;
       int ci = (ks - tap0 * chunks) << 6;
       int kt = tap0 / hw;
@@ -848,15 +887,19 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
         const int stage = i % STAGES;
         if (i >= STAGES) mbar_wait(empty0 + 8 * stage, (i / STAGES - 1) & 1);
         const unsigned full = full0 + 8 * stage;
-        mbar_expect_tx(full, Tiles::STAGE_BYTES);
+        mbar_expect_tx(full, Tiles::STAGE_BYTES);  // own A, and B from every CTA of the cluster
         int ti = t.to - s.pt + kt;
         if (ti < 0 && s.replicate) ti = 0;
         const unsigned as = base + stage * Tiles::STAGE_BYTES;
         tma_load_5d(as, &ta, full, ci, t.w0 - s.pw + kw, t.h0 - s.ph + kh, ti, t.n);
-        tma_load_2d(as + Tiles::A_BYTES, &tb, full, ks << 6, t.co0);  // K index = 64 * ks
+        if constexpr (CL > 1)  // rows rank * BN / CL ... of B, to every CTA of the cluster
+          tma_load_2d_multicast(as + Tiles::A_BYTES + rank * (BN / CL) * 128, &tb, full, ks << 6,
+                                t.co0 + rank * (BN / CL), (1u << CL) - 1);
+        else
+          tma_load_2d(as + Tiles::A_BYTES, &tb, full, ks << 6, t.co0);  // K index = 64 * ks
         if (++ks == nk) {
           ks = ci = kt = kh = kw = 0;
-          t = tma_tile(s, ++tile, BM, BN);
+          t = tma_tile(s, ++unit * CL + rank, BM, BN);
         } else if ((ci += 64) == s.Cin) {
           ci = 0;
           if (++kw == s.kW) {
@@ -869,68 +912,79 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
         }
       }
     }
-    return;
-  }
+    __syncwarp();
+  } else {
+    const int wg = tid >> 7;  // consumer warpgroup: positions BM / 2 * wg ...
+    const int lane = tid & 31;
+    int i = 0;  // this CTA's K steps so far: the ring's stage and phase
+    for (long long g = g0; g < g1;) {
+      const int unit = static_cast<int>(g / nk);
+      const int kb = static_cast<int>(g - static_cast<long long>(unit) * nk);
+      const int seg = static_cast<int>(min(static_cast<long long>(nk - kb), g1 - g));
+      float acc[MW][BN / 2];
+#pragma unroll
+      for (int m = 0; m < MW; ++m)
+#pragma unroll
+        for (int e = 0; e < BN / 2; ++e) acc[m][e] = 0.0f;
+      for (int j = 0; j < seg; ++j, ++i) {
+        const int stage = i % STAGES;
+        mbar_wait(full0 + 8 * stage, (i / STAGES) & 1);
+        const unsigned a_addr = base + stage * Tiles::STAGE_BYTES + wg * (BM / 2) * 128;
+        const unsigned b_addr = base + stage * Tiles::STAGE_BYTES + Tiles::A_BYTES;
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+          for (int m = 0; m < MW; ++m)
+            Wgmma<T, BN>::run(acc[m], wgmma_desc(a_addr + m * 64 * 128 + kk * 32),
+                              wgmma_desc(b_addr + kk * 32));
+        wgmma_commit();
+        wgmma_wait<1>();  // step i - 1 has finished reading its stage
+        if (i > 0 && lane == 0) {
+          const unsigned empty = empty0 + 8 * ((i - 1) % STAGES);
+          if constexpr (CL > 1) {
+#pragma unroll
+            for (int r = 0; r < CL; ++r) mbar_arrive_cluster(empty, r);
+          } else {
+            mbar_arrive(empty);
+          }
+        }
+      }
+      wgmma_wait<0>();
+      g += seg;
 
-  const int wg = tid >> 7;  // consumer warpgroup: positions BM / 2 * wg ...
-  const int lane = tid & 31;
-  int i = 0;  // this CTA's K steps so far: the ring's stage and phase
-  for (long long g = g0; g < g1;) {
-    const int tile = static_cast<int>(g / nk);
-    const int kb = static_cast<int>(g - static_cast<long long>(tile) * nk);
-    const int seg = static_cast<int>(min(static_cast<long long>(nk - kb), g1 - g));
-    float acc[MW][BN / 2];
-#pragma unroll
-    for (int m = 0; m < MW; ++m)
-#pragma unroll
-      for (int e = 0; e < BN / 2; ++e) acc[m][e] = 0.0f;
-    for (int j = 0; j < seg; ++j, ++i) {
-      const int stage = i % STAGES;
-      mbar_wait(full0 + 8 * stage, (i / STAGES) & 1);
-      const unsigned a_addr = base + stage * Tiles::STAGE_BYTES + wg * (BM / 2) * 128;
-      const unsigned b_addr = base + stage * Tiles::STAGE_BYTES + Tiles::A_BYTES;
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-#pragma unroll
-        for (int m = 0; m < MW; ++m)
-          Wgmma<T, BN>::run(acc[m], wgmma_desc(a_addr + m * 64 * 128 + kk * 32),
-                            wgmma_desc(b_addr + kk * 32));
-      wgmma_commit();
-      wgmma_wait<1>();  // step i - 1 has finished reading its stage
-      if (i > 0) mbar_arrive(empty0 + 8 * ((i - 1) % STAGES));
-    }
-    wgmma_wait<0>();
-    g += seg;
+      if (ws != nullptr && kb != 0) {  // a later part of a unit begun by an earlier cluster
+        stream_k_publish<MW * BN / 2>(acc[0], ws, tid);
+        continue;
+      }
+      if (ws != nullptr && seg < nk) {  // the unit's later K steps ran on clusters cl + 1 ...
+        const long long end = static_cast<long long>(unit + 1 - s.tile0) * nk;  // launch-relative
+        const int last = static_cast<int>((end - 1) / s.iters);
+        stream_k_gather<MW * BN / 2>(acc[0], ws, tid, (cl + 1) * CL + rank, last * CL + rank, CL);
+      }
 
-    if (ws != nullptr && kb != 0) {  // a later part of a tile begun by an earlier CTA
-      stream_k_publish<MW * BN / 2>(acc[0], ws, tid);
-      continue;
-    }
-    if (ws != nullptr && seg < nk) {  // the tile's later K steps ran on CTAs blockIdx.x + 1 ...
-      const long long end = static_cast<long long>(tile + 1 - s.tile0) * nk;  // launch-relative
-      stream_k_gather<MW * BN / 2>(acc[0], ws, tid, static_cast<int>((end - 1) / s.iters));
-    }
-
-    // Accumulator layout as in conv3d_wgmma; row r of the tile is box position (r / BW, r % BW).
-    const TmaTile t = tma_tile(s, tile, BM, BN);
+      // Accumulator layout as in conv3d_wgmma; row r of the tile is box position (r / BW, r % BW).
+      const TmaTile t = tma_tile(s, unit * CL + rank, BM, BN);
 #pragma unroll
-    for (int mh = 0; mh < 2 * MW; ++mh) {
-      const int m = mh >> 1, half = mh & 1;
-      const int r = wg * (BM / 2) + m * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2) + 8 * half;
-      const long long p = tma_row(s, t, r);
-      if (p < 0) continue;
+      for (int mh = 0; mh < 2 * MW; ++mh) {
+        const int m = mh >> 1, half = mh & 1;
+        const int r = wg * (BM / 2) + m * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2) + 8 * half;
+        const long long p = tma_row(s, t, r);
+        if (p < 0) continue;
 #pragma unroll
-      for (int jn = 0; jn < BN / 8; ++jn) {
-        const int co = t.co0 + 8 * jn + 2 * (lane & 3);
-        if (co >= s.Cout) continue;
-        const float b0 = bias != nullptr ? to_f32(bias[co]) : 0.0f;
-        const float b1 = bias != nullptr ? to_f32(bias[co + 1]) : 0.0f;
-        store_pair(y + p * s.Cout + co, acc[m][4 * jn + 2 * half] + b0,
-                   acc[m][4 * jn + 2 * half + 1] + b1);
+        for (int jn = 0; jn < BN / 8; ++jn) {
+          const int co = t.co0 + 8 * jn + 2 * (lane & 3);
+          if (co >= s.Cout) continue;
+          const float b0 = bias != nullptr ? to_f32(bias[co]) : 0.0f;
+          const float b1 = bias != nullptr ? to_f32(bias[co + 1]) : 0.0f;
+          store_pair(y + p * s.Cout + co, acc[m][4 * jn + 2 * half] + b0,
+                     acc[m][4 * jn + 2 * half + 1] + b1);
+        }
       }
     }
   }
+  // No CTA leaves while its cluster peer may still multicast into it or arrive on its barriers.
+  if constexpr (CL > 1) cluster_sync();
 #else
   (void)ta;
   (void)tb;
@@ -956,6 +1010,8 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
 //                                          (128, 192, 5), (128, 256, 4), (256, 128, 4); block
 //                                          288, grid.x = CTAs over the launch's tiles (TmaConvShape);
 //                                          tensor maps by value; sm_90a only
+//   latentrt_conv3d_tma_ndhwc_{f16|bf16}_m{BM}_n{BN}_s{S}_c2 the same in clusters of two CTAs
+//                                          sharing B by multicast (B's box: BN / 2 rows)
 #define LRT_CONV_PARAMS                                                                         \
   int Cin, int D, int H, int W, int Cout, int kT, int kH, int kW, int Do, int Ho, int Wo, int st, \
       int sh, int sw, int dt, int dh, int dw, int pt, int ph, int pw, int replicate
@@ -998,12 +1054,12 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
     latentrt::conv3d_wgmma<T, 128, S>(x, wp, bias, y, LRT_CONV_SHAPE);                        \
   }
 #define LRT_TMA_PARAMS                                                                         \
-  int Cin, int Cout, int kT, int kH, int kW, int Do, int Ho, int Wo, int pt, int ph, int pw,     \
+  int N, int Cin, int Cout, int kT, int kH, int kW, int Do, int Ho, int Wo, int pt, int ph, int pw,     \
       int replicate, int bw_log2, int tiles_h, int tiles_w, int tiles_m, int tile0, int tiles,   \
       int iters
 #define LRT_CONV_TMA_SHAPE                                                                     \
   latentrt::TmaConvShape {                                                                     \
-    Cin, Cout, kT, kH, kW, Do, Ho, Wo, pt, ph, pw, replicate, bw_log2, tiles_h, tiles_w,       \
+    N, Cin, Cout, kT, kH, kW, Do, Ho, Wo, pt, ph, pw, replicate, bw_log2, tiles_h, tiles_w,    \
         tiles_m, tile0, tiles, iters                                                           \
   }
 #define LRT_CONV_TMA(T, SUF, BM, BN, S, MINB)                                                  \
@@ -1012,7 +1068,14 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
           const __grid_constant__ latentrt::TmaDesc ta,                                        \
           const __grid_constant__ latentrt::TmaDesc tb, const T* bias, T* y, float* ws,        \
           LRT_TMA_PARAMS) {                                                                    \
-    latentrt::conv3d_tma<T, BM, BN, S>(ta, tb, bias, y, ws, LRT_CONV_TMA_SHAPE);               \
+    latentrt::conv3d_tma<T, BM, BN, S, 1>(ta, tb, bias, y, ws, LRT_CONV_TMA_SHAPE);            \
+  }                                                                                            \
+  extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(288, MINB)            \
+      latentrt_conv3d_tma_ndhwc_##SUF##_m##BM##_n##BN##_s##S##_c2(                             \
+          const __grid_constant__ latentrt::TmaDesc ta,                                        \
+          const __grid_constant__ latentrt::TmaDesc tb, const T* bias, T* y, float* ws,        \
+          LRT_TMA_PARAMS) {                                                                    \
+    latentrt::conv3d_tma<T, BM, BN, S, 2>(ta, tb, bias, y, ws, LRT_CONV_TMA_SHAPE);            \
   }
 #define LRT_CONV_DTYPE(T, SUF)                                       \
   LRT_CONV_PACK(T, SUF)                                              \
@@ -1263,12 +1326,12 @@ int launch_conv3d_tma(const T* x, const T* wp, const T* bias, T* y, int n, int c
   cudaError_t err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   float* ws = nullptr;
-  int Cin = cin, Cout = cout, kT = kt, kH = kh, kW = kw, Do = g.Do, Ho = g.Ho, Wo = g.Wo;
+  int N = n, Cin = cin, Cout = cout, kT = kt, kH = kh, kW = kw, Do = g.Do, Ho = g.Ho, Wo = g.Wo;
   int pt = g.pt, ph = g.ph, pw = g.pw, rep = replicate, tm = static_cast<int>(tiles_m);
   int tile0 = 0, ntiles = static_cast<int>(tiles), iters = kt * kh * kw * (cin / 64);
-  void* args[] = {&ta, &tb,  &bias, &y,       &ws,      &Cin,    &Cout, &kT,    &kH,
-                  &kW, &Do,  &Ho,   &Wo,      &pt,      &ph,     &pw,   &rep,   &bw_log2,
-                  &tiles_h,  &tiles_w,        &tm,      &tile0,  &ntiles, &iters};
+  void* args[] = {&ta, &tb, &bias, &y,  &ws,  &N,  &Cin,     &Cout,    &kT,      &kH,
+                  &kW, &Do, &Ho,   &Wo, &pt,  &ph, &pw,      &rep,     &bw_log2, &tiles_h,
+                  &tiles_w, &tm,   &tile0,    &ntiles,       &iters};
   err = cudaLaunchKernel(k, dim3(static_cast<unsigned>(tiles)),
                          dim3(latentrt::TmaTiles<128, 128, 3>::THREADS), args, smem, stream);
   return err != cudaSuccess ? err : cudaGetLastError();

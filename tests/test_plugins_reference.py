@@ -216,6 +216,21 @@ def test_tma_plan_boxes_tiles_and_streamk():
     assert p.nk == 9 and p.sk_ctas == 45 and p.sk_iters == 1
     with pytest.raises(InputError):
         harness.conv3d_tma_plan("float16", 1, 64, 64, (3, 3, 3), (4, 9, 33), 132, 256, 3)
+    # Clusters of two: position tiles rounded up to pairs, units of two tiles, 66 per wave.
+    p = harness.conv3d_tma_plan(
+        "float16", 1, 64, 64, (1, 3, 3), (3, 8, 16), 132, 128, 3, 128, 0, cluster=2
+    )
+    assert p.kernel.endswith("_m128_n128_s3_c2") and (p.tiles_m, p.dp_tiles) == (4, 2)
+    p = harness.conv3d_tma_plan("float16", 1, 256, 256, (3, 3, 3), (9, 64, 64), 132, cluster=2)
+    assert (p.tiles_m, p.dp_tiles, p.sk_tiles) == (288, 132, 12)  # 144 units: tail of 12
+    assert p.sk_ctas <= 66 and p.workspace_elems == 2 * p.sk_ctas * (128 * 256 + 1)
+    # Stream-K never uses more clusters than are resident at once.
+    p = harness.conv3d_tma_plan(
+        "float16", 1, 256, 256, (3, 3, 3), (9, 64, 64), 132, streamk=144, cluster=2, resident=60
+    )
+    assert p.sk_ctas == 60 and p.sk_ctas * p.sk_iters >= 144 * p.nk
+    with pytest.raises(InputError, match="cluster"):
+        harness.conv3d_tma_plan("float16", 1, 64, 64, (3, 3, 3), (4, 9, 33), 132, cluster=4)
 
 
 def test_groupnorm_plan_unet_and_fallback():

@@ -479,11 +479,13 @@ __device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
                : "memory");
 }
-// Arrives on the barrier at the same shared-memory offset in block `rank` of the cluster.
+// Arrives on the barrier at the same shared-memory offset in block `rank` of the cluster. The
+// default (CTA-scope) release: a cluster-scope one costs a fence per arrival, and the stage's
+// reads it orders are wgmma's, already complete.
 __device__ __forceinline__ void mbar_arrive_cluster(unsigned bar, unsigned rank) {
   asm volatile(
       "{\n.reg .b32 r;\nmapa.shared::cluster.u32 r, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [r];\n}" ::"r"(bar),
+      "mbarrier.arrive.shared::cluster.b64 _, [r];\n}" ::"r"(bar),
       "r"(rank)
       : "memory");
 }

@@ -44,7 +44,7 @@ def test_compiles_for_sm90_without_warnings(name, arch, tmp_path):
 )
 def test_c_launcher_tma_plan_matches_the_harness(tmp_path):
     # The C launcher (what a TensorRT plugin calls) and the Python harness pick the TMA kernel's
-    # tile variant and box each in their own code; host-only, so no GPU is needed.
+    # tile variant, box and cluster size each in their own code; host-only, so no GPU is needed.
     lib = ctypes.CDLL(str(harness.build_shared_library(tmp_path / "lib.so", arch="sm_90a")))
     plan = lib.latentrt_conv3d_tma_plan
     plan.argtypes = [ctypes.c_int] * 6 + [ctypes.POINTER(ctypes.c_int)]
@@ -55,14 +55,9 @@ def test_c_launcher_tma_plan_matches_the_harness(tmp_path):
         (1, 96, 17, 90, 160), (4, 1024, 2, 8, 8),
     ]  # fmt: skip
     for n, cout, d, h, w in shapes:
-        out = (ctypes.c_int * 5)()
+        out = (ctypes.c_int * 6)()
         assert plan(n, cout, d, h, w, 132, out) == 0
         p = harness.conv3d_tma_plan("float16", n, 128, cout, (3, 3, 3), (d, h, w), 132)
-        assert list(out) == [p.tile_m, p.tile_n, p.bw_log2, p.tiles_h, p.tiles_w], (
-            n,
-            cout,
-            d,
-            h,
-            w,
-        )
-    assert plan(1, 0, 1, 1, 1, 132, (ctypes.c_int * 5)()) != 0
+        want = [p.tile_m, p.tile_n, p.bw_log2, p.tiles_h, p.tiles_w, p.cluster]
+        assert list(out) == want, (n, cout, d, h, w)
+    assert plan(1, 0, 1, 1, 1, 132, (ctypes.c_int * 6)()) != 0

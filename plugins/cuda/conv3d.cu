@@ -1154,7 +1154,7 @@ struct ConvKernels<float> {
   }
   static void* igemm(int, int) { return nullptr; }
   static void* wgmma(int, bool) { return nullptr; }
-  static void* tma(int, int) { return nullptr; }
+  static void* tma(int, int, int) { return nullptr; }
   static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_f32); }
 };
 template <>
@@ -1176,7 +1176,13 @@ struct ConvKernels<__half> {
            : bn == 96 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n96)
                       : reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n64);
   }
-  static void* tma(int bm, int bn) {
+  static void* tma(int bm, int bn, int cl) {
+    if (cl == 2) {
+      if (bn == 256) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n256_s4_c2);
+      if (bn == 192) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n192_s5_c2);
+      return bm == 256 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m256_n128_s4_c2)
+                       : reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n128_s3_c2);
+    }
     if (bn == 256) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n256_s4);
     if (bn == 192) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n192_s5);
     return bm == 256 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m256_n128_s4)
@@ -1203,7 +1209,13 @@ struct ConvKernels<__nv_bfloat16> {
            : bn == 96 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n96)
                       : reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n64);
   }
-  static void* tma(int bm, int bn) {
+  static void* tma(int bm, int bn, int cl) {
+    if (cl == 2) {
+      if (bn == 256) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n256_s4_c2);
+      if (bn == 192) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n192_s5_c2);
+      return bm == 256 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m256_n128_s4_c2)
+                       : reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n128_s3_c2);
+    }
     if (bn == 256) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n256_s4);
     if (bn == 192) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n192_s5);
     return bm == 256 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m256_n128_s4)
@@ -1281,7 +1293,7 @@ void tma_box(int ho, int wo, int bm, int* bw_log2, int* tiles_h, int* tiles_w) {
 // the variant with the fewest idle output channels, n256 before n192 before m256, or 128 x 128
 // tiles for grids under one wave.
 struct TmaLaunchPlan {
-  int bm, bn, bw_log2, tiles_h, tiles_w;
+  int bm, bn, bw_log2, tiles_h, tiles_w, cluster;
 };
 TmaLaunchPlan tma_launch_plan(int n, int cout, int frames, int ho, int wo, int sms) {
   const int pad256 = (cout + 255) / 256 * 256, pad192 = (cout + 191) / 192 * 192;
@@ -1296,6 +1308,7 @@ TmaLaunchPlan tma_launch_plan(int n, int cout, int frames, int ho, int wo, int s
     p.bn = 128;
   }
   tma_box(ho, wo, p.bm, &p.bw_log2, &p.tiles_h, &p.tiles_w);
+  p.cluster = 1;
   return p;
 }
 
@@ -1305,10 +1318,11 @@ int launch_conv3d_tma(const T* x, const T* wp, const T* bias, T* y, int n, int c
                       int w, int cout, int kt, int kh, int kw, const ConvGeometry& g,
                       int replicate, int sms, cudaStream_t stream) {
   const TmaLaunchPlan plan = tma_launch_plan(n, cout, g.Do, g.Ho, g.Wo, sms);
-  const int bm = plan.bm, bn = plan.bn;
+  const int bm = plan.bm, bn = plan.bn, cl = plan.cluster;
   int bw_log2 = plan.bw_log2, tiles_h = plan.tiles_h, tiles_w = plan.tiles_w;
-  const long long tiles_m = static_cast<long long>(n) * g.Do * tiles_h * tiles_w;
-  const long long tiles = tiles_m * ((cout + bn - 1) / bn);
+  const long long tiles_m =
+      (static_cast<long long>(n) * g.Do * tiles_h * tiles_w + cl - 1) / cl * cl;
+  const long long tiles = tiles_m * ((cout + bn - 1) / bn);  // a multiple of cl
   if (tiles > 0x7fffffffLL) return cudaErrorInvalidValue;
   CUtensorMap ta, tb;
   const cuuint64_t adims[5] = {static_cast<cuuint64_t>(cin), static_cast<cuuint64_t>(w),
@@ -1317,10 +1331,10 @@ int launch_conv3d_tma(const T* x, const T* wp, const T* bias, T* y, int n, int c
   const cuuint32_t abox[5] = {64, 1u << bw_log2, static_cast<cuuint32_t>(bm) >> bw_log2, 1, 1};
   const cuuint64_t bdims[2] = {static_cast<cuuint64_t>(kt) * kh * kw * cin,
                                static_cast<cuuint64_t>(cout)};
-  const cuuint32_t bbox[2] = {64, static_cast<cuuint32_t>(bn)};
+  const cuuint32_t bbox[2] = {64, static_cast<cuuint32_t>(bn / cl)};  // a cluster shares B
   if (!encode_tiled(&ta, x, 5, adims, abox) || !encode_tiled(&tb, wp, 2, bdims, bbox))
     return cudaErrorInvalidValue;
-  void* k = ConvKernels<T>::tma(bm, bn);
+  void* k = ConvKernels<T>::tma(bm, bn, cl);
   const int smem = bn == 256   ? latentrt::TmaTiles<128, 256, 4>::SMEM_BYTES
                    : bn == 192 ? latentrt::TmaTiles<128, 192, 5>::SMEM_BYTES
                    : bm == 256 ? latentrt::TmaTiles<256, 128, 4>::SMEM_BYTES
@@ -1330,10 +1344,10 @@ int launch_conv3d_tma(const T* x, const T* wp, const T* bias, T* y, int n, int c
   float* ws = nullptr;
   int N = n, Cin = cin, Cout = cout, kT = kt, kH = kh, kW = kw, Do = g.Do, Ho = g.Ho, Wo = g.Wo;
   int pt = g.pt, ph = g.ph, pw = g.pw, rep = replicate, tm = static_cast<int>(tiles_m);
-  int tile0 = 0, ntiles = static_cast<int>(tiles), iters = kt * kh * kw * (cin / 64);
+  int tile0 = 0, units = static_cast<int>(tiles / cl), iters = kt * kh * kw * (cin / 64);
   void* args[] = {&ta, &tb, &bias, &y,  &ws,  &N,  &Cin,     &Cout,    &kT,      &kH,
                   &kW, &Do, &Ho,   &Wo, &pt,  &ph, &pw,      &rep,     &bw_log2, &tiles_h,
-                  &tiles_w, &tm,   &tile0,    &ntiles,       &iters};
+                  &tiles_w, &tm,   &tile0,    &units,        &iters};
   err = cudaLaunchKernel(k, dim3(static_cast<unsigned>(tiles)),
                          dim3(latentrt::TmaTiles<128, 128, 3>::THREADS), args, smem, stream);
   return err != cudaSuccess ? err : cudaGetLastError();
@@ -1463,16 +1477,16 @@ extern "C" int latentrt_conv3d_output_shape(int d, int h, int w, int kt, int kh,
 }
 
 #if defined(LATENTRT_SM90A)
-// The TMA kernel's tile variant and box for a channels-last shape, out5 = {tile_m, tile_n,
-// log2 box width, boxes per frame height, boxes per frame width}: host-only, so CPU tests can
+// The TMA kernel's tile variant and box for a channels-last shape, out6 = {tile_m, tile_n,
+// log2 box width, boxes per frame height, boxes per frame width, cluster size}: host-only, so CPU tests can
 // hold it against plugins/harness.py.
 extern "C" int latentrt_conv3d_tma_plan(int n, int cout, int frames, int ho, int wo, int sms,
-                                        int* out5) {
+                                        int* out6) {
   if (n <= 0 || cout <= 0 || frames <= 0 || ho <= 0 || wo <= 0 || sms <= 0)
     return cudaErrorInvalidValue;
   const TmaLaunchPlan p = tma_launch_plan(n, cout, frames, ho, wo, sms);
-  const int v[5] = {p.bm, p.bn, p.bw_log2, p.tiles_h, p.tiles_w};
-  for (int i = 0; i < 5; ++i) out5[i] = v[i];
+  const int v[6] = {p.bm, p.bn, p.bw_log2, p.tiles_h, p.tiles_w, p.cluster};
+  for (int i = 0; i < 6; ++i) out6[i] = v[i];
   return 0;
 }
 #endif

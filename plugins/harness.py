@@ -512,12 +512,13 @@ def tma_supported(
 def tma_tiles_for(cout: int, tiles_m: int, sms: int) -> tuple[int, int, int]:
     """The (tile_m, tile_n, stages) variant with the fewest idle output channels; on a tie the
     one whose CTA does the most work per byte of shared memory read (n256, n192, then m256).
-    Where that leaves SMs idle and 128-channel tiles still fit one wave, those (two CTAs per SM)
-    win (H100, 1x384x5x32x32: 0.086-0.087 ms vs 0.090-0.092 for n192, two runs)."""
+    Where 128 channels win (m256) but leave SMs idle and 128 x 128 tiles still fit one wave,
+    those (two CTAs per SM) win. Wider tiles with small grids are left to clusters and stream-K
+    (H100, 1x384x5x32x32: n192 in clusters with stream-K 0.0847 ms, 128 x 128 0.0944)."""
     order = [(128, 256, 4), (128, 192, 5), (256, 128, 4)]
     bm, bn, st = min(order, key=lambda v: -(-cout // v[1]) * v[1])
     m = tiles_m * 128 // bm  # position tiles at this variant's tile_m (approximately)
-    if m * -(-cout // bn) < sms and tiles_m * -(-cout // 128) <= sms:
+    if bn == 128 and m * -(-cout // bn) < sms and tiles_m * -(-cout // 128) <= sms:
         return 128, 128, 3
     return bm, bn, st
 
@@ -539,11 +540,14 @@ def conv3d_tma_plan(
 ) -> TmaPlan:
     """Tile variant, cluster size and stream-K split of the TMA kernel.
 
-    By default stream-K takes the last partial wave of tiles when that wave is under a quarter
-    of the SMs and follows full ones. `tile_m`, `tile_n`, `stages`, `cluster` (1 or 2) and
-    `streamk` (how many of the last units stream-K shares; 0 for none) force the plan (tests and
-    sweeps). `resident` bounds the stream-K clusters to those the GPU holds at once (their
-    hand-over waits on each other); sms // cluster by default.
+    By default tiles 192 or 256 channels wide run in clusters of two (B multicast halves their
+    L2 traffic, which bounds these shapes), and stream-K takes all units unless the last wave is
+    at least 90% full. Without stream-K (`streamk` 0, as in the C launcher) they run one CTA per
+    tile. 128-channel tiles run one CTA per tile, with stream-K for a last partial wave under a
+    quarter of the SMs after full ones. `tile_m`, `tile_n`, `stages`, `cluster` (1 or 2) and
+    `streamk` (how many of the last units stream-K shares) force the plan (tests and sweeps).
+    `resident` bounds the stream-K clusters to those the GPU holds at once (their hand-over
+    waits on each other); sms // cluster by default.
     """
     do, ho, wo = out_shape
     _, th, tw = tma_box(ho, wo)
@@ -555,7 +559,7 @@ def conv3d_tma_plan(
         raise InputError(
             f"(tile_m, tile_n, stages) must be one of {TMA_VARIANTS}, got {(bm, bn, st)}"
         )
-    cl = cluster or 1
+    cl = cluster or (2 if bn > 128 and streamk != 0 else 1)
     if cl not in (1, 2):
         raise InputError(f"cluster must be 1 or 2, got {cl}")
     lg, th, tw = tma_box(ho, wo, bm)
@@ -563,8 +567,10 @@ def conv3d_tma_plan(
     units = tiles_m * -(-cout // bn) // cl
     slots = sms // cl  # clusters one wave holds
     nk = kernel[0] * kernel[1] * kernel[2] * cin // 64
-    if streamk is None:  # H100: a tail of 24 tiles after 264 gained 13%; 48 after 528 lost 7%
-        rem = units % slots
+    rem = units % slots
+    if streamk is None and cl == 2:  # H100: all units 1.0-1.16x faster, except 62 after 198
+        sk = units if 0 < rem < 0.9 * slots else 0
+    elif streamk is None:  # H100: a tail of 24 tiles after 264 gained 13%; 48 after 528 lost 7%
         sk = rem if units > slots and rem <= 0.25 * slots else 0
     else:
         sk = min(max(streamk, 0), units)

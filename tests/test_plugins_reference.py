@@ -188,28 +188,37 @@ def test_tma_plan_boxes_tiles_and_streamk():
     assert not harness.tma_supported("float32", True, 128, 128, (1, 1, 1), (1, 1, 1))
     assert harness.tma_box(32, 32, 256) == (5, 4, 1)  # 8 x 32 boxes
     assert harness.tma_box(128, 128, 256) == (7, 64, 1)
-    # Variant: fewest idle output channels, then n256, n192, m256; 128 x 128 under one wave.
+    # Variant: fewest idle output channels, then n256, n192, m256; 128 x 128 for a 128-channel
+    # grid under one wave.
     assert harness.tma_tiles_for(512, 1000, 132) == (128, 256, 4)
     assert harness.tma_tiles_for(384, 1000, 132) == (128, 192, 5)
     assert harness.tma_tiles_for(128, 1000, 132) == (256, 128, 4)
     assert harness.tma_tiles_for(320, 1000, 132) == (128, 192, 5)  # 384 computed, as with n128
-    assert harness.tma_tiles_for(384, 40, 132) == (128, 128, 3)  # 120 tiles: one wave
-    assert harness.tma_tiles_for(512, 40, 132) == (128, 256, 4)  # 160 would not fit a wave
+    assert harness.tma_tiles_for(384, 40, 132) == (128, 192, 5)  # left to clusters + stream-K
+    assert harness.tma_tiles_for(128, 40, 132) == (128, 128, 3)  # 40 tiles: one wave
+    assert harness.tma_tiles_for(128, 300, 132) == (256, 128, 4)  # 150 m256 tiles
     for bm, bn, st in harness.TMA_VARIANTS:
         assert harness.tma_smem_bytes(bm, bn, st) <= 227 * 1024  # the opt-in limit of one CTA
     assert 2 * harness.tma_smem_bytes(128, 128, 3) <= 228 * 1024  # two CTAs per SM
-    # 288 tiles on 132 SMs: two full waves one CTA per tile, the last 24 by stream-K.
+    # n192/n256 tiles: clusters of two, stream-K over all 144 units (12 past two waves of 66).
     p = harness.conv3d_tma_plan("float16", 1, 256, 256, (3, 3, 3), (9, 64, 64), 132)
-    assert p.kernel == "latentrt_conv3d_tma_ndhwc_f16_m128_n256_s4"
-    assert (p.tiles_m, p.nk, p.dp_tiles, p.sk_tiles) == (9 * 32, 108, 264, 24)
-    assert p.sk_ctas * p.sk_iters >= 24 * 108 > (p.sk_ctas - 1) * p.sk_iters
-    assert p.workspace_elems == p.sk_ctas * (128 * 256 + 1)  # a partial tile and a flag per CTA
-    # A tail over a quarter of the SMs, or no full wave before it: one CTA per tile.
+    assert p.kernel == "latentrt_conv3d_tma_ndhwc_f16_m128_n256_s4_c2"
+    assert (p.tiles_m, p.nk, p.dp_tiles, p.sk_tiles, p.sk_ctas) == (9 * 32, 108, 0, 144, 66)
+    assert p.sk_ctas * p.sk_iters >= 144 * 108 > (p.sk_ctas - 1) * p.sk_iters
+    assert p.workspace_elems == 2 * 66 * (128 * 256 + 1)  # a partial tile and a flag per CTA
+    # A last wave at least 90% full (62 of 66): one cluster per unit.
+    p = harness.conv3d_tma_plan("float16", 1, 384, 384, (3, 3, 3), (5, 60, 104), 132)
+    assert p.kernel.endswith("_m128_n192_s5_c2") and (p.dp_tiles, p.sk_tiles) == (260, 0)
+    # Without stream-K (the C launcher): one CTA per tile.
+    p = harness.conv3d_tma_plan("float16", 1, 256, 256, (3, 3, 3), (9, 64, 64), 132, streamk=0)
+    assert p.kernel.endswith("_m128_n256_s4") and (p.cluster, p.dp_tiles) == (1, 288)
+    # 128-channel tiles: one CTA per tile; stream-K only for a tail under a quarter of the SMs
+    # after full waves (here 576 = 4 x 132 + 48: none).
     p = harness.conv3d_tma_plan("float16", 1, 128, 128, (3, 3, 3), (9, 128, 128), 132)
     assert p.kernel.endswith("_m256_n128_s4") and (p.dp_tiles, p.sk_tiles) == (576, 0)
-    p = harness.conv3d_tma_plan("bfloat16", 1, 512, 512, (3, 3, 3), (5, 32, 32), 132)
-    assert p.kernel == "latentrt_conv3d_tma_ndhwc_bf16_m128_n256_s4"
-    assert (p.dp_tiles, p.sk_tiles) == (80, 0)
+    p = harness.conv3d_tma_plan("bfloat16", 1, 128, 128, (3, 3, 3), (9, 64, 64), 132, 128, 3)
+    assert p.kernel == "latentrt_conv3d_tma_ndhwc_bf16_m128_n128_s3"
+    assert (p.dp_tiles, p.sk_tiles) == (264, 24)  # 288 = 2 x 132 + 24
     # Forced: tile, pipeline, stream-K share.
     p = harness.conv3d_tma_plan("float16", 1, 64, 64, (1, 3, 3), (4, 9, 33), 132, 128, 3, 128, 5)
     assert p.kernel.endswith("_m128_n128_s3") and (p.dp_tiles, p.sk_tiles) == (p.tiles_m - 5, 5)
@@ -221,9 +230,8 @@ def test_tma_plan_boxes_tiles_and_streamk():
         "float16", 1, 64, 64, (1, 3, 3), (3, 8, 16), 132, 128, 3, 128, 0, cluster=2
     )
     assert p.kernel.endswith("_m128_n128_s3_c2") and (p.tiles_m, p.dp_tiles) == (4, 2)
-    p = harness.conv3d_tma_plan("float16", 1, 256, 256, (3, 3, 3), (9, 64, 64), 132, cluster=2)
-    assert (p.tiles_m, p.dp_tiles, p.sk_tiles) == (288, 132, 12)  # 144 units: tail of 12
-    assert p.sk_ctas <= 66 and p.workspace_elems == 2 * p.sk_ctas * (128 * 256 + 1)
+    p = harness.conv3d_tma_plan("float16", 1, 128, 128, (3, 3, 3), (9, 64, 64), 132, cluster=2)
+    assert p.kernel.endswith("_m256_n128_s4_c2") and (p.tiles_m, p.sk_tiles) == (144, 72)
     # Stream-K never uses more clusters than are resident at once.
     p = harness.conv3d_tma_plan(
         "float16", 1, 256, 256, (3, 3, 3), (9, 64, 64), 132, streamk=144, cluster=2, resident=60

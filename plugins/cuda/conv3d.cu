@@ -1289,9 +1289,10 @@ void tma_box(int ho, int wo, int bm, int* bw_log2, int* tiles_h, int* tiles_w) {
   }
 }
 
-// Tile variant and box of the TMA kernel, as tma_tiles_for and tma_box in plugins/harness.py:
-// the variant with the fewest idle output channels, n256 before n192 before m256, or 128 x 128
-// tiles for grids under one wave.
+// Tile variant and box of the TMA kernel, as conv3d_tma_plan in plugins/harness.py without
+// stream-K (this launcher takes no workspace): the variant with the fewest idle output channels,
+// n256 before n192 before m256, or 128 x 128 tiles for a 128-channel grid under one wave; one
+// CTA per tile (clusters of two pay only with stream-K).
 struct TmaLaunchPlan {
   int bm, bn, bw_log2, tiles_h, tiles_w, cluster;
 };
@@ -1303,8 +1304,9 @@ TmaLaunchPlan tma_launch_plan(int n, int cout, int frames, int ho, int wo, int s
   p.bm = p.bn == 128 ? 256 : 128;
   tma_box(ho, wo, 128, &p.bw_log2, &p.tiles_h, &p.tiles_w);
   const long long m128 = static_cast<long long>(n) * frames * p.tiles_h * p.tiles_w;
-  if (m128 * 128 / p.bm * ((cout + p.bn - 1) / p.bn) < sms && m128 * ((cout + 127) / 128) <= sms) {
-    p.bm = 128;  // a grid under one wave: 128-channel tiles, two CTAs per SM
+  if (p.bn == 128 && m128 * 128 / p.bm * ((cout + 127) / 128) < sms &&
+      m128 * ((cout + 127) / 128) <= sms) {
+    p.bm = 128;  // a 128-channel grid under one wave: 128 x 128 tiles, two CTAs per SM
     p.bn = 128;
   }
   tma_box(ho, wo, p.bm, &p.bw_log2, &p.tiles_h, &p.tiles_w);

@@ -316,10 +316,12 @@ def conv3d_channels_last_positions(w_shape: Sequence[int], num_inputs: int) -> t
     return ()
 
 
-def conv3d_workspace_bytes(w_shape: Sequence[int], dtype: str) -> int:
-    """Bytes for the repacked (Cout, kT, kH, kW, Cin) weights, rounded to 256-byte alignment."""
+def conv3d_workspace_bytes(w_shape: Sequence[int], dtype: str, streamk_bytes: int = 0) -> int:
+    """Bytes for the repacked (Cout, kT, kH, kW, Cin) weights, rounded to 256-byte alignment,
+    then `streamk_bytes` for the Hopper kernel's stream-K hand-over
+    (PluginLibrary.streamk_workspace_bytes; 0 runs it one CTA per tile)."""
     n = math.prod(int(s) for s in w_shape) * _ITEMSIZE[dtype]
-    return -(-n // _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN
+    return -(-n // _WORKSPACE_ALIGN) * _WORKSPACE_ALIGN + max(streamk_bytes, 0)
 
 
 # --- the plugin library (C launchers through ctypes) --------------------------------------------
@@ -366,7 +368,8 @@ class PluginLibrary:
             raise BackendError(f"cannot load the plugin library {self.path}: {e}") from None
         gn_args = [_VP, _VP, _VP, _VP, _I, _I, ctypes.c_longlong, _I, ctypes.c_float, _I, _I, _VP]
         ints = ctypes.POINTER(_I)
-        conv_args = [_VP, _VP, _VP, _VP, *([_I] * 9), ints, ints, ints, _I, _I, _VP]
+        conv_args = [_VP, _VP, _VP, _VP, *([_I] * 9), ints, ints, ints, _I, _I]
+        conv_args += [_VP, ctypes.c_longlong, _VP]  # stream-K workspace and its bytes, stream
         for suf in _SUFFIX.values():
             for name, args in (
                 (f"latentrt_groupnorm_silu_{suf}", gn_args),
@@ -376,6 +379,16 @@ class PluginLibrary:
                 fn = getattr(self.lib, name)
                 fn.argtypes = args
                 fn.restype = _I
+        self.lib.latentrt_conv3d_streamk_workspace_bytes.argtypes = []
+        self.lib.latentrt_conv3d_streamk_workspace_bytes.restype = ctypes.c_longlong
+
+    def streamk_workspace_bytes(self) -> int:
+        """Workspace bytes past the packed weights that let Conv3d use stream-K on the current
+        device (the bound for its SM count)."""
+        n = self.lib.latentrt_conv3d_streamk_workspace_bytes()
+        if n < 0:
+            raise BackendError("cannot query the current CUDA device for the Conv3d workspace")
+        return n
 
     def call(self, name: str, dtype: str, *args: Any) -> None:
         """Call launcher `latentrt_<name>_<dtype suffix>`; a nonzero cudaError_t raises."""
@@ -432,14 +445,18 @@ def run_conv3d(
     workspace: int,
     stream: int,
     channels_last: bool = False,
+    workspace_bytes: int = 0,
 ) -> None:
     """Repack w into `workspace` (conv3d_workspace_bytes), then launch Conv3d on x and y in
-    NCDHW, or NDHWC with `channels_last` (x_shape is NCDHW either way)."""
+    NCDHW, or NDHWC with `channels_last` (x_shape is NCDHW either way). Workspace bytes past
+    the packed weights (`workspace_bytes` in all) go to stream-K."""
     n, cin, d, h, wd = (int(s) for s in x_shape)
     cout, wcin, kt, kh, kw = (int(s) for s in w_shape)
     if wcin != cin:
         raise InputError(f"Conv3d: w has {wcin} input channels, x has {cin}")
     lib.call("conv3d_pack_weights", dtype, w, workspace, cout, cin, kt * kh * kw, stream)
+    packed = conv3d_workspace_bytes(w_shape, dtype)
+    spare = workspace_bytes - packed
     pads = (_I * 6)(*attrs.pads)
     strides = (_I * 3)(*attrs.strides)
     dilations = (_I * 3)(*attrs.dilations)
@@ -464,6 +481,8 @@ def run_conv3d(
         dilations,
         attrs.causal_time,
         _LAYOUT_CHANNELS_LAST if channels_last else _LAYOUT_CHANNELS_FIRST,
+        workspace + packed if spare > 0 else None,
+        max(spare, 0),
         stream,
     )
 
@@ -608,7 +627,11 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
             return conv3d_channels_last_positions(dims(descs[1].dims), num_inputs)
 
         def get_workspace_size(self, inputs: list, outputs: list) -> int:
-            return conv3d_workspace_bytes(dims(inputs[1].max), dtype_names[inputs[0].desc.type])
+            return conv3d_workspace_bytes(
+                dims(inputs[1].max),
+                dtype_names[inputs[0].desc.type],
+                self.library.streamk_workspace_bytes(),
+            )
 
         def enqueue(self, in_desc, out_desc, inputs, outputs, workspace, stream) -> None:
             run_conv3d(
@@ -624,6 +647,11 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
                 workspace,
                 stream,
                 channels_last=in_desc[0].format == trt.TensorFormat.DHWC8,
+                workspace_bytes=conv3d_workspace_bytes(
+                    dims(in_desc[1].dims),
+                    dtype_names[in_desc[0].type],
+                    self.library.streamk_workspace_bytes(),
+                ),
             )
 
     return {

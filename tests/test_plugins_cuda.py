@@ -240,11 +240,12 @@ def launcher_lib(tmp_path_factory, harness):
         gn.argtypes = [vp, vp, vp, vp, i, i, ctypes.c_longlong, i, f, i, i, vp]
         gn.restype = i
         cv = getattr(lib, f"latentrt_conv3d_{suf}")
-        cv.argtypes = [vp, vp, vp, vp] + [i] * 9 + [ip, ip, ip, i, i, vp]
+        cv.argtypes = [vp, vp, vp, vp] + [i] * 9 + [ip, ip, ip, i, i, vp, ctypes.c_longlong, vp]
         cv.restype = i
         pk = getattr(lib, f"latentrt_conv3d_pack_weights_{suf}")
         pk.argtypes = [vp, vp, i, i, i, vp]
         pk.restype = i
+    lib.latentrt_conv3d_streamk_workspace_bytes.restype = ctypes.c_longlong
     return lib
 
 
@@ -284,26 +285,29 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
 
 
 @pytest.mark.parametrize(
-    ("case", "layout", "dtype"),
+    ("case", "layout", "dtype", "streamk"),
     [
-        (CONV_CASES[0], "NCDHW", "float16"),
-        (CONV_CASES[2], "NDHWC", "bfloat16"),
-        (CONV_CASES[3], "NCDHW", "float32"),
-        (CONV_CASES[3], "NDHWC", "float16"),
-        (CONV_CASES[6], "NDHWC", "float16"),
-        (CONV_CASES[1], "NDHWC", "float16"),
+        (CONV_CASES[0], "NCDHW", "float16", True),
+        (CONV_CASES[2], "NDHWC", "bfloat16", True),
+        (CONV_CASES[2], "NDHWC", "float16", False),
+        (CONV_CASES[3], "NCDHW", "float32", True),
+        (CONV_CASES[3], "NDHWC", "float16", True),
+        (CONV_CASES[6], "NDHWC", "float16", True),
+        (CONV_CASES[1], "NDHWC", "float16", True),
     ],
-    # On Hopper (sm_90a library): 384 channels run the TMA kernel, 96 the cp.async wgmma one.
+    # On Hopper (sm_90a library): 384 channels run the TMA kernel (with a workspace in clusters
+    # of two with stream-K, without one CTA per tile), 96 the cp.async wgmma one.
     ids=[
         "tc-ncdhw",
-        "tma-or-tc-ndhwc",
+        "tma-streamk-or-tc-ndhwc",
+        "tma-or-tc-ndhwc-no-workspace",
         "direct-ncdhw",
         "direct-ndhwc",
         "wgmma-or-direct-ndhwc",
         "wgmma-or-tc-ndhwc-replicate",
     ],  # fmt: skip
 )
-def test_c_launcher_conv3d(launcher_lib, gen, case, layout, dtype):
+def test_c_launcher_conv3d(launcher_lib, gen, case, layout, dtype, streamk):
     shape, cout, k, pads, strides, dil, causal = case
     last = layout == "NDHWC"
     xshape = (shape[0], *shape[2:], shape[1]) if last else shape
@@ -319,30 +323,19 @@ def test_c_launcher_conv3d(launcher_lib, gen, case, layout, dtype):
     assert rc == 0
     ref = _conv_ref(x, w, b, pads, strides, dil, causal, last)
     out = _poisoned(tuple(ref.shape), dtype)
+    ws_bytes = launcher_lib.latentrt_conv3d_streamk_workspace_bytes() if streamk else 0
+    assert ws_bytes >= 0
+    ws = torch.empty(ws_bytes, device="cuda", dtype=torch.uint8)
     arr = ctypes.c_int * 6
-    rc = getattr(launcher_lib, f"latentrt_conv3d_{suf}")(
-        x.data_ptr(),
-        packed.data_ptr(),
-        b.data_ptr(),
-        out.data_ptr(),
-        shape[0],
-        shape[1],
-        shape[2],
-        shape[3],
-        shape[4],
-        cout,
-        k[0],
-        k[1],
-        k[2],
-        arr(*pads),
-        (ctypes.c_int * 3)(*strides),
-        (ctypes.c_int * 3)(*dil),
-        causal,
-        int(last),
-        stream,
-    )
-    assert rc == 0
-    _check(out, ref, dtype)
+    for _ in range(2):  # the stream-K flags are left at zero for the next launch
+        out.fill_(float("nan"))
+        rc = getattr(launcher_lib, f"latentrt_conv3d_{suf}")(
+            x.data_ptr(), packed.data_ptr(), b.data_ptr(), out.data_ptr(), *shape, cout, *k,
+            arr(*pads), (ctypes.c_int * 3)(*strides), (ctypes.c_int * 3)(*dil), causal, int(last),
+            ws.data_ptr() if streamk else None, ws_bytes, stream,
+        )  # fmt: skip
+        assert rc == 0
+        _check(out, ref, dtype)
 
 
 def test_c_launcher_rejects_inconsistent_causal_pads(launcher_lib):
@@ -366,6 +359,8 @@ def test_c_launcher_rejects_inconsistent_causal_pads(launcher_lib):
         three,
         three,
         1,
+        0,
+        None,
         0,
         None,
     )

@@ -44,20 +44,26 @@ def test_compiles_for_sm90_without_warnings(name, arch, tmp_path):
 )
 def test_c_launcher_tma_plan_matches_the_harness(tmp_path):
     # The C launcher (what a TensorRT plugin calls) and the Python harness pick the TMA kernel's
-    # tile variant, box and cluster size each in their own code; host-only, so no GPU is needed.
+    # tile variant, box, cluster size and stream-K split each in their own code; host-only, so no GPU is needed.
     lib = ctypes.CDLL(str(harness.build_shared_library(tmp_path / "lib.so", arch="sm_90a")))
     plan = lib.latentrt_conv3d_tma_plan
-    plan.argtypes = [ctypes.c_int] * 6 + [ctypes.POINTER(ctypes.c_int)]
+    plan.argtypes = [ctypes.c_int] * 9 + [ctypes.POINTER(ctypes.c_int)]
     plan.restype = ctypes.c_int
     shapes = [  # (N, Cout, Do, Ho, Wo): the benchmark's video-VAE shapes and odd ones
         (1, 384, 5, 32, 32), (1, 128, 9, 128, 128), (1, 256, 9, 64, 64), (1, 512, 5, 32, 32),
         (1, 384, 5, 60, 104), (1, 192, 9, 120, 208), (2, 320, 3, 40, 72), (1, 64, 4, 9, 33),
-        (1, 96, 17, 90, 160), (4, 1024, 2, 8, 8),
+        (1, 96, 17, 90, 160), (4, 1024, 2, 8, 8), (1, 128, 9, 64, 64),
     ]  # fmt: skip
     for n, cout, d, h, w in shapes:
-        out = (ctypes.c_int * 6)()
-        assert plan(n, cout, d, h, w, 132, out) == 0
-        p = harness.conv3d_tma_plan("float16", n, 128, cout, (3, 3, 3), (d, h, w), 132, streamk=0)
-        want = [p.tile_m, p.tile_n, p.bw_log2, p.tiles_h, p.tiles_w, p.cluster]
-        assert list(out) == want, (n, cout, d, h, w)
-    assert plan(1, 0, 1, 1, 1, 132, (ctypes.c_int * 6)()) != 0
+        for streamk, resident in ((None, 66), (None, 40), (0, 132)):
+            out = (ctypes.c_int * 10)()
+            flag = 1 if streamk is None else 0
+            assert plan(n, cout, d, h, w, 132, 54, flag, resident, out) == 0
+            p = harness.conv3d_tma_plan(
+                "float16", n, 128, cout, (3, 3, 3), (d, h, w), 132, streamk=streamk,
+                resident=resident,
+            )  # fmt: skip
+            want = [p.tile_m, p.tile_n, p.bw_log2, p.tiles_h, p.tiles_w, p.cluster]
+            want += [p.tiles_m, p.dp_tiles, p.sk_tiles, p.sk_ctas]
+            assert list(out) == want, (n, cout, d, h, w, streamk, resident)
+    assert plan(1, 0, 1, 1, 1, 132, 54, 1, 66, (ctypes.c_int * 10)()) != 0

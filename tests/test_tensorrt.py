@@ -450,13 +450,25 @@ def test_conv3d_enqueue_passes_the_layout_of_its_format(channels_last, layout):
     assert (pack, conv, dtype) == ("conv3d_pack_weights", "conv3d", "float16")
     assert args[:4] == [1, 5, 3, 4]  # x, the packed weights in the workspace, bias, y
     assert args[4:13] == [2, 16, 5, 6, 7, 8, 3, 3, 3]  # logical NCDHW sizes either way
-    assert args[-2:] == [layout, 6]
+    assert args[-4:] == [layout, None, 0, 6]  # no stream-K workspace past the packed weights
 
 
-def test_conv3d_workspace_holds_the_packed_weights():
+def test_conv3d_enqueue_hands_the_spare_workspace_to_stream_k():
+    lib = _RecordingLibrary()
+    cv = tp.Conv3dAttrs((0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1), 1)
+    shape, w_shape = (1, 64, 5, 8, 8), (64, 64, 3, 3, 3)
+    packed = tp.conv3d_workspace_bytes(w_shape, "float16")
+    total = tp.conv3d_workspace_bytes(w_shape, "float16", 4096)
+    tp.run_conv3d(lib, cv, "float16", shape, w_shape, 1, 2, 3, 4, 1 << 20, 6, True, total)
+    (pack, _, _, ws, *_), (_, _, *args) = lib.calls
+    assert ws == 1 << 20 and args[-3:] == [(1 << 20) + packed, 4096, 6]
+
+
+def test_conv3d_workspace_holds_the_packed_weights_then_stream_k():
     assert tp.conv3d_workspace_bytes((64, 32, 3, 3, 3), "float16") == 64 * 32 * 27 * 2
     assert tp.conv3d_workspace_bytes((3, 5, 1, 1, 3), "float32") == 256
     assert tp.conv3d_workspace_bytes((3, 5, 1, 1, 3), "float32") >= 3 * 5 * 3 * 4
+    assert tp.conv3d_workspace_bytes((3, 5, 1, 1, 3), "float32", 1024) == 256 + 1024
 
 
 # --- without TensorRT ---------------------------------------------------------------------------

@@ -1105,11 +1105,19 @@ LRT_CONV_TC(__nv_bfloat16, bf16)
 
 #ifndef __CUDACC_RTC__
 
+#include <algorithm>
+
 #if defined(LATENTRT_SM90A)
 #include <cuda.h>  // CUtensorMap and its enums; the encoder is fetched from the driver at run time
 #endif
 
 namespace {
+
+// Stream-K's workspace bound on a GPU of `sms` SMs: a partial tile (at most 128 x 256 fp32) and
+// a flag for each CTA, at most one per SM.
+long long streamk_workspace_bytes(int sms) {
+  return (static_cast<long long>(sms) * (128 * 256 + 1) * 4 + 255) / 256 * 256;
+}
 
 struct ConvGeometry {
   int Do, Ho, Wo;
@@ -1289,14 +1297,19 @@ void tma_box(int ho, int wo, int bm, int* bw_log2, int* tiles_h, int* tiles_w) {
   }
 }
 
-// Tile variant and box of the TMA kernel, as conv3d_tma_plan in plugins/harness.py without
-// stream-K (this launcher takes no workspace): the variant with the fewest idle output channels,
-// n256 before n192 before m256, or 128 x 128 tiles for a 128-channel grid under one wave; one
-// CTA per tile (clusters of two pay only with stream-K).
+// The TMA kernel's launch, as conv3d_tma_plan in plugins/harness.py: the variant with the fewest
+// idle output channels (n256 before n192 before m256), or 128 x 128 tiles for a 128-channel grid
+// under one wave. With stream-K allowed, 192/256-channel tiles run in clusters of two with
+// stream-K over all units unless the last wave is at least 90% full; 128-channel tiles one CTA
+// per tile, stream-K for a last wave under a quarter of the SMs after full ones. `resident`
+// bounds the stream-K clusters (they wait on each other).
 struct TmaLaunchPlan {
   int bm, bn, bw_log2, tiles_h, tiles_w, cluster;
+  int tiles_m;                          // position tiles, rounded up to the cluster
+  int dp_units, sk_units, sk_ctas, sk_iters;  // units of `cluster` tiles; sk_ctas: clusters
 };
-TmaLaunchPlan tma_launch_plan(int n, int cout, int frames, int ho, int wo, int sms) {
+TmaLaunchPlan tma_launch_plan(int n, int cout, int frames, int ho, int wo, int sms, int nk,
+                              bool streamk, int resident) {
   const int pad256 = (cout + 255) / 256 * 256, pad192 = (cout + 191) / 192 * 192;
   const int pad128 = (cout + 127) / 128 * 128;
   TmaLaunchPlan p{};
@@ -1310,49 +1323,92 @@ TmaLaunchPlan tma_launch_plan(int n, int cout, int frames, int ho, int wo, int s
     p.bn = 128;
   }
   tma_box(ho, wo, p.bm, &p.bw_log2, &p.tiles_h, &p.tiles_w);
-  p.cluster = 1;
+  const int cl = p.cluster = p.bn > 128 && streamk ? 2 : 1;
+  const long long tiles_m = (static_cast<long long>(n) * frames * p.tiles_h * p.tiles_w + cl - 1) /
+                            cl * cl;
+  const long long units = tiles_m * ((cout + p.bn - 1) / p.bn) / cl;
+  p.tiles_m = static_cast<int>(tiles_m < 0x7fffffffLL ? tiles_m : 0x7fffffffLL);
+  const long long slots = sms / cl, rem = units % slots;
+  long long sk = 0;
+  if (streamk && cl == 2)
+    sk = rem > 0 && 10 * rem < 9 * slots ? units : 0;
+  else if (streamk)
+    sk = units > slots && 4 * rem <= slots ? rem : 0;
+  const long long ctas = std::min(std::min(static_cast<long long>(resident), slots), sk * nk);
+  const long long iters = sk ? (sk * nk + ctas - 1) / ctas : 0;
+  p.dp_units = static_cast<int>(std::min(units - sk, 0x7fffffffLL));
+  p.sk_units = static_cast<int>(sk);
+  p.sk_iters = static_cast<int>(iters);
+  p.sk_ctas = sk ? static_cast<int>((sk * nk + iters - 1) / iters) : 0;
   return p;
 }
 
-// The TMA kernel one CTA per tile (stream-K needs a workspace this launcher does not take).
+// The TMA kernel: one cluster per unit, then stream-K where the plan has it and `ws` holds
+// ws_bytes >= streamk_workspace_bytes(sms) (otherwise one CTA per tile).
 template <typename T>
 int launch_conv3d_tma(const T* x, const T* wp, const T* bias, T* y, int n, int cin, int d, int h,
                       int w, int cout, int kt, int kh, int kw, const ConvGeometry& g,
-                      int replicate, int sms, cudaStream_t stream) {
-  const TmaLaunchPlan plan = tma_launch_plan(n, cout, g.Do, g.Ho, g.Wo, sms);
+                      int replicate, int sms, void* ws, long long ws_bytes, cudaStream_t stream) {
+  const int nk = kt * kh * kw * (cin / 64);
+  const bool streamk = ws != nullptr && ws_bytes >= streamk_workspace_bytes(sms);
+  TmaLaunchPlan plan = tma_launch_plan(n, cout, g.Do, g.Ho, g.Wo, sms, nk, streamk, sms);
   const int bm = plan.bm, bn = plan.bn, cl = plan.cluster;
-  int bw_log2 = plan.bw_log2, tiles_h = plan.tiles_h, tiles_w = plan.tiles_w;
-  const long long tiles_m =
-      (static_cast<long long>(n) * g.Do * tiles_h * tiles_w + cl - 1) / cl * cl;
-  const long long tiles = tiles_m * ((cout + bn - 1) / bn);  // a multiple of cl
-  if (tiles > 0x7fffffffLL) return cudaErrorInvalidValue;
-  CUtensorMap ta, tb;
-  const cuuint64_t adims[5] = {static_cast<cuuint64_t>(cin), static_cast<cuuint64_t>(w),
-                               static_cast<cuuint64_t>(h), static_cast<cuuint64_t>(d),
-                               static_cast<cuuint64_t>(n)};
-  const cuuint32_t abox[5] = {64, 1u << bw_log2, static_cast<cuuint32_t>(bm) >> bw_log2, 1, 1};
-  const cuuint64_t bdims[2] = {static_cast<cuuint64_t>(kt) * kh * kw * cin,
-                               static_cast<cuuint64_t>(cout)};
-  const cuuint32_t bbox[2] = {64, static_cast<cuuint32_t>(bn / cl)};  // a cluster shares B
-  if (!encode_tiled(&ta, x, 5, adims, abox) || !encode_tiled(&tb, wp, 2, bdims, bbox))
-    return cudaErrorInvalidValue;
   void* k = ConvKernels<T>::tma(bm, bn, cl);
   const int smem = bn == 256   ? latentrt::TmaTiles<128, 256, 4>::SMEM_BYTES
                    : bn == 192 ? latentrt::TmaTiles<128, 192, 5>::SMEM_BYTES
                    : bm == 256 ? latentrt::TmaTiles<256, 128, 4>::SMEM_BYTES
                                : latentrt::TmaTiles<128, 128, 3>::SMEM_BYTES;
+  const int threads = latentrt::TmaTiles<128, 128, 3>::THREADS;
   cudaError_t err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
-  float* ws = nullptr;
+  if (plan.sk_units > 0 && cl > 1) {  // every stream-K cluster must be resident at once
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(cl);
+    config.blockDim = dim3(threads);
+    config.dynamicSmemBytes = smem;
+    int resident = 0;
+    err = cudaOccupancyMaxActiveClusters(&resident, k, &config);
+    if (err != cudaSuccess) return err;
+    plan = tma_launch_plan(n, cout, g.Do, g.Ho, g.Wo, sms, nk, streamk, resident);
+  }
+  const long long units = static_cast<long long>(plan.dp_units) + plan.sk_units;
+  if (units * cl > 0x7fffffffLL || plan.tiles_m == 0x7fffffff) return cudaErrorInvalidValue;
+  CUtensorMap ta, tb;
+  const cuuint64_t adims[5] = {static_cast<cuuint64_t>(cin), static_cast<cuuint64_t>(w),
+                               static_cast<cuuint64_t>(h), static_cast<cuuint64_t>(d),
+                               static_cast<cuuint64_t>(n)};
+  const cuuint32_t abox[5] = {64, 1u << plan.bw_log2, static_cast<cuuint32_t>(bm) >> plan.bw_log2,
+                              1, 1};
+  const cuuint64_t bdims[2] = {static_cast<cuuint64_t>(kt) * kh * kw * cin,
+                               static_cast<cuuint64_t>(cout)};
+  const cuuint32_t bbox[2] = {64, static_cast<cuuint32_t>(bn / cl)};  // a cluster shares B
+  if (!encode_tiled(&ta, x, 5, adims, abox) || !encode_tiled(&tb, wp, 2, bdims, bbox))
+    return cudaErrorInvalidValue;
+  float* wsf = nullptr;
   int N = n, Cin = cin, Cout = cout, kT = kt, kH = kh, kW = kw, Do = g.Do, Ho = g.Ho, Wo = g.Wo;
-  int pt = g.pt, ph = g.ph, pw = g.pw, rep = replicate, tm = static_cast<int>(tiles_m);
-  int tile0 = 0, units = static_cast<int>(tiles / cl), iters = kt * kh * kw * (cin / 64);
-  void* args[] = {&ta, &tb, &bias, &y,  &ws,  &N,  &Cin,     &Cout,    &kT,      &kH,
+  int pt = g.pt, ph = g.ph, pw = g.pw, rep = replicate, bw_log2 = plan.bw_log2;
+  int tiles_h = plan.tiles_h, tiles_w = plan.tiles_w, tm = plan.tiles_m;
+  int tile0 = 0, count = plan.dp_units, iters = nk;
+  void* args[] = {&ta, &tb, &bias, &y,  &wsf, &N,  &Cin,     &Cout,    &kT,      &kH,
                   &kW, &Do, &Ho,   &Wo, &pt,  &ph, &pw,      &rep,     &bw_log2, &tiles_h,
-                  &tiles_w, &tm,   &tile0,    &units,        &iters};
-  err = cudaLaunchKernel(k, dim3(static_cast<unsigned>(tiles)),
-                         dim3(latentrt::TmaTiles<128, 128, 3>::THREADS), args, smem, stream);
-  return err != cudaSuccess ? err : cudaGetLastError();
+                  &tiles_w, &tm,   &tile0,    &count,        &iters};
+  if (plan.dp_units > 0) {
+    err = cudaLaunchKernel(k, dim3(static_cast<unsigned>(plan.dp_units) * cl), dim3(threads), args,
+                           smem, stream);
+    if (err != cudaSuccess) return err;
+  }
+  if (plan.sk_units > 0) {
+    const long long ctas = static_cast<long long>(plan.sk_ctas) * cl;
+    wsf = static_cast<float*>(ws);
+    err = cudaMemsetAsync(wsf + ctas * bm * bn, 0, ctas * sizeof(int), stream);  // the flags
+    if (err != cudaSuccess) return err;
+    tile0 = plan.dp_units;
+    count = plan.sk_units;
+    iters = plan.sk_iters;
+    err = cudaLaunchKernel(k, dim3(static_cast<unsigned>(ctas)), dim3(threads), args, smem, stream);
+    if (err != cudaSuccess) return err;
+  }
+  return cudaGetLastError();
 }
 #endif
 
@@ -1366,7 +1422,8 @@ int conv_ci_chunk(int cin, int taps) {
 template <typename T>
 int launch_conv3d(const T* x, const T* wp, const T* bias, T* y, int n, int cin, int d, int h,
                   int w, int cout, int kt, int kh, int kw, const int* pads, const int* strides,
-                  const int* dilations, int causal, int layout, cudaStream_t stream) {
+                  const int* dilations, int causal, int layout, void* ws, long long ws_bytes,
+                  cudaStream_t stream) {
   if (n <= 0 || cin <= 0 || d <= 0 || h <= 0 || w <= 0 || cout <= 0 || kt <= 0 || kh <= 0 ||
       kw <= 0 || n > 65535 || (layout != 0 && layout != 1))
     return cudaErrorInvalidValue;
@@ -1397,7 +1454,7 @@ int launch_conv3d(const T* x, const T* wp, const T* bias, T* y, int n, int cin, 
   if (hopper_ok && cin % 64 == 0 && st == 1 && sh == 1 && sw == 1 && dt == 1 && dh == 1 &&
       dw == 1)
     return launch_conv3d_tma(x, wp, bias, y, n, cin, d, h, w, cout, kt, kh, kw, g, replicate, sms,
-                             stream);
+                             addr(ws) % 16 == 0 ? ws : nullptr, ws_bytes, stream);
   if (hopper_ok) {
     const int bn = wgmma_tile_n(cout);
     const bool deep = wgmma_deep((P + 127) / 128 * ((cout + bn - 1) / bn) * n, bn, sms);
@@ -1479,32 +1536,46 @@ extern "C" int latentrt_conv3d_output_shape(int d, int h, int w, int kt, int kh,
 }
 
 #if defined(LATENTRT_SM90A)
-// The TMA kernel's tile variant and box for a channels-last shape, out6 = {tile_m, tile_n,
-// log2 box width, boxes per frame height, boxes per frame width, cluster size}: host-only, so CPU tests can
-// hold it against plugins/harness.py.
+// The TMA kernel's plan for a channels-last shape with K steps nk, stream-K allowed or not and
+// `resident` clusters at most: out10 = {tile_m, tile_n, log2 box width, boxes per frame height,
+// boxes per frame width, cluster size, position tiles, one-per-cluster units, stream-K units,
+// stream-K clusters}. Host-only, so CPU tests can hold it against plugins/harness.py.
 extern "C" int latentrt_conv3d_tma_plan(int n, int cout, int frames, int ho, int wo, int sms,
-                                        int* out6) {
-  if (n <= 0 || cout <= 0 || frames <= 0 || ho <= 0 || wo <= 0 || sms <= 0)
+                                        int nk, int streamk, int resident, int* out10) {
+  if (n <= 0 || cout <= 0 || frames <= 0 || ho <= 0 || wo <= 0 || sms <= 0 || nk <= 0 ||
+      resident <= 0)
     return cudaErrorInvalidValue;
-  const TmaLaunchPlan p = tma_launch_plan(n, cout, frames, ho, wo, sms);
-  const int v[6] = {p.bm, p.bn, p.bw_log2, p.tiles_h, p.tiles_w, p.cluster};
-  for (int i = 0; i < 6; ++i) out6[i] = v[i];
+  const TmaLaunchPlan p = tma_launch_plan(n, cout, frames, ho, wo, sms, nk, streamk != 0, resident);
+  const int v[10] = {p.bm,      p.bn,       p.bw_log2,  p.tiles_h,  p.tiles_w,
+                     p.cluster, p.tiles_m,  p.dp_units, p.sk_units, p.sk_ctas};
+  for (int i = 0; i < 10; ++i) out10[i] = v[i];
   return 0;
 }
 #endif
 
+// Bytes of workspace that let latentrt_conv3d_* use stream-K on the current device (the TMA
+// kernel on Hopper); a launch given less runs one CTA per tile.
+extern "C" long long latentrt_conv3d_streamk_workspace_bytes() {
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    return -1;
+  return streamk_workspace_bytes(sms);
+}
+
 // C-linkage launchers for a TensorRT IPluginV3::enqueue: device pointers x (NCDHW for layout 0,
 // NDHWC for layout 1), packed weights [Cout, kT, kH, kW, Cin], bias [Cout] or null, y; host
 // arrays pads[6] (ONNX order d0 h0 w0 d1 h1 w1), strides[3], dilations[3]; causal_time 0 (pads
-// as given), 1 (temporal pad dilation*(kT-1) in front, zeros), 2 (same, replicating frame 0).
+// as given), 1 (temporal pad dilation*(kT-1) in front, zeros), 2 (same, replicating frame 0);
+// a 16-byte-aligned device workspace of ws_bytes (or null) for stream-K.
 #define LRT_CONV_LAUNCHER(T, SUF)                                                                  \
   extern "C" int latentrt_conv3d_##SUF(const T* x, const T* w_packed, const T* bias, T* y, int n, \
                                        int cin, int d, int h, int w, int cout, int kt, int kh,     \
                                        int kw, const int* pads, const int* strides,                \
                                        const int* dilations, int causal_time, int layout,          \
-                                       cudaStream_t stream) {                                      \
+                                       void* ws, long long ws_bytes, cudaStream_t stream) {        \
     return launch_conv3d(x, w_packed, bias, y, n, cin, d, h, w, cout, kt, kh, kw, pads, strides,  \
-                         dilations, causal_time, layout, stream);                                  \
+                         dilations, causal_time, layout, ws, ws_bytes, stream);                    \
   }                                                                                                \
   extern "C" int latentrt_conv3d_pack_weights_##SUF(const T* w, T* w_packed, int cout, int cin,   \
                                                     int taps, cudaStream_t stream) {               \

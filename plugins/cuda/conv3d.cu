@@ -1472,6 +1472,9 @@ int launch_conv3d(const T* x, const T* wp, const T* bias, T* y, int n, int cin, 
     err = cudaLaunchKernel(k, grid, dim3(256), args, smem, stream);
     return err != cudaSuccess ? err : cudaGetLastError();
   }
+#else
+  (void)ws;  // only the Hopper TMA kernel uses a workspace
+  (void)ws_bytes;
 #endif
   const bool use_tc = ConvKernels<T>::tc && cin % 32 == 0 && cin >= 64 && cout >= 64 && aligned;
   if (use_tc) {

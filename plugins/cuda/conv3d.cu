@@ -1151,6 +1151,21 @@ bool conv_geometry(int d, int h, int w, int kt, int kh, int kw, const int* pads,
   return nonneg;
 }
 
+// The TMA kernel of a dtype suffix for (tile_m, tile_n, cluster size).
+#define LRT_TMA_KERNEL(SUF, BM, BN, S, C) \
+  reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_##SUF##_m##BM##_n##BN##_s##S##C)
+#define LRT_TMA_PICK_CL(SUF, C)                                                    \
+  if (bn == 256) return LRT_TMA_KERNEL(SUF, 128, 256, 4, C);                       \
+  if (bn == 192) return LRT_TMA_KERNEL(SUF, 128, 192, 5, C);                       \
+  return bm == 256 ? LRT_TMA_KERNEL(SUF, 256, 128, 4, C) : LRT_TMA_KERNEL(SUF, 128, 128, 3, C);
+#define LRT_TMA_PICK(SUF)                          \
+  static void* tma(int bm, int bn, int cl) {       \
+    if (cl == 2) {                                 \
+      LRT_TMA_PICK_CL(SUF, _c2)                    \
+    }                                              \
+    LRT_TMA_PICK_CL(SUF, )                         \
+  }
+
 template <typename T>
 struct ConvKernels;
 template <>
@@ -1184,18 +1199,7 @@ struct ConvKernels<__half> {
            : bn == 96 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n96)
                       : reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n64);
   }
-  static void* tma(int bm, int bn, int cl) {
-    if (cl == 2) {
-      if (bn == 256) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n256_s4_c2);
-      if (bn == 192) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n192_s5_c2);
-      return bm == 256 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m256_n128_s4_c2)
-                       : reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n128_s3_c2);
-    }
-    if (bn == 256) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n256_s4);
-    if (bn == 192) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n192_s5);
-    return bm == 256 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m256_n128_s4)
-                     : reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_f16_m128_n128_s3);
-  }
+  LRT_TMA_PICK(f16)
   static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_f16); }
 };
 template <>
@@ -1217,18 +1221,7 @@ struct ConvKernels<__nv_bfloat16> {
            : bn == 96 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n96)
                       : reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n64);
   }
-  static void* tma(int bm, int bn, int cl) {
-    if (cl == 2) {
-      if (bn == 256) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n256_s4_c2);
-      if (bn == 192) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n192_s5_c2);
-      return bm == 256 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m256_n128_s4_c2)
-                       : reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n128_s3_c2);
-    }
-    if (bn == 256) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n256_s4);
-    if (bn == 192) return reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n192_s5);
-    return bm == 256 ? reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m256_n128_s4)
-                     : reinterpret_cast<void*>(latentrt_conv3d_tma_ndhwc_bf16_m128_n128_s3);
-  }
+  LRT_TMA_PICK(bf16)
   static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_bf16); }
 };
 

@@ -574,7 +574,7 @@ def conv3d_tma_plan(
         sk = rem if units > slots and rem <= 0.25 * slots else 0
     else:
         sk = min(max(streamk, 0), units)
-    ctas = min(resident or slots, slots, sk * nk)
+    ctas = min(slots if resident is None else max(resident, 1), slots, sk * nk)
     iters = -(-sk * nk // ctas) if sk else 0
     return TmaPlan(
         f"latentrt_conv3d_tma_ndhwc_{_SUFFIX[dtype]}_m{bm}_n{bn}_s{st}{'_c2' if cl == 2 else ''}",

@@ -1327,7 +1327,7 @@ TmaLaunchPlan tma_launch_plan(int n, int cout, int frames, int ho, int wo, int s
     sk = rem > 0 && 10 * rem < 9 * slots ? units : 0;
   else if (streamk)
     sk = units > slots && 4 * rem <= slots ? rem : 0;
-  const long long ctas = std::min(std::min(static_cast<long long>(resident), slots), sk * nk);
+  const long long ctas = std::min(std::min(std::max(resident, 1) * 1LL, slots), sk * nk);
   const long long iters = sk ? (sk * nk + ctas - 1) / ctas : 0;
   p.dp_units = static_cast<int>(std::min(units - sk, 0x7fffffffLL));
   p.sk_units = static_cast<int>(sk);

@@ -30,6 +30,7 @@ __all__ = [
     "build_shared_library",
     "conv3d",
     "conv3d_plan",
+    "conv3d_smallc_plan",
     "conv3d_tma_plan",
     "groupnorm_plan",
     "groupnorm_silu",
@@ -354,8 +355,7 @@ class ConvPlan:
     grid: tuple[int, int, int]
     block: int
     smem: int
-    ci_chunk: int
-    vec: bool
+    tail: tuple[int, ...] = ()  # the kernel's int arguments after the ConvShape ones
 
 
 WGMMA_TILES_N = (128, 96, 64)
@@ -420,14 +420,14 @@ def conv3d_plan(
                     f"{WGMMA_DEEP_STAGES}; got {stages}"
                 )
             kernel += f"_s{stages}"
-        return ConvPlan(kernel, grid, 256, wgmma_smem_bytes(bn, stages), cin, True)
+        return ConvPlan(kernel, grid, 256, wgmma_smem_bytes(bn, stages))
     if dtype != "float32" and cin % 32 == 0 and cin >= 64 and cout >= 64 and aligned:
         tiles_n = -(-positions // 128)
         bm = 128 if cout >= 128 and tiles_n * -(-cout // 128) * n >= 2 * sms else 64
         grid = (tiles_n, -(-cout // bm), n)
         # 3 stages of A (bm x 40) and B (128 x 40 channels-last, 32 x 136 channels-first) halves.
         smem = 3 * (bm * 40 + (128 * 40 if channels_last else 32 * 136)) * 2
-        return ConvPlan(f"latentrt_conv3d_igemm_{lname}_{suf}_m{bm}", grid, 256, smem, cin, True)
+        return ConvPlan(f"latentrt_conv3d_igemm_{lname}_{suf}_m{bm}", grid, 256, smem)
     chunk = 16384 // (taps * 32)
     if chunk >= 8:
         chunk -= chunk % 8
@@ -436,8 +436,56 @@ def conv3d_plan(
     vec = channels_last and aligned and cin % v == 0 and chunk % v == 0
     grid = (-(-positions // 128), -(-cout // 8), n)
     return ConvPlan(
-        f"latentrt_conv3d_direct_{lname}_{suf}", grid, 128, chunk * taps * 32, chunk, vec
+        f"latentrt_conv3d_direct_{lname}_{suf}", grid, 128, chunk * taps * 32, (chunk, int(vec))
     )
+
+
+SMALLC_MAX_K = 256  # SmallcTiles::MAX_K: the reduction (taps * Cin, padded to 16) it stages
+SMALLC_MAX_SMEM = 113 * 1024  # two CTAs per SM
+
+
+def smallc_smem_bytes(tile_n: int, kp: int, halo_elems: int) -> int:
+    """Dynamic shared memory of the small-Cin kernel (SmallcTiles<BN>::smem_bytes)."""
+    stage = max(128 * (tile_n + 8), tile_n * (128 + 8))
+    return (
+        2 * tile_n * (kp + 8) + 2 * stage + 4 * kp + 4 * tile_n + (2 * halo_elems + 15) // 16 * 16
+    )
+
+
+def conv3d_smallc_plan(
+    dtype: str,
+    channels_last: bool,
+    n: int,
+    cin: int,
+    cout: int,
+    kernel: Sequence[int],
+    out_dhw: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    sms: int,
+    smem_limit: int = SMALLC_MAX_SMEM,
+) -> ConvPlan | None:
+    """The small-Cin tensor-core kernel (conv3d_smallc in conv3d.cu) where it applies: fp16/bf16
+    and a reduction taps * Cin of at most 256 (the RGB input conv); None otherwise. A tile is
+    128 positions (a box of one output frame) x 64 or 128 channels; two CTAs per SM loop over
+    the tiles. Mirrors smallc_plan in conv3d.cu."""
+    kt, kh, kw = kernel
+    kp = -(-(kt * kh * kw * cin) // 16) * 16
+    if dtype == "float32" or kp > SMALLC_MAX_K:
+        return None
+    do, ho, wo = out_dhw
+    bw_log2, tiles_h, tiles_w = tma_box(ho, wo, 128)
+    bw, bh = 1 << bw_log2, 128 >> bw_log2
+    halo = ((kt - 1) * dilations[0] + 1) * ((bh - 1) * strides[1] + (kh - 1) * dilations[1] + 1)
+    halo *= ((bw - 1) * strides[2] + (kw - 1) * dilations[2] + 1) * cin
+    bn = 64 if cout <= 64 else 128
+    smem = smallc_smem_bytes(bn, kp, halo)
+    if smem > min(smem_limit, SMALLC_MAX_SMEM):
+        return None
+    tiles_n = -(-cout // bn)
+    grid_x = min(n * do * tiles_h * tiles_w, max(1, 2 * sms // tiles_n))
+    name = f"latentrt_conv3d_smallc_{'ndhwc' if channels_last else 'ncdhw'}_{_SUFFIX[dtype]}_n{bn}"
+    return ConvPlan(name, (grid_x, tiles_n, 1), 256, smem, (n, bw_log2, tiles_h, tiles_w, kp))
 
 
 # (tile_m, tile_n, stages) of the TMA kernel; (128, 128, 3) fits two CTAs per SM, the rest one.
@@ -733,7 +781,7 @@ def conv3d(
     oshape = (n, do, ho, wo, cout) if last else (n, cout, do, ho, wo)
     yd = _output(xd, oshape, out, "out")
     dev = cupy.cuda.runtime.getDevice()
-    sms, _ = _device_limits(dev)
+    sms, optin = _device_limits(dev)
     aligned = xd.ptr % 16 == 0 and pd.ptr % 16 == 0 and yd.ptr % 16 == 0
     use_tma = (
         _has_wgmma(dev) and aligned and tma_supported(xd.dtype, last, cin, cout, strides, dilations)
@@ -769,11 +817,14 @@ def conv3d(
         tile_n=tile_n,
         stages=stages,
     )
-    shape_args = [cin, d, h, wd_, cout, kt, kh, kw, do, ho, wo, *strides, *dilations]
-    shape_args += [p[0], p[1], p[2], 1 if causal_time == 2 else 0]
-    args = [_p(xd.ptr), _p(pd.ptr), _p(bptr), _p(yd.ptr)] + [_i(v) for v in shape_args]
     if plan.kernel.startswith("latentrt_conv3d_direct"):
-        args += [_i(plan.ci_chunk), _i(int(plan.vec))]
+        small = conv3d_smallc_plan(
+            xd.dtype, last, n, cin, cout, (kt, kh, kw), (do, ho, wo), strides, dilations, sms, optin
+        )
+        plan = plan if small is None else small
+    shape_args = [cin, d, h, wd_, cout, kt, kh, kw, do, ho, wo, *strides, *dilations]
+    shape_args += [p[0], p[1], p[2], 1 if causal_time == 2 else 0, *plan.tail]
+    args = [_p(xd.ptr), _p(pd.ptr), _p(bptr), _p(yd.ptr)] + [_i(v) for v in shape_args]
     wg = plan.kernel.startswith("latentrt_conv3d_wgmma")
     kern = (_module_sm90a if wg else _module)("conv3d.cu").get_function(plan.kernel)
     kern.max_dynamic_shared_size_bytes = plan.smem

@@ -175,6 +175,39 @@ def test_conv3d_wgmma_every_tile(harness, gen, tile_n, stages, dtype):
     _check(out, ref, dtype)
 
 
+SMALLC_CASES = [
+    # (N, Cin, D, H, W), Cout, kernel, pads, strides, dilations, causal, for the small-Cin kernel
+    # (taps * Cin <= 256): 4 channels, batch 2, spatial stride 2 and 200 outputs (two 128-wide
+    # tiles, the second part idle); 5 channels, dilation 2, replicate padding, 20 outputs (stores
+    # without 16-byte vectors); 1 channel, a (2, 3, 3) kernel, 70-wide frames (channels-first rows
+    # that are not a multiple of 8); a pointwise conv on 3 channels (K 3 padded to 16, 64-wide).
+    ((2, 4, 5, 13, 19), 200, (3, 3, 3), (0, 1, 1, 0, 1, 1), (1, 2, 2), (1, 1, 1), 1),
+    ((1, 5, 6, 11, 9), 20, (3, 3, 3), (0, 2, 2, 0, 2, 2), (1, 1, 1), (2, 2, 2), 2),
+    ((1, 1, 4, 20, 70), 136, (2, 3, 3), (0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1), 1),
+    ((3, 3, 3, 16, 16), 64, (1, 1, 1), (0, 0, 0, 0, 0, 0), (1, 1, 1), (1, 1, 1), 0),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["NCDHW", "NDHWC"])
+@pytest.mark.parametrize("case", [*SMALLC_CASES, CONV_CASES[3]], ids=_case_id)
+def test_conv3d_small_cin(harness, gen, case, layout, dtype):
+    shape, cout, k, pads, strides, dil, causal = case
+    last = layout == "NDHWC"
+    x = _rand((shape[0], *shape[2:], shape[1]) if last else shape, dtype, gen)
+    w = _rand((cout, shape[1], *k), dtype, gen, (shape[1] * k[0] * k[1] * k[2]) ** -0.5)
+    b = _rand((cout,), dtype, gen, 0.1)
+    ref = _conv_ref(x, w, b, pads, strides, dil, causal, last)
+    out_dhw = tuple(ref.shape[1:4] if last else ref.shape[2:5])
+    plan = harness.conv3d_smallc_plan(
+        dtype, last, shape[0], shape[1], cout, k, out_dhw, strides, dil, 132
+    )
+    assert plan is not None and "smallc" in plan.kernel
+    out = _poisoned(tuple(ref.shape), dtype)
+    harness.conv3d(x, w, b, pads, strides, dil, causal, layout, out=out)
+    _check(out, ref, dtype)
+
+
 TMA_CASES = [
     # (N, Cin, D, H, W), Cout, kernel, pads, causal: partial boxes (12 x 20 frames in 4 x 32 or
     # 8 x 16 boxes, 8 x 32 or 16 x 16 at m256), Cout 192 (an idle half tile at n128, zero-filled
@@ -294,6 +327,7 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
         (CONV_CASES[3], "NDHWC", "float16", True),
         (CONV_CASES[6], "NDHWC", "float16", True),
         (CONV_CASES[1], "NDHWC", "float16", True),
+        (SMALLC_CASES[1], "NCDHW", "bfloat16", False),
     ],
     # On Hopper (sm_90a library): 384 channels run the TMA kernel (with a workspace in clusters
     # of two with stream-K, without one CTA per tile), 96 the cp.async wgmma one.
@@ -302,9 +336,10 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
         "tma-streamk-or-tc-ndhwc",
         "tma-or-tc-ndhwc-no-workspace",
         "direct-ncdhw",
-        "direct-ndhwc",
+        "smallc-ndhwc",
         "wgmma-or-direct-ndhwc",
         "wgmma-or-tc-ndhwc-replicate",
+        "smallc-ncdhw-dilated",
     ],  # fmt: skip
 )
 def test_c_launcher_conv3d(launcher_lib, gen, case, layout, dtype, streamk):

@@ -67,3 +67,38 @@ def test_c_launcher_tma_plan_matches_the_harness(tmp_path):
             want += [p.tiles_m, p.dp_tiles, p.sk_tiles, p.sk_ctas]
             assert list(out) == want, (n, cout, d, h, w, streamk, resident)
     assert plan(1, 0, 1, 1, 1, 132, 54, 1, 66, (ctypes.c_int * 10)()) != 0
+
+
+@pytest.mark.skipif(
+    find_nvcc() is None, reason="nvcc (CUDA toolkit) is not installed on this machine"
+)
+def test_c_launcher_smallc_plan_matches_the_harness(tmp_path):
+    # The small-Cin kernel's plan (tile width, box, padded K, shared memory, grid), or that it
+    # does not apply, in the C launcher and the Python harness alike; host-only.
+    lib = ctypes.CDLL(str(harness.build_shared_library(tmp_path / "lib.so")))
+    plan = lib.latentrt_conv3d_smallc_plan
+    three = ctypes.c_int * 3
+    cases = [  # (N, Cin, Cout, kernel, output (Do, Ho, Wo), strides, dilations)
+        (1, 3, 128, (3, 3, 3), (17, 64, 64), (1, 1, 1), (1, 1, 1)),
+        (2, 4, 200, (3, 3, 3), (5, 7, 10), (1, 2, 2), (1, 1, 1)),
+        (1, 5, 20, (3, 3, 3), (6, 11, 9), (1, 1, 1), (2, 2, 2)),
+        (1, 1, 136, (2, 3, 3), (4, 20, 70), (1, 1, 1), (1, 1, 1)),
+        (3, 3, 64, (1, 1, 1), (3, 16, 16), (1, 1, 1), (1, 1, 1)),
+        (1, 3, 96, (3, 3, 3), (33, 240, 416), (1, 1, 1), (1, 1, 1)),
+        (1, 16, 128, (3, 3, 3), (9, 64, 64), (1, 1, 1), (1, 1, 1)),
+        (1, 3, 128, (3, 3, 3), (5, 8, 512), (1, 8, 8), (1, 1, 1)),
+    ]
+    for n, cin, cout, k, out_dhw, strides, dil in cases:
+        for limit in (harness.SMALLC_MAX_SMEM, 48 * 1024):
+            out = (ctypes.c_int * 8)()
+            rc = plan(n, cin, cout, *k, three(*strides), three(*dil), *out_dhw, 132, limit, out)
+            p = harness.conv3d_smallc_plan(
+                "float16", True, n, cin, cout, k, out_dhw, strides, dil, 132, limit
+            )
+            if p is None:
+                assert rc == 1, (n, cin, cout, k, out_dhw, limit)
+                continue
+            assert rc == 0
+            want = [int(p.kernel.rsplit("_n", 1)[1]), *p.tail[1:], p.smem, *p.grid[:2]]
+            assert list(out) == want, (n, cin, cout, k, out_dhw, limit)
+    assert plan(1, 3, 0, 3, 3, 3, three(1, 1, 1), three(1, 1, 1), 1, 1, 1, 132, 1, out) != 0

@@ -285,7 +285,37 @@ def test_conv3d_plan_picks_tensor_cores_for_wide_half_convs():
         "latentrt_conv3d_direct_ncdhw_f32"
     )
     p = harness.conv3d_plan("bfloat16", True, 1, 3, 128, 27, 17 * 4096, True, 132)
-    assert p.kernel == "latentrt_conv3d_direct_ndhwc_bf16" and not p.vec
+    assert p.kernel == "latentrt_conv3d_direct_ndhwc_bf16" and p.tail[1] == 0  # no vectors
+
+
+def test_smallc_plan_takes_small_reductions_in_16_bits():
+    plan = harness.conv3d_smallc_plan
+    # The RGB input conv: 64 x 64 frames in 2 x 64 boxes, 17 frames = 544 tiles over two CTAs
+    # per SM; K = 27 taps x 3 channels, padded to 96; the halo is 3 frames x 4 rows x 66 columns.
+    p = plan("float16", True, 1, 3, 128, (3, 3, 3), (17, 64, 64), (1, 1, 1), (1, 1, 1), 132)
+    assert p.kernel == "latentrt_conv3d_smallc_ndhwc_f16_n128"
+    assert p.grid == (264, 1, 1) and p.block == 256 and p.tail == (1, 6, 32, 1, 96)
+    assert p.smem == harness.smallc_smem_bytes(128, 96, 3 * 4 * 66 * 3)
+    assert 2 * (p.smem + 1024) <= 228 * 1024  # two CTAs per SM
+    p = plan("bfloat16", False, 2, 4, 36, (3, 3, 3), (5, 7, 10), (1, 2, 2), (1, 1, 1), 132)
+    assert p.kernel == "latentrt_conv3d_smallc_ncdhw_bf16_n64" and p.grid == (10, 1, 1)
+    assert p.tail == (2, 4, 1, 1, 112)  # 8 x 16 boxes; K 108 padded to 112
+    p = plan("float16", True, 1, 3, 200, (3, 3, 3), (9, 64, 64), (1, 1, 1), (1, 1, 1), 132)
+    assert p.grid == (132, 2, 1)  # two channel tiles share the SMs
+    # Not for fp32, reductions past 256 (16 channels x 27 taps), halos past the shared memory
+    # (stride 8 over 128-wide boxes) or a smaller shared-memory limit.
+    assert (
+        plan("float32", True, 1, 3, 128, (3, 3, 3), (17, 64, 64), (1, 1, 1), (1, 1, 1), 132) is None
+    )
+    assert (
+        plan("float16", True, 1, 16, 128, (3, 3, 3), (9, 64, 64), (1, 1, 1), (1, 1, 1), 132) is None
+    )
+    assert (
+        plan("float16", True, 1, 3, 128, (3, 3, 3), (5, 8, 512), (1, 8, 8), (1, 1, 1), 132) is None
+    )
+    assert harness.smallc_smem_bytes(128, 96, 3 * 3 * (127 * 8 + 3) * 3) > harness.SMALLC_MAX_SMEM
+    args = ("float16", True, 1, 3, 128, (3, 3, 3), (17, 64, 64), (1, 1, 1), (1, 1, 1), 132)
+    assert plan(*args, smem_limit=48 * 1024) is None
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed")

@@ -370,6 +370,232 @@ __device__ __forceinline__ void conv3d_igemm(const T* __restrict__ x, const T* _
   }
 }
 
+// Two adjacent output channels written as one 4-byte store.
+template <typename T>
+__device__ __forceinline__ void store_pair(T* dst, float a, float b) {
+  Pack<T, 2> v;
+  v.v[0] = from_f32<T>(a);
+  v.v[1] = from_f32<T>(b);
+  *reinterpret_cast<Pack<T, 2>*>(dst) = v;
+}
+
+// ---- Small-Cin implicit GEMM on tensor cores (fp16/bf16, K = taps * Cin <= 256) ---------------
+//
+// For inputs with too few channels for 16-byte vectors along Cin (3 RGB channels, 4 latent ones)
+// and too short a reduction for a pipeline: the RGB input conv of a video VAE. A tile is 128
+// output positions, a BH x BW box of one output frame (as in the TMA kernel), times BN output
+// channels. Its CTA stages in shared memory the "halo" the tile reads (every input frame, row and
+// column the kernel window of the box touches, all Cin, padding as zeros or the replicated first
+// frame) and, once per CTA, the [BN, Kp] weight tile (K zero-padded to Kp, a multiple of 16).
+// Each of the 8 warps computes 16 positions x BN channels with mma.sync m16n8k16: the A fragment
+// (positions x reduction index) is read straight from the halo through a table of each reduction
+// index's halo offset (-1 past K), B through ldmatrix. Results go through shared memory so the
+// stores are 16-byte vectors along the contiguous dimension (channels, or positions along W).
+// CTAs loop over position tiles (grid.x), grid.y = output-channel tiles.
+template <int BN>
+struct SmallcTiles {
+  static constexpr int BM = 128;
+  static constexpr int THREADS = 256;
+  static constexpr int MAX_K = 256;
+  // Row strides (elements) that make ldmatrix and the staging writes conflict-free.
+  static __host__ __device__ constexpr int w_stride(int kp) { return kp + 8; }
+  static constexpr int STAGE_CL = BN + 8;   // stage[position][channel]
+  static constexpr int STAGE_CF = BM + 8;   // stage[channel][position]
+  static constexpr int STAGE_ELEMS = BM * STAGE_CL > BN * STAGE_CF ? BM * STAGE_CL : BN * STAGE_CF;
+  // Bytes of dynamic shared memory: weights, stage, offsets, bias, halo (rounded to 16 bytes).
+  static __host__ __device__ constexpr int smem_bytes(int kp, int halo_elems) {
+    return 2 * BN * w_stride(kp) + 2 * STAGE_ELEMS + 4 * kp + 4 * BN + (2 * halo_elems + 15) / 16 * 16;
+  }
+};
+
+// The halo of a BH x BW box: frames, rows, columns (all Cin channels per column).
+struct SmallcHalo {
+  int t, h, w;
+  __host__ __device__ SmallcHalo(int kT, int kH, int kW, int dt, int dh, int dw, int sh, int sw,
+                                 int bh, int bw)
+      : t((kT - 1) * dt + 1), h((bh - 1) * sh + (kH - 1) * dh + 1),
+        w((bw - 1) * sw + (kW - 1) * dw + 1) {}
+};
+
+__device__ __forceinline__ unsigned pack_u16(unsigned short lo, unsigned short hi) {
+  return static_cast<unsigned>(lo) | (static_cast<unsigned>(hi) << 16);
+}
+
+// d (16 x 8 fp32) += a (16 x 16) * b (16 x 8); the dtype picked by the first argument's type.
+#define LRT_MMA_M16N8K16(T, PTX_TYPE)                                                          \
+  __device__ __forceinline__ void mma_m16n8k16(T, float* d, const unsigned* a, unsigned b0,    \
+                                               unsigned b1) {                                  \
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." PTX_TYPE "." PTX_TYPE                \
+                 ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"                  \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                              \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));              \
+  }
+LRT_MMA_M16N8K16(__half, "f16")
+LRT_MMA_M16N8K16(__nv_bfloat16, "bf16")
+#undef LRT_MMA_M16N8K16
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(p)));
+}
+
+template <typename T, int LAYOUT, int BN>
+__device__ __forceinline__ void conv3d_smallc(const T* __restrict__ x, const T* __restrict__ wp,
+                                              const T* __restrict__ bias, T* __restrict__ y,
+                                              const ConvShape s, int N, int bw_log2, int tiles_h,
+                                              int tiles_w, int kp) {
+  using Tiles = SmallcTiles<BN>;
+  constexpr int BM = Tiles::BM;
+  constexpr bool CL = LAYOUT == kLayoutChannelsLast;
+  const int bw = 1 << bw_log2, bh = BM >> bw_log2;
+  const SmallcHalo hl(s.kT, s.kH, s.kW, s.dt, s.dh, s.dw, s.sh, s.sw, bh, bw);
+  const int K = s.kT * s.kH * s.kW * s.Cin;
+  const int ws = Tiles::w_stride(kp);
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* w_s = reinterpret_cast<T*>(smem_raw);                       // [BN][ws]
+  T* stage = w_s + BN * ws;                                       // [BM][BN + 8] or [BN][BM + 8]
+  int* koff = reinterpret_cast<int*>(stage + Tiles::STAGE_ELEMS);  // [kp]
+  float* bias_s = reinterpret_cast<float*>(koff + kp);            // [BN]
+  unsigned short* halo = reinterpret_cast<unsigned short*>(bias_s + BN);  // [t][h][w][Cin]
+  const int tid = threadIdx.x;
+  const int co0 = blockIdx.y * BN;
+
+  // Once per CTA: the weight tile, each reduction index's halo offset, the bias.
+  for (int i = tid; i < BN * kp; i += Tiles::THREADS) {
+    const int r = i / kp, k = i - r * kp;
+    const int co = co0 + r;
+    w_s[r * ws + k] = co < s.Cout && k < K ? wp[static_cast<long long>(co) * K + k] : zero_value<T>();
+  }
+  for (int k = tid; k < kp; k += Tiles::THREADS) {
+    int off = -1;
+    if (k < K) {
+      const int tap = k / s.Cin, ci = k - tap * s.Cin;
+      const int kt = tap / (s.kH * s.kW), r = tap - kt * s.kH * s.kW;
+      const int kh = r / s.kW, kw = r - kh * s.kW;
+      off = ((kt * s.dt * hl.h + kh * s.dh) * hl.w + kw * s.dw) * s.Cin + ci;
+    }
+    koff[k] = off;
+  }
+  for (int c = tid; c < BN; c += Tiles::THREADS)
+    bias_s[c] = bias != nullptr && co0 + c < s.Cout ? to_f32(bias[co0 + c]) : 0.0f;
+
+  const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const int r0 = warp * 16 + g, r1 = r0 + 8;  // this thread's two rows of the warp's m16 slab
+  const int rb0 = (((r0 >> bw_log2) * s.sh) * hl.w + (r0 & (bw - 1)) * s.sw) * s.Cin;
+  const int rb1 = (((r1 >> bw_log2) * s.sh) * hl.w + (r1 & (bw - 1)) * s.sw) * s.Cin;
+  // ldmatrix row of this lane: matrices (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
+  const T* b_row = w_s + (((lane >> 4) << 3) + (lane & 7)) * ws + ((lane >> 3) & 1) * 8;
+  const int pixels = hl.t * hl.h * hl.w;
+  const long long plane = static_cast<long long>(s.D) * s.H * s.W;
+  const long long frames = static_cast<long long>(N) * s.Do;
+  const long long tiles = frames * tiles_h * tiles_w;
+
+  for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int tw = static_cast<int>(tile % tiles_w);
+    const long long fh = tile / tiles_w;
+    const int th = static_cast<int>(fh % tiles_h);
+    const long long f = fh / tiles_h;
+    const int to = static_cast<int>(f % s.Do);
+    const long long n = f / s.Do;
+    const int ho0 = th * bh, wo0 = tw * bw;
+    const int t_in = to * s.st - s.pt, h_in = ho0 * s.sh - s.ph, w_in = wo0 * s.sw - s.pw;
+
+    __syncthreads();  // the previous tile's halo and stage are no longer read
+    for (int p = tid; p < pixels; p += Tiles::THREADS) {
+      const int wi = p % hl.w, rest = p / hl.w;
+      const int hi = rest % hl.h, ti = rest / hl.h;
+      int gt = t_in + ti;
+      if (gt < 0) gt = s.replicate ? 0 : -1;
+      const int gh = h_in + hi, gw = w_in + wi;
+      const bool valid = gt >= 0 && gt < s.D && gh >= 0 && gh < s.H && gw >= 0 && gw < s.W;
+      unsigned short* dst = halo + p * s.Cin;
+      if (!valid) {
+        for (int c = 0; c < s.Cin; ++c) dst[c] = 0;
+      } else if (CL) {
+        const unsigned short* src = reinterpret_cast<const unsigned short*>(x) +
+            (((n * s.D + gt) * s.H + gh) * static_cast<long long>(s.W) + gw) * s.Cin;
+        for (int c = 0; c < s.Cin; ++c) dst[c] = src[c];
+      } else {
+        const unsigned short* src = reinterpret_cast<const unsigned short*>(x) +
+            n * s.Cin * plane + (static_cast<long long>(gt) * s.H + gh) * s.W + gw;
+        for (int c = 0; c < s.Cin; ++c) dst[c] = src[c * plane];
+      }
+    }
+    __syncthreads();
+
+    float acc[BN / 8][4];
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+    for (int k0 = 0; k0 < kp; k0 += 16) {
+      const int o0 = koff[k0 + 2 * q], o1 = koff[k0 + 2 * q + 1];
+      const int o2 = koff[k0 + 2 * q + 8], o3 = koff[k0 + 2 * q + 9];
+      auto at = [&](int rb, int o) -> unsigned short { return o < 0 ? 0 : halo[rb + o]; };
+      unsigned a[4];
+      a[0] = pack_u16(at(rb0, o0), at(rb0, o1));
+      a[1] = pack_u16(at(rb1, o0), at(rb1, o1));
+      a[2] = pack_u16(at(rb0, o2), at(rb0, o3));
+      a[3] = pack_u16(at(rb1, o2), at(rb1, o3));
+#pragma unroll
+      for (int j = 0; j < BN / 16; ++j) {
+        unsigned b[4];
+        ldmatrix_x4(b, b_row + j * 16 * ws + k0);
+        mma_m16n8k16(T{}, acc[2 * j], a, b[0], b[1]);
+        mma_m16n8k16(T{}, acc[2 * j + 1], a, b[2], b[3]);
+      }
+    }
+
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+      const int c = j * 8 + 2 * q;
+      const float b0 = bias_s[c], b1 = bias_s[c + 1];
+      if (CL) {
+        store_pair(stage + r0 * Tiles::STAGE_CL + c, acc[j][0] + b0, acc[j][1] + b1);
+        store_pair(stage + r1 * Tiles::STAGE_CL + c, acc[j][2] + b0, acc[j][3] + b1);
+      } else {
+        stage[c * Tiles::STAGE_CF + r0] = from_f32<T>(acc[j][0] + b0);
+        stage[(c + 1) * Tiles::STAGE_CF + r0] = from_f32<T>(acc[j][1] + b1);
+        stage[c * Tiles::STAGE_CF + r1] = from_f32<T>(acc[j][2] + b0);
+        stage[(c + 1) * Tiles::STAGE_CF + r1] = from_f32<T>(acc[j][3] + b1);
+      }
+    }
+    __syncthreads();
+
+    // 8 consecutive elements per thread: channels (CL) or positions along W (CF, BW >= 8).
+    using V8 = Pack<T, 8>;
+    const bool aligned = reinterpret_cast<unsigned long long>(y) % 16 == 0;
+    if (CL) {
+      const bool vec = aligned && s.Cout % 8 == 0;
+      for (int i = tid; i < BM * (BN / 8); i += Tiles::THREADS) {
+        const int r = i / (BN / 8), c = (i - r * (BN / 8)) * 8;
+        const int ho = ho0 + (r >> bw_log2), wo = wo0 + (r & (bw - 1)), co = co0 + c;
+        if (ho >= s.Ho || wo >= s.Wo || co >= s.Cout) continue;
+        T* dst = y + (((n * s.Do + to) * s.Ho + ho) * static_cast<long long>(s.Wo) + wo) * s.Cout + co;
+        const T* src = stage + r * Tiles::STAGE_CL + c;
+        if (vec) {
+          *reinterpret_cast<V8*>(dst) = *reinterpret_cast<const V8*>(src);
+        } else {
+          for (int e = 0; e < 8 && co + e < s.Cout; ++e) dst[e] = src[e];
+        }
+      }
+    } else {
+      const bool vec = aligned && s.Wo % 8 == 0;
+      const long long P = static_cast<long long>(s.Do) * s.Ho * s.Wo;
+      for (int i = tid; i < BN * (BM / 8); i += Tiles::THREADS) {
+        const int c = i / (BM / 8), r = (i - c * (BM / 8)) * 8;
+        const int ho = ho0 + (r >> bw_log2), wo = wo0 + (r & (bw - 1)), co = co0 + c;
+        if (ho >= s.Ho || wo >= s.Wo || co >= s.Cout) continue;
+        T* dst = y + (n * s.Cout + co) * P + (static_cast<long long>(to) * s.Ho + ho) * s.Wo + wo;
+        const T* src = stage + c * Tiles::STAGE_CF + r;
+        if (vec) {
+          *reinterpret_cast<V8*>(dst) = *reinterpret_cast<const V8*>(src);
+        } else {
+          for (int e = 0; e < 8 && wo + e < s.Wo; ++e) dst[e] = src[e];
+        }
+      }
+    }
+  }
+}
 
 // ---- Hopper (sm_90a) implicit GEMM: wgmma on 128-byte-swizzled shared-memory tiles ------------
 //
@@ -539,15 +765,6 @@ __device__ __forceinline__ void tma_load_5d(unsigned dst, const void* map, unsig
 }
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
-
-// Two adjacent output channels written as one 4-byte store.
-template <typename T>
-__device__ __forceinline__ void store_pair(T* dst, float a, float b) {
-  Pack<T, 2> v;
-  v.v[0] = from_f32<T>(a);
-  v.v[1] = from_f32<T>(b);
-  *reinterpret_cast<Pack<T, 2>*>(dst) = v;
-}
 
 template <typename T, int BN, int STAGES_>
 __device__ __forceinline__ void conv3d_wgmma(const T* __restrict__ x, const T* __restrict__ wp,
@@ -1004,6 +1221,8 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
 //   latentrt_conv3d_pack_{f32|f16|bf16}                     [Cout,Cin,taps] -> [Cout,taps,Cin]
 //   latentrt_conv3d_direct_{ncdhw|ndhwc}_{f32|f16|bf16}     block 128, grid.y = ceil(Cout/8)
 //   latentrt_conv3d_igemm_{ncdhw|ndhwc}_{f16|bf16}_m{64|128} block 256, grid.y = ceil(Cout/BM)
+//   latentrt_conv3d_smallc_{ncdhw|ndhwc}_{f16|bf16}_n{64|128} block 256, grid.x = CTAs looping
+//                                          over position tiles, grid.y = ceil(Cout/BN)
 //   latentrt_conv3d_wgmma_ndhwc_{f16|bf16}_n{64|96|128}      block 256, grid.x = ceil(P/128),
 //                                          grid.y = ceil(Cout/BN); sm_90a only
 //   latentrt_conv3d_wgmma_ndhwc_{f16|bf16}_n128_s6           the same with 6 stages, one CTA
@@ -1042,6 +1261,15 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
   extern "C" __global__ void __launch_bounds__(256) latentrt_conv3d_igemm_##LNAME##_##SUF##_m##BM( \
       const T* x, const T* wp, const T* bias, T* y, LRT_CONV_PARAMS) {                             \
     latentrt::conv3d_igemm<T, LAYOUT, BM>(x, wp, bias, y, LRT_CONV_SHAPE);                         \
+  }
+#define LRT_CONV_SMALLC(T, SUF, LAYOUT, LNAME, BN)                                             \
+  extern "C" __global__ void __launch_bounds__(256, 2)                                         \
+      latentrt_conv3d_smallc_##LNAME##_##SUF##_n##BN(const T* x, const T* wp, const T* bias,   \
+                                                     T* y, LRT_CONV_PARAMS, int N,             \
+                                                     int bw_log2, int tiles_h, int tiles_w,    \
+                                                     int kp) {                                 \
+    latentrt::conv3d_smallc<T, LAYOUT, BN>(x, wp, bias, y, LRT_CONV_SHAPE, N, bw_log2,         \
+                                           tiles_h, tiles_w, kp);                              \
   }
 #define LRT_CONV_WGMMA(T, SUF, BN)                                                                 \
   extern "C" __global__ void __launch_bounds__(256, 2) latentrt_conv3d_wgmma_ndhwc_##SUF##_n##BN( \
@@ -1088,6 +1316,10 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
   LRT_CONV_IGEMM(T, SUF, latentrt::kLayoutChannelsFirst, ncdhw, 128) \
   LRT_CONV_IGEMM(T, SUF, latentrt::kLayoutChannelsLast, ndhwc, 64)   \
   LRT_CONV_IGEMM(T, SUF, latentrt::kLayoutChannelsLast, ndhwc, 128) \
+  LRT_CONV_SMALLC(T, SUF, latentrt::kLayoutChannelsFirst, ncdhw, 64) \
+  LRT_CONV_SMALLC(T, SUF, latentrt::kLayoutChannelsFirst, ncdhw, 128) \
+  LRT_CONV_SMALLC(T, SUF, latentrt::kLayoutChannelsLast, ndhwc, 64)  \
+  LRT_CONV_SMALLC(T, SUF, latentrt::kLayoutChannelsLast, ndhwc, 128) \
   LRT_CONV_WGMMA(T, SUF, 64)                                         \
   LRT_CONV_WGMMA(T, SUF, 96)                                         \
   LRT_CONV_WGMMA(T, SUF, 128)                                        \
@@ -1166,6 +1398,14 @@ bool conv_geometry(int d, int h, int w, int kt, int kh, int kw, const int* pads,
     LRT_TMA_PICK_CL(SUF, )                         \
   }
 
+// The small-Cin kernel of a dtype suffix for (layout, tile_n).
+#define LRT_SMALLC_KERNEL(L, SUF, BN) reinterpret_cast<void*>(latentrt_conv3d_smallc_##L##_##SUF##_n##BN)
+#define LRT_SMALLC_PICK(SUF)                                                                 \
+  static void* smallc(int layout, int bn) {                                                  \
+    if (layout) return bn == 128 ? LRT_SMALLC_KERNEL(ndhwc, SUF, 128) : LRT_SMALLC_KERNEL(ndhwc, SUF, 64); \
+    return bn == 128 ? LRT_SMALLC_KERNEL(ncdhw, SUF, 128) : LRT_SMALLC_KERNEL(ncdhw, SUF, 64); \
+  }
+
 template <typename T>
 struct ConvKernels;
 template <>
@@ -1176,6 +1416,7 @@ struct ConvKernels<float> {
                   : reinterpret_cast<void*>(latentrt_conv3d_direct_ncdhw_f32);
   }
   static void* igemm(int, int) { return nullptr; }
+  static void* smallc(int, int) { return nullptr; }
   static void* wgmma(int, bool) { return nullptr; }
   static void* tma(int, int, int) { return nullptr; }
   static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_f32); }
@@ -1193,6 +1434,7 @@ struct ConvKernels<__half> {
     return bm == 128 ? reinterpret_cast<void*>(latentrt_conv3d_igemm_ncdhw_f16_m128)
                      : reinterpret_cast<void*>(latentrt_conv3d_igemm_ncdhw_f16_m64);
   }
+  LRT_SMALLC_PICK(f16)
   static void* wgmma(int bn, bool deep) {
     if (deep) return reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n128_s6);
     return bn == 128 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n128)
@@ -1215,6 +1457,7 @@ struct ConvKernels<__nv_bfloat16> {
     return bm == 128 ? reinterpret_cast<void*>(latentrt_conv3d_igemm_ncdhw_bf16_m128)
                      : reinterpret_cast<void*>(latentrt_conv3d_igemm_ncdhw_bf16_m64);
   }
+  LRT_SMALLC_PICK(bf16)
   static void* wgmma(int bn, bool deep) {
     if (deep) return reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n128_s6);
     return bn == 128 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n128)
@@ -1224,6 +1467,26 @@ struct ConvKernels<__nv_bfloat16> {
   LRT_TMA_PICK(bf16)
   static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_bf16); }
 };
+
+// The BH x BW box (BH * BW = bm) covering an Ho x Wo frame with the fewest idle positions (the
+// TMA and the small-Cin kernels' tiles).
+void tma_box(int ho, int wo, int bm, int* bw_log2, int* tiles_h, int* tiles_w) {
+  long long best = -1;
+  for (int lg = bm == 256 ? 8 : 7; lg >= 3; --lg) {
+    const int bw = 1 << lg, bh = bm >> lg;
+    const int th = (ho + bh - 1) / bh, tw = (wo + bw - 1) / bw;
+    const long long area = static_cast<long long>(th) * bh * tw * bw;
+    if (best < 0 || area < best) {
+      best = area;
+      *bw_log2 = lg;
+      *tiles_h = th;
+      *tiles_w = tw;
+    }
+  }
+}
+
+// Shared memory of a small-Cin CTA, at most: two CTAs per SM (228 KB, 1 KB reserved per CTA).
+constexpr int kSmallcMaxSmem = 113 * 1024;
 
 #if defined(LATENTRT_SM90A)
 // Output-channel tile of the wgmma kernel. 128 wherever Cout exceeds 64 (on the H100 it beat 64 at
@@ -1272,22 +1535,6 @@ bool encode_tiled(CUtensorMap* map, const void* ptr, int rank, const cuuint64_t*
             const_cast<void*>(ptr), dims, strides, box, ones, CU_TENSOR_MAP_INTERLEAVE_NONE,
             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
-// The BH x BW box (BH * BW = bm) covering an Ho x Wo frame with the fewest idle positions.
-void tma_box(int ho, int wo, int bm, int* bw_log2, int* tiles_h, int* tiles_w) {
-  long long best = -1;
-  for (int lg = bm == 256 ? 8 : 7; lg >= 3; --lg) {
-    const int bw = 1 << lg, bh = bm >> lg;
-    const int th = (ho + bh - 1) / bh, tw = (wo + bw - 1) / bw;
-    const long long area = static_cast<long long>(th) * bh * tw * bw;
-    if (best < 0 || area < best) {
-      best = area;
-      *bw_log2 = lg;
-      *tiles_h = th;
-      *tiles_w = tw;
-    }
-  }
 }
 
 // The TMA kernel's launch, as conv3d_tma_plan in plugins/harness.py: the variant with the fewest
@@ -1405,6 +1652,37 @@ int launch_conv3d_tma(const T* x, const T* wp, const T* bias, T* y, int n, int c
 }
 #endif
 
+// The small-Cin kernel's launch, as conv3d_smallc_plan in plugins/harness.py: a 128-position
+// box of one output frame x 64 or 128 channels, two CTAs per SM looping over the tiles; false
+// where it does not apply (K padded past 256, or shared memory past `smem_limit`).
+struct SmallcPlan {
+  int bn, bw_log2, tiles_h, tiles_w, kp, smem;
+  unsigned grid_x, grid_y;
+};
+template <int BN>
+int smallc_smem(int kp, int halo) {
+  return latentrt::SmallcTiles<BN>::smem_bytes(kp, halo);
+}
+bool smallc_plan(int n, int cin, int cout, int kt, int kh, int kw, const int* strides,
+                 const int* dil, const ConvGeometry& g, int sms, int smem_limit, SmallcPlan* p) {
+  p->kp = (kt * kh * kw * cin + 15) / 16 * 16;
+  if (p->kp > latentrt::SmallcTiles<128>::MAX_K) return false;
+  tma_box(g.Ho, g.Wo, 128, &p->bw_log2, &p->tiles_h, &p->tiles_w);
+  const latentrt::SmallcHalo hl(kt, kh, kw, dil[0], dil[1], dil[2], strides[1], strides[2],
+                                128 >> p->bw_log2, 1 << p->bw_log2);
+  const long long halo = static_cast<long long>(hl.t) * hl.h * hl.w * cin;
+  if (halo > 0x7fffffffLL / 4) return false;
+  p->bn = cout <= 64 ? 64 : 128;
+  p->smem = p->bn == 64 ? smallc_smem<64>(p->kp, static_cast<int>(halo))
+                        : smallc_smem<128>(p->kp, static_cast<int>(halo));
+  if (p->smem > std::min(smem_limit, kSmallcMaxSmem)) return false;
+  p->grid_y = static_cast<unsigned>((cout + p->bn - 1) / p->bn);
+  const long long tiles = static_cast<long long>(n) * g.Do * p->tiles_h * p->tiles_w;
+  p->grid_x = static_cast<unsigned>(
+      std::min(tiles, std::max(1LL, 2LL * sms / static_cast<long long>(p->grid_y))));
+  return true;
+}
+
 int conv_ci_chunk(int cin, int taps) {
   int chunk = 16384 / (taps * 32);
   if (chunk >= 8) chunk -= chunk % 8;
@@ -1490,6 +1768,22 @@ int launch_conv3d(const T* x, const T* wp, const T* bias, T* y, int n, int cin, 
     err = cudaLaunchKernel(k, grid, dim3(256), args, smem, stream);
     return err != cudaSuccess ? err : cudaGetLastError();
   }
+  SmallcPlan sp{};
+  int optin = 0;
+  err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (err != cudaSuccess) return err;
+  if (ConvKernels<T>::tc &&
+      smallc_plan(n, cin, cout, kt, kh, kw, strides, dilations, g, sms, optin, &sp)) {
+    void* k = ConvKernels<T>::smallc(layout, sp.bn);
+    err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, sp.smem);
+    if (err != cudaSuccess) return err;
+    int N = n, bw_log2 = sp.bw_log2, tiles_h = sp.tiles_h, tiles_w = sp.tiles_w, kp = sp.kp;
+    void* args[] = {&x,  &wp, &bias, &y,  &Cin, &D,  &H,  &W,  &Cout,      &kT,      &kH,
+                    &kW, &Do, &Ho,   &Wo, &st,  &sh, &sw, &dt, &dh,        &dw,      &pt,
+                    &ph, &pw, &replicate, &N,   &bw_log2,     &tiles_h,    &tiles_w, &kp};
+    err = cudaLaunchKernel(k, dim3(sp.grid_x, sp.grid_y), dim3(256), args, sp.smem, stream);
+    return err != cudaSuccess ? err : cudaGetLastError();
+  }
   int ci_chunk = conv_ci_chunk(cin, taps);
   constexpr int V = 16 / static_cast<int>(sizeof(T));
   int vec = layout == 1 && aligned && cin % V == 0 && ci_chunk % V == 0 ? 1 : 0;
@@ -1548,6 +1842,26 @@ extern "C" int latentrt_conv3d_tma_plan(int n, int cout, int frames, int ho, int
   return 0;
 }
 #endif
+
+// The small-Cin kernel's plan (strides[3], dilations[3], output Do, Ho, Wo, at most smem_limit
+// bytes of shared memory): out8 = {tile_n, log2 box width, boxes per frame height, boxes per frame
+// width, padded K, shared memory bytes, grid x, grid y}; 0, or 1 where the kernel does not apply.
+// Host-only, so CPU tests can hold it against plugins/harness.py.
+extern "C" int latentrt_conv3d_smallc_plan(int n, int cin, int cout, int kt, int kh, int kw,
+                                           const int* strides, const int* dilations, int d_out,
+                                           int h_out, int w_out, int sms, int smem_limit,
+                                           int* out8) {
+  if (n <= 0 || cin <= 0 || cout <= 0 || kt <= 0 || kh <= 0 || kw <= 0 || d_out <= 0 ||
+      h_out <= 0 || w_out <= 0 || sms <= 0)
+    return cudaErrorInvalidValue;
+  const ConvGeometry g{d_out, h_out, w_out, 0, 0, 0};
+  SmallcPlan p{};
+  if (!smallc_plan(n, cin, cout, kt, kh, kw, strides, dilations, g, sms, smem_limit, &p)) return 1;
+  const int v[8] = {p.bn,   p.bw_log2, p.tiles_h, p.tiles_w, p.kp, p.smem,
+                    static_cast<int>(p.grid_x), static_cast<int>(p.grid_y)};
+  for (int i = 0; i < 8; ++i) out8[i] = v[i];
+  return 0;
+}
 
 // Bytes of workspace that let latentrt_conv3d_* use stream-K on the current device (the TMA
 // kernel on Hopper); a launch given less runs one CTA per tile.

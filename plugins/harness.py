@@ -30,6 +30,7 @@ __all__ = [
     "build_shared_library",
     "conv3d",
     "conv3d_plan",
+    "conv3d_narrow_plan",
     "conv3d_smallc_plan",
     "conv3d_tma_plan",
     "groupnorm_plan",
@@ -488,6 +489,48 @@ def conv3d_smallc_plan(
     return ConvPlan(name, (grid_x, tiles_n, 1), 256, smem, (n, bw_log2, tiles_h, tiles_w, kp))
 
 
+def narrow_smem_bytes(taps: int, cc: int, halo_pixels: int) -> int:
+    """Dynamic shared memory of the narrow-output kernel (NarrowTiles::smem_bytes)."""
+    return 2 * 16 * (taps * cc + 8) + 2 * halo_pixels * (cc + 8) + 4 * (taps * cc // 8) + 4 * 2048
+
+
+def conv3d_narrow_plan(
+    dtype: str,
+    channels_last: bool,
+    n: int,
+    cin: int,
+    cout: int,
+    kernel: Sequence[int],
+    out_dhw: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    smem_limit: int = SMALLC_MAX_SMEM,
+) -> ConvPlan | None:
+    """The narrow-output tensor-core kernel (conv3d_narrow in conv3d.cu) where it applies:
+    fp16/bf16 channels-last, Cin % 8 == 0 and Cout <= 16 (a VAE decoder's RGB output conv);
+    None otherwise. One CTA per 128-position box; Cin in chunks of 32, 16 or 8 channels, the
+    widest that fits two CTAs per SM. Mirrors narrow_plan in conv3d.cu."""
+    if dtype == "float32" or not channels_last or cin % 8 or cout > 16:
+        return None
+    kt, kh, kw = kernel
+    do, ho, wo = out_dhw
+    bw_log2, tiles_h, tiles_w = tma_box(ho, wo, 128)
+    bw, bh = 1 << bw_log2, 128 >> bw_log2
+    pixels = ((kt - 1) * dilations[0] + 1) * ((bh - 1) * strides[1] + (kh - 1) * dilations[1] + 1)
+    pixels *= (bw - 1) * strides[2] + (kw - 1) * dilations[2] + 1
+    tiles = n * do * tiles_h * tiles_w
+    if pixels > 1 << 20 or tiles >= 2**31:
+        return None
+    for cc in (32, 16, 8):
+        smem = narrow_smem_bytes(kt * kh * kw, cc, pixels)
+        if cin % cc == 0 and smem <= min(smem_limit, SMALLC_MAX_SMEM):
+            kernel_name = f"latentrt_conv3d_narrow_ndhwc_{_SUFFIX[dtype]}"
+            return ConvPlan(
+                kernel_name, (tiles, 1, 1), 256, smem, (n, bw_log2, tiles_h, tiles_w, cc)
+            )
+    return None
+
+
 # (tile_m, tile_n, stages) of the TMA kernel; (128, 128, 3) fits two CTAs per SM, the rest one.
 TMA_VARIANTS = ((128, 128, 3), (128, 192, 5), (128, 256, 4), (256, 128, 4))
 
@@ -834,6 +877,10 @@ def conv3d(
         small = conv3d_smallc_plan(
             xd.dtype, last, n, cin, cout, (kt, kh, kw), (do, ho, wo), strides, dilations, sms, optin
         )
+        if small is None and xd.ptr % 16 == 0 and pd.ptr % 16 == 0:
+            small = conv3d_narrow_plan(
+                xd.dtype, last, n, cin, cout, (kt, kh, kw), (do, ho, wo), strides, dilations, optin
+            )
         plan = plan if small is None else small
     shape_args = [cin, d, h, wd_, cout, kt, kh, kw, do, ho, wo, *strides, *dilations]
     shape_args += [p[0], p[1], p[2], 1 if causal_time == 2 else 0, *plan.tail]

@@ -208,6 +208,33 @@ def test_conv3d_small_cin(harness, gen, case, layout, dtype):
     _check(out, ref, dtype)
 
 
+NARROW_CASES = [
+    # Few output channels (the narrow-output kernel, channels-last): a VAE decoder's RGB output
+    # conv (Cin chunks of 32); 16 channels into 3 with spatial stride 2 and batch 2 (chunks of
+    # 16); 24 channels (chunks of 8), dilation 2, replicate padding; a (2, 3, 3) kernel into 12.
+    ((1, 128, 9, 32, 32), 3, (3, 3, 3), (0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1), 1),
+    ((2, 16, 5, 13, 19), 3, (3, 3, 3), (0, 1, 1, 0, 1, 1), (1, 2, 2), (1, 1, 1), 1),
+    ((1, 24, 6, 11, 9), 5, (3, 3, 3), (0, 2, 2, 0, 2, 2), (1, 1, 1), (2, 2, 2), 2),
+    ((1, 64, 4, 20, 70), 12, (2, 3, 3), (0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", NARROW_CASES, ids=_case_id)
+def test_conv3d_narrow_output(harness, gen, case, dtype):
+    shape, cout, k, pads, strides, dil, causal = case
+    x = _rand((shape[0], *shape[2:], shape[1]), dtype, gen)
+    w = _rand((cout, shape[1], *k), dtype, gen, (shape[1] * k[0] * k[1] * k[2]) ** -0.5)
+    b = _rand((cout,), dtype, gen, 0.1)
+    ref = _conv_ref(x, w, b, pads, strides, dil, causal, True)
+    args = (dtype, True, shape[0], shape[1], cout, k, tuple(ref.shape[1:4]), strides, dil)
+    plan = harness.conv3d_narrow_plan(*args)
+    assert plan is not None and "narrow" in plan.kernel
+    out = _poisoned(tuple(ref.shape), dtype)
+    harness.conv3d(x, w, b, pads, strides, dil, causal, "NDHWC", out=out)
+    _check(out, ref, dtype)
+
+
 TMA_CASES = [
     # (N, Cin, D, H, W), Cout, kernel, pads, causal: partial boxes (12 x 20 frames in 4 x 32 or
     # 8 x 16 boxes, 8 x 32 or 16 x 16 at m256), Cout 192 (an idle half tile at n128, zero-filled
@@ -331,6 +358,7 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
         (CONV_CASES[6], "NDHWC", "float16", True),
         (CONV_CASES[1], "NDHWC", "float16", True),
         (SMALLC_CASES[1], "NCDHW", "bfloat16", False),
+        (NARROW_CASES[2], "NDHWC", "float16", False),
     ],
     # On Hopper (sm_90a library): 384 channels run the TMA kernel (with a workspace in clusters
     # of two with stream-K, without one CTA per tile), 96 the cp.async wgmma one.
@@ -343,6 +371,7 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
         "wgmma-or-direct-ndhwc",
         "wgmma-or-tc-ndhwc-replicate",
         "smallc-ncdhw-dilated",
+        "narrow-ndhwc-dilated",
     ],  # fmt: skip
 )
 def test_c_launcher_conv3d(launcher_lib, gen, case, layout, dtype, streamk):

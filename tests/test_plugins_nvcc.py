@@ -103,3 +103,36 @@ def test_c_launcher_smallc_plan_matches_the_harness(tmp_path):
             want = [int(p.kernel.rsplit("_n", 1)[1]), *p.tail[1:], p.smem, *p.grid[:2]]
             assert list(out) == want, (n, cin, cout, k, out_dhw, limit)
     assert plan(1, 3, 0, 3, 3, 3, three(1, 1, 1), three(1, 1, 1), 1, 1, 1, 132, 1, out) != 0
+
+
+@pytest.mark.skipif(
+    find_nvcc() is None, reason="nvcc (CUDA toolkit) is not installed on this machine"
+)
+def test_c_launcher_narrow_plan_matches_the_harness(tmp_path):
+    # The narrow-output kernel's plan (box, Cin chunk, shared memory, grid) or its absence, in C
+    # and Python alike; host-only.
+    lib = ctypes.CDLL(str(harness.build_shared_library(tmp_path / "lib.so")))
+    plan = lib.latentrt_conv3d_narrow_plan
+    three = ctypes.c_int * 3
+    cases = [  # (N, Cin, Cout, kernel, output (Do, Ho, Wo), strides, dilations)
+        (1, 128, 3, (3, 3, 3), (17, 64, 64), (1, 1, 1), (1, 1, 1)),
+        (2, 16, 3, (3, 3, 3), (5, 7, 10), (1, 2, 2), (1, 1, 1)),
+        (1, 24, 5, (3, 3, 3), (6, 11, 9), (1, 1, 1), (2, 2, 2)),
+        (1, 64, 12, (2, 3, 3), (4, 20, 70), (1, 1, 1), (1, 1, 1)),
+        (1, 128, 3, (3, 3, 3), (5, 8, 512), (1, 2, 2), (1, 1, 1)),
+        (1, 128, 3, (3, 3, 3), (5, 8, 512), (1, 8, 8), (1, 1, 1)),
+        (1, 12, 3, (3, 3, 3), (9, 64, 64), (1, 1, 1), (1, 1, 1)),
+        (1, 128, 24, (3, 3, 3), (9, 64, 64), (1, 1, 1), (1, 1, 1)),
+    ]
+    for n, cin, cout, k, out_dhw, strides, dil in cases:
+        for limit in (harness.SMALLC_MAX_SMEM, 64 * 1024):
+            out = (ctypes.c_int * 6)()
+            rc = plan(n, cin, cout, *k, three(*strides), three(*dil), *out_dhw, limit, out)
+            p = harness.conv3d_narrow_plan(
+                "float16", True, n, cin, cout, k, out_dhw, strides, dil, limit
+            )
+            if p is None:
+                assert rc == 1, (n, cin, cout, k, out_dhw, limit)
+                continue
+            assert rc == 0
+            assert list(out) == [*p.tail[1:], p.smem, p.grid[0]], (n, cin, cout, k, out_dhw)

@@ -299,6 +299,28 @@ def test_conv3d_plan_picks_tensor_cores_for_wide_half_convs():
     assert p.kernel == "latentrt_conv3d_direct_ndhwc_bf16" and p.tail[1] == 0  # no vectors
 
 
+def test_narrow_plan_takes_few_output_channels_in_16_bits():
+    plan = harness.conv3d_narrow_plan
+    one = (1, 1, 1)
+    # A VAE decoder's RGB output conv: 128 channels in chunks of 32, a 2 x 64 box per CTA (4 x 66
+    # halo pixels over 3 frames), 17 x 32 boxes.
+    p = plan("float16", True, 1, 128, 3, (3, 3, 3), (17, 64, 64), one, one)
+    assert p.kernel == "latentrt_conv3d_narrow_ndhwc_f16" and p.grid == (544, 1, 1)
+    assert p.tail == (1, 6, 32, 1, 32) and p.smem == harness.narrow_smem_bytes(27, 32, 792)
+    assert 2 * (p.smem + 1024) <= 228 * 1024
+    assert plan("bfloat16", True, 1, 24, 5, (3, 3, 3), (6, 11, 9), one, (2, 2, 2)).tail[4] == 8
+    # Wide halos take narrower chunks, then none; not for fp32, channels-first, Cin % 8 or Cout > 16.
+    assert plan("float16", True, 1, 128, 3, (3, 3, 3), (5, 8, 512), (1, 2, 2), one).tail[4] == 8
+    assert plan("float16", True, 1, 128, 3, (3, 3, 3), (5, 8, 512), (1, 8, 8), one) is None
+    for args in (
+        ("float32", True, 1, 128, 3),
+        ("float16", False, 1, 128, 3),
+        ("float16", True, 1, 12, 3),
+        ("float16", True, 1, 128, 24),
+    ):
+        assert plan(*args, (3, 3, 3), (17, 64, 64), one, one) is None
+
+
 def test_smallc_plan_takes_small_reductions_in_16_bits():
     plan = harness.conv3d_smallc_plan
     # The RGB input conv: 64 x 64 frames in 2 x 64 boxes, 17 frames = 544 tiles over two CTAs

@@ -597,6 +597,129 @@ __device__ __forceinline__ void conv3d_smallc(const T* __restrict__ x, const T* 
   }
 }
 
+// ---- Narrow-output implicit GEMM on tensor cores (fp16/bf16 channels-last, Cout <= 16) --------
+//
+// For a few output channels (the RGB output conv of a VAE decoder: 3) every other kernel wastes
+// its output-channel tile, so the GEMM is turned around: M = output channels (one m16 slab),
+// N = positions, K = taps * Cin. A CTA takes a 128-position box of one output frame (8 warps of
+// 16 positions) and walks Cin in chunks of CC channels: each chunk's halo (every input frame, row
+// and column the box's kernel windows touch, CC channels per pixel, padding zero-filled or the
+// first frame replicated) and its [16, taps * CC] weight slice land in shared memory by cp.async,
+// then each warp runs taps * CC / 16 k16 steps of mma.sync with both operands from ldmatrix: the
+// halo row of a position for the k group's tap. Needs Cin % 8 == 0 (16-byte copies).
+struct NarrowTiles {
+  static constexpr int BM = 16;  // output channels, one m16 slab (rows past Cout are zero)
+  static constexpr int BP = 128;
+  static constexpr int THREADS = 256;
+  // Elements per halo pixel and per weight row: padded so ldmatrix rows miss each other's banks.
+  static __host__ __device__ constexpr int px_stride(int cc) { return cc + 8; }
+  static __host__ __device__ constexpr int w_stride(int taps, int cc) { return taps * cc + 8; }
+  static __host__ __device__ constexpr int smem_bytes(int taps, int cc, int halo_px) {
+    return 2 * BM * w_stride(taps, cc) + 2 * halo_px * px_stride(cc) + 4 * (taps * cc / 8) +
+           4 * BP * BM;
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ void conv3d_narrow(const T* __restrict__ x, const T* __restrict__ wp,
+                                              const T* __restrict__ bias, T* __restrict__ y,
+                                              const ConvShape s, int N, int bw_log2, int tiles_h,
+                                              int tiles_w, int cc) {
+  using Tiles = NarrowTiles;
+  constexpr int BP = Tiles::BP;
+  const int bw = 1 << bw_log2, bh = BP >> bw_log2;
+  const SmallcHalo hl(s.kT, s.kH, s.kW, s.dt, s.dh, s.dw, s.sh, s.sw, bh, bw);
+  const int taps = s.kT * s.kH * s.kW;
+  const int kc = taps * cc;  // reduction length of one chunk
+  const int ws = Tiles::w_stride(taps, cc), ps = Tiles::px_stride(cc);
+  const int pixels = hl.t * hl.h * hl.w;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* w_s = reinterpret_cast<T*>(smem_raw);      // [16][ws]: k = tap * cc + c
+  T* halo = w_s + Tiles::BM * ws;               // [pixel][ps]
+  int* koff = reinterpret_cast<int*>(halo + pixels * ps);  // [kc / 8]: halo offset of k group
+  float* stage = reinterpret_cast<float*>(koff + kc / 8);   // [BP][16]
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+
+  for (int gi = tid; gi < kc / 8; gi += Tiles::THREADS) {
+    const int tap = gi / (cc / 8), c = (gi - tap * (cc / 8)) * 8;
+    const int kt = tap / (s.kH * s.kW), r = tap - kt * s.kH * s.kW;
+    const int kh = r / s.kW, kw = r - kh * s.kW;
+    koff[gi] = ((kt * s.dt * hl.h + kh * s.dh) * hl.w + kw * s.dw) * ps + c;
+  }
+  const long long tile = blockIdx.x;
+  const int tw = static_cast<int>(tile % tiles_w);
+  const long long fh = tile / tiles_w;
+  const int th = static_cast<int>(fh % tiles_h);
+  const long long f = fh / tiles_h;
+  const int to = static_cast<int>(f % s.Do);
+  const long long n = f / s.Do;
+  const int ho0 = th * bh, wo0 = tw * bw;
+  const int t_in = to * s.st - s.pt, h_in = ho0 * s.sh - s.ph, w_in = wo0 * s.sw - s.pw;
+
+  // ldmatrix rows of this lane. A: channel (lane & 7) + 8 * ((lane >> 3) & 1), k half lane >> 4.
+  // B: position warp * 16 + (lane & 7) + 8 * (lane >> 4), k half (lane >> 3) & 1.
+  const T* a_row = w_s + ((lane & 7) + (((lane >> 3) & 1) << 3)) * ws + ((lane >> 4) << 3);
+  const int pos = warp * 16 + (lane & 7) + ((lane >> 4) << 3);
+  const T* b_row =
+      halo + (((pos >> bw_log2) * s.sh) * hl.w + (pos & (bw - 1)) * s.sw) * ps;
+  const int b_half = (lane >> 3) & 1;
+  float acc[2][4] = {};
+
+  for (int c0 = 0; c0 < s.Cin; c0 += cc) {
+    __syncthreads();  // the previous chunk is no longer read (and koff is written)
+    for (int i = tid; i < Tiles::BM * (kc / 8); i += Tiles::THREADS) {
+      const int co = i / (kc / 8), gi = i - co * (kc / 8);
+      const int tap = gi / (cc / 8), c = (gi - tap * (cc / 8)) * 8;
+      const bool ok = co < s.Cout;
+      const T* src = wp + (static_cast<long long>(ok ? co : 0) * taps + tap) * s.Cin + c0 + c;
+      cp_async16(w_s + co * ws + gi * 8, src, ok ? 16 : 0);
+    }
+    for (int i = tid; i < pixels * (cc / 8); i += Tiles::THREADS) {
+      const int p = i / (cc / 8), c = (i - p * (cc / 8)) * 8;
+      const int wi = p % hl.w, rest = p / hl.w;
+      const int hi = rest % hl.h, ti = rest / hl.h;
+      int gt = t_in + ti;
+      if (gt < 0) gt = s.replicate ? 0 : -1;
+      const int gh = h_in + hi, gw = w_in + wi;
+      const bool ok = gt >= 0 && gt < s.D && gh >= 0 && gh < s.H && gw >= 0 && gw < s.W;
+      const T* src = ok ? x + (((n * s.D + gt) * s.H + gh) * static_cast<long long>(s.W) + gw) *
+                                      s.Cin + c0 + c
+                        : x;
+      cp_async16(halo + p * ps + c, src, ok ? 16 : 0);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    for (int k0 = 0; k0 < kc; k0 += 16) {
+      unsigned a[4], b[4];
+      ldmatrix_x4(a, a_row + k0);
+      ldmatrix_x4(b, b_row + koff[(k0 >> 3) + b_half]);
+      mma_m16n8k16(T{}, acc[0], a, b[0], b[1]);
+      mma_m16n8k16(T{}, acc[1], a, b[2], b[3]);
+    }
+  }
+
+  // acc[j]: channels g and g + 8, positions warp * 16 + 8 j + 2 q (+1).
+  const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const int p0 = warp * 16 + 8 * j + 2 * q;
+    stage[p0 * 16 + g] = acc[j][0];
+    stage[(p0 + 1) * 16 + g] = acc[j][1];
+    stage[p0 * 16 + g + 8] = acc[j][2];
+    stage[(p0 + 1) * 16 + g + 8] = acc[j][3];
+  }
+  __syncthreads();
+  for (int i = tid; i < BP * s.Cout; i += Tiles::THREADS) {
+    const int r = i / s.Cout, co = i - r * s.Cout;
+    const int ho = ho0 + (r >> bw_log2), wo = wo0 + (r & (bw - 1));
+    if (ho >= s.Ho || wo >= s.Wo) continue;
+    const float v = stage[r * 16 + co] + (bias != nullptr ? to_f32(bias[co]) : 0.0f);
+    y[(((n * s.Do + to) * s.Ho + ho) * static_cast<long long>(s.Wo) + wo) * s.Cout + co] =
+        from_f32<T>(v);
+  }
+}
+
 // ---- Hopper (sm_90a) implicit GEMM: wgmma on 128-byte-swizzled shared-memory tiles ------------
 //
 // Channels-last only: M = output positions (128 per CTA, 64 per warpgroup), N = output channels
@@ -1251,6 +1374,8 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
 //   latentrt_conv3d_igemm_{ncdhw|ndhwc}_{f16|bf16}_m{64|128} block 256, grid.y = ceil(Cout/BM)
 //   latentrt_conv3d_smallc_{ncdhw|ndhwc}_{f16|bf16}_n{64|128} block 256, grid.x = CTAs looping
 //                                          over position tiles, grid.y = ceil(Cout/BN)
+//   latentrt_conv3d_narrow_ndhwc_{f16|bf16}                  block 256, grid.x = position tiles
+//                                          (Cout <= 16)
 //   latentrt_conv3d_wgmma_ndhwc_{f16|bf16}_n{64|96|128}      block 256, grid.x = ceil(P/128),
 //                                          grid.y = ceil(Cout/BN); sm_90a only
 //   latentrt_conv3d_wgmma_ndhwc_{f16|bf16}_n128_s6           the same with 6 stages, one CTA
@@ -1298,6 +1423,12 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
                                                      int kp) {                                 \
     latentrt::conv3d_smallc<T, LAYOUT, BN>(x, wp, bias, y, LRT_CONV_SHAPE, N, bw_log2,         \
                                            tiles_h, tiles_w, kp);                              \
+  }
+#define LRT_CONV_NARROW(T, SUF)                                                                \
+  extern "C" __global__ void __launch_bounds__(256, 2) latentrt_conv3d_narrow_ndhwc_##SUF(     \
+      const T* x, const T* wp, const T* bias, T* y, LRT_CONV_PARAMS, int N, int bw_log2,       \
+      int tiles_h, int tiles_w, int cc) {                                                      \
+    latentrt::conv3d_narrow<T>(x, wp, bias, y, LRT_CONV_SHAPE, N, bw_log2, tiles_h, tiles_w, cc); \
   }
 #define LRT_CONV_WGMMA(T, SUF, BN)                                                                 \
   extern "C" __global__ void __launch_bounds__(256, 2) latentrt_conv3d_wgmma_ndhwc_##SUF##_n##BN( \
@@ -1348,6 +1479,7 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
   LRT_CONV_SMALLC(T, SUF, latentrt::kLayoutChannelsFirst, ncdhw, 128) \
   LRT_CONV_SMALLC(T, SUF, latentrt::kLayoutChannelsLast, ndhwc, 64)  \
   LRT_CONV_SMALLC(T, SUF, latentrt::kLayoutChannelsLast, ndhwc, 128) \
+  LRT_CONV_NARROW(T, SUF)                                            \
   LRT_CONV_WGMMA(T, SUF, 64)                                         \
   LRT_CONV_WGMMA(T, SUF, 96)                                         \
   LRT_CONV_WGMMA(T, SUF, 128)                                        \
@@ -1445,6 +1577,7 @@ struct ConvKernels<float> {
   }
   static void* igemm(int, int) { return nullptr; }
   static void* smallc(int, int) { return nullptr; }
+  static void* narrow() { return nullptr; }
   static void* wgmma(int, bool) { return nullptr; }
   static void* tma(int, int, int) { return nullptr; }
   static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_f32); }
@@ -1463,6 +1596,7 @@ struct ConvKernels<__half> {
                      : reinterpret_cast<void*>(latentrt_conv3d_igemm_ncdhw_f16_m64);
   }
   LRT_SMALLC_PICK(f16)
+  static void* narrow() { return reinterpret_cast<void*>(latentrt_conv3d_narrow_ndhwc_f16); }
   static void* wgmma(int bn, bool deep) {
     if (deep) return reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n128_s6);
     return bn == 128 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_f16_n128)
@@ -1486,6 +1620,7 @@ struct ConvKernels<__nv_bfloat16> {
                      : reinterpret_cast<void*>(latentrt_conv3d_igemm_ncdhw_bf16_m64);
   }
   LRT_SMALLC_PICK(bf16)
+  static void* narrow() { return reinterpret_cast<void*>(latentrt_conv3d_narrow_ndhwc_bf16); }
   static void* wgmma(int bn, bool deep) {
     if (deep) return reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n128_s6);
     return bn == 128 ? reinterpret_cast<void*>(latentrt_conv3d_wgmma_ndhwc_bf16_n128)
@@ -1722,6 +1857,32 @@ bool smallc_plan(int n, int cin, int cout, int kt, int kh, int kw, const int* st
   return true;
 }
 
+// The narrow-output kernel's launch, as conv3d_narrow_plan in plugins/harness.py: channels-last,
+// Cin % 8 == 0, Cout <= 16; Cin in chunks of 32, 16 or 8 channels, the widest whose halo and
+// weight slice fit two CTAs per SM (and `smem_limit`); false where none does.
+struct NarrowPlan {
+  int bw_log2, tiles_h, tiles_w, cc, smem;
+  long long tiles;
+};
+bool narrow_plan(int n, int cin, int cout, int kt, int kh, int kw, const int* strides,
+                 const int* dil, const ConvGeometry& g, int smem_limit, NarrowPlan* p) {
+  if (cin % 8 != 0 || cout > latentrt::NarrowTiles::BM) return false;
+  int one_box = 0;
+  tma_box(g.Ho, g.Wo, 128, 0, &one_box, &p->bw_log2, &p->tiles_h, &p->tiles_w);
+  const latentrt::SmallcHalo hl(kt, kh, kw, dil[0], dil[1], dil[2], strides[1], strides[2],
+                                128 >> p->bw_log2, 1 << p->bw_log2);
+  const long long pixels = static_cast<long long>(hl.t) * hl.h * hl.w;
+  if (pixels > (1 << 20)) return false;
+  p->tiles = static_cast<long long>(n) * g.Do * p->tiles_h * p->tiles_w;
+  for (int cc = 32; cc >= 8; cc /= 2) {
+    if (cin % cc != 0) continue;
+    p->cc = cc;
+    p->smem = latentrt::NarrowTiles::smem_bytes(kt * kh * kw, cc, static_cast<int>(pixels));
+    if (p->smem <= std::min(smem_limit, kSmallcMaxSmem) && p->tiles <= 0x7fffffffLL) return true;
+  }
+  return false;
+}
+
 int conv_ci_chunk(int cin, int taps) {
   int chunk = 16384 / (taps * 32);
   if (chunk >= 8) chunk -= chunk % 8;
@@ -1823,6 +1984,20 @@ int launch_conv3d(const T* x, const T* wp, const T* bias, T* y, int n, int cin, 
     err = cudaLaunchKernel(k, dim3(sp.grid_x, sp.grid_y), dim3(256), args, sp.smem, stream);
     return err != cudaSuccess ? err : cudaGetLastError();
   }
+  NarrowPlan np{};
+  if (ConvKernels<T>::tc && layout == 1 && aligned &&
+      narrow_plan(n, cin, cout, kt, kh, kw, strides, dilations, g, optin, &np)) {
+    void* k = ConvKernels<T>::narrow();
+    err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, np.smem);
+    if (err != cudaSuccess) return err;
+    int N = n, bw_log2 = np.bw_log2, tiles_h = np.tiles_h, tiles_w = np.tiles_w, cc = np.cc;
+    void* args[] = {&x,  &wp, &bias, &y,  &Cin, &D,  &H,  &W,  &Cout,      &kT,      &kH,
+                    &kW, &Do, &Ho,   &Wo, &st,  &sh, &sw, &dt, &dh,        &dw,      &pt,
+                    &ph, &pw, &replicate, &N,   &bw_log2,     &tiles_h,    &tiles_w, &cc};
+    err = cudaLaunchKernel(k, dim3(static_cast<unsigned>(np.tiles)), dim3(256), args, np.smem,
+                           stream);
+    return err != cudaSuccess ? err : cudaGetLastError();
+  }
   int ci_chunk = conv_ci_chunk(cin, taps);
   constexpr int V = 16 / static_cast<int>(sizeof(T));
   int vec = layout == 1 && aligned && cin % V == 0 && ci_chunk % V == 0 ? 1 : 0;
@@ -1899,6 +2074,23 @@ extern "C" int latentrt_conv3d_smallc_plan(int n, int cin, int cout, int kt, int
   const int v[8] = {p.bn,   p.bw_log2, p.tiles_h, p.tiles_w, p.kp, p.smem,
                     static_cast<int>(p.grid_x), static_cast<int>(p.grid_y)};
   for (int i = 0; i < 8; ++i) out8[i] = v[i];
+  return 0;
+}
+
+// The narrow-output kernel's plan (as latentrt_conv3d_smallc_plan): out6 = {log2 box width, boxes
+// per frame height, boxes per frame width, Cin chunk, shared memory bytes, grid x}; 0, or 1
+// where the kernel does not apply.
+extern "C" int latentrt_conv3d_narrow_plan(int n, int cin, int cout, int kt, int kh, int kw,
+                                           const int* strides, const int* dilations, int d_out,
+                                           int h_out, int w_out, int smem_limit, int* out6) {
+  if (n <= 0 || cin <= 0 || cout <= 0 || kt <= 0 || kh <= 0 || kw <= 0 || d_out <= 0 ||
+      h_out <= 0 || w_out <= 0)
+    return cudaErrorInvalidValue;
+  const ConvGeometry g{d_out, h_out, w_out, 0, 0, 0};
+  NarrowPlan p{};
+  if (!narrow_plan(n, cin, cout, kt, kh, kw, strides, dilations, g, smem_limit, &p)) return 1;
+  const int v[6] = {p.bw_log2, p.tiles_h, p.tiles_w, p.cc, p.smem, static_cast<int>(p.tiles)};
+  for (int i = 0; i < 6; ++i) out6[i] = v[i];
   return 0;
 }
 

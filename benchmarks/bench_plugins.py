@@ -246,6 +246,8 @@ def bench_conv(cases, dtypes, channels_last=False) -> list[str]:
                 one = (1, 1, 1)
                 small = harness.conv3d_smallc_plan(
                     dt, channels_last, n, cin, cout, (3, 3, 3), (d, h, w), one, one, sms
+                ) or harness.conv3d_narrow_plan(
+                    dt, channels_last, n, cin, cout, (3, 3, 3), (d, h, w), one, one
                 )
                 plan = plan if small is None else small
             rows.append(

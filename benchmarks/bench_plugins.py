@@ -444,6 +444,9 @@ def main() -> None:
     ap.add_argument(
         "--conv-small", action="store_true", help="Conv3d with few input or output channels only"
     )
+    ap.add_argument(
+        "--only", default="", help="Conv3d cases whose input shape (e.g. 1x384x5x60x104) has this"
+    )
     args = ap.parse_args()
     if args.profile:
         profile_once()
@@ -475,7 +478,8 @@ def main() -> None:
         print("\n".join(sweep_conv_tiles(conv_cases)))
         return
     if args.conv_tma:
-        print("\n".join(sweep_conv_tma(conv_cases + TMA_EXTRA_CASES)))
+        cases = [c for c in conv_cases + TMA_EXTRA_CASES if args.only in "x".join(map(str, c[0]))]
+        print("\n".join(sweep_conv_tma(cases)))
         return
     if args.conv_small:
         rows = bench_conv(SMALL_CHANNEL_CASES, ["float16", "bfloat16"])

@@ -491,9 +491,7 @@ def conv3d_smallc_plan(
 
 def narrow_smem_bytes(taps: int, cc: int, halo_pixels: int) -> int:
     """Dynamic shared memory of the narrow-output kernel (NarrowTiles::smem_bytes)."""
-    return (
-        2 * 16 * (taps * cc + 8) + 2 * halo_pixels * (cc + 8) + 16 + 4 * (taps * cc // 8) + 4 * 2048
-    )
+    return 2 * 16 * (taps * cc + 8) + 2 * halo_pixels * (cc + 8) + 4 * (taps * cc // 8) + 4 * 2048
 
 
 def conv3d_narrow_plan(

@@ -614,10 +614,9 @@ struct NarrowTiles {
   // Elements per halo pixel and per weight row: padded so ldmatrix rows miss each other's banks.
   static __host__ __device__ constexpr int px_stride(int cc) { return cc + 8; }
   static __host__ __device__ constexpr int w_stride(int taps, int cc) { return taps * cc + 8; }
-  // Weights, halo, 8 zeros (the B rows of K padding), the k groups' offsets, the fp32 stage.
   static __host__ __device__ constexpr int smem_bytes(int taps, int cc, int halo_px) {
-    return 2 * BM * w_stride(taps, cc) + 2 * halo_px * px_stride(cc) + 16 +
-           4 * (taps * cc / 8) + 4 * BP * BM;
+    return 2 * BM * w_stride(taps, cc) + 2 * halo_px * px_stride(cc) + 4 * (taps * cc / 8) +
+           4 * BP * BM;
   }
 };
 
@@ -631,15 +630,13 @@ __device__ __forceinline__ void conv3d_narrow(const T* __restrict__ x, const T* 
   const int bw = 1 << bw_log2, bh = BP >> bw_log2;
   const SmallcHalo hl(s.kT, s.kH, s.kW, s.dt, s.dh, s.dw, s.sh, s.sw, bh, bw);
   const int taps = s.kT * s.kH * s.kW;
-  const int kc = taps * cc;             // reduction length of one chunk
-  const int kcp = (kc + 15) / 16 * 16;  // padded to whole k16 steps (odd taps x 8 channels)
+  const int kc = taps * cc;  // reduction length of one chunk
   const int ws = Tiles::w_stride(taps, cc), ps = Tiles::px_stride(cc);
   const int pixels = hl.t * hl.h * hl.w;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* w_s = reinterpret_cast<T*>(smem_raw);      // [16][ws]: k = tap * cc + c
   T* halo = w_s + Tiles::BM * ws;               // [pixel][ps]
-  T* zeros = halo + pixels * ps;                // [8]: B rows past kc
-  int* koff = reinterpret_cast<int*>(zeros + 8);  // [kc / 8]: halo offset of k group
+  int* koff = reinterpret_cast<int*>(halo + pixels * ps);  // [kc / 8]: halo offset of k group
   float* stage = reinterpret_cast<float*>(koff + kc / 8);   // [BP][16]
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
@@ -648,12 +645,6 @@ __device__ __forceinline__ void conv3d_narrow(const T* __restrict__ x, const T* 
     const int kt = tap / (s.kH * s.kW), r = tap - kt * s.kH * s.kW;
     const int kh = r / s.kW, kw = r - kh * s.kW;
     koff[gi] = ((kt * s.dt * hl.h + kh * s.dh) * hl.w + kw * s.dw) * ps + c;
-  }
-  for (int i = tid; i < Tiles::BM * (kcp - kc) + 8; i += Tiles::THREADS) {  // never copied over
-    if (i < 8)
-      zeros[i] = zero_value<T>();
-    else
-      w_s[(i - 8) / (kcp - kc) * ws + kc + (i - 8) % (kcp - kc)] = zero_value<T>();
   }
   const long long tile = blockIdx.x;
   const int tw = static_cast<int>(tile % tiles_w);
@@ -699,11 +690,10 @@ __device__ __forceinline__ void conv3d_narrow(const T* __restrict__ x, const T* 
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
-    for (int k0 = 0; k0 < kcp; k0 += 16) {
+    for (int k0 = 0; k0 < kc; k0 += 16) {
       unsigned a[4], b[4];
-      const int gi = (k0 >> 3) + b_half;
       ldmatrix_x4(a, a_row + k0);
-      ldmatrix_x4(b, gi < kc / 8 ? b_row + koff[gi] : zeros);
+      ldmatrix_x4(b, b_row + koff[(k0 >> 3) + b_half]);
       mma_m16n8k16(T{}, acc[0], a, b[0], b[1]);
       mma_m16n8k16(T{}, acc[1], a, b[2], b[3]);
     }

@@ -453,6 +453,20 @@ def smallc_smem_bytes(tile_n: int, kp: int, halo_elems: int) -> int:
     )
 
 
+def _halo_box(
+    ho: int, wo: int, kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int]
+) -> tuple[int, int, int, int]:
+    """(log2 BW, tiles_h, tiles_w, halo pixels): the 128-position box of the small-channel
+    kernels over an Ho x Wo frame, and the input pixels (frames x rows x columns) its kernel
+    windows touch (SmallcHalo in conv3d.cu)."""
+    bw_log2, tiles_h, tiles_w = tma_box(ho, wo, 128)
+    bw, bh = 1 << bw_log2, 128 >> bw_log2
+    pixels = (kernel[0] - 1) * dilations[0] + 1
+    pixels *= (bh - 1) * strides[1] + (kernel[1] - 1) * dilations[1] + 1
+    pixels *= (bw - 1) * strides[2] + (kernel[2] - 1) * dilations[2] + 1
+    return bw_log2, tiles_h, tiles_w, pixels
+
+
 def conv3d_smallc_plan(
     dtype: str,
     channels_last: bool,
@@ -475,13 +489,11 @@ def conv3d_smallc_plan(
     if dtype == "float32" or kp > SMALLC_MAX_K:
         return None
     do, ho, wo = out_dhw
-    bw_log2, tiles_h, tiles_w = tma_box(ho, wo, 128)
-    bw, bh = 1 << bw_log2, 128 >> bw_log2
-    halo = ((kt - 1) * dilations[0] + 1) * ((bh - 1) * strides[1] + (kh - 1) * dilations[1] + 1)
-    halo *= ((bw - 1) * strides[2] + (kw - 1) * dilations[2] + 1) * cin
+    bw_log2, tiles_h, tiles_w, pixels = _halo_box(ho, wo, kernel, strides, dilations)
+    halo = pixels * cin
     bn = 64 if cout <= 64 else 128
     smem = smallc_smem_bytes(bn, kp, halo)
-    if smem > min(smem_limit, SMALLC_MAX_SMEM):
+    if halo > (2**31 - 1) // 4 or smem > min(smem_limit, SMALLC_MAX_SMEM):
         return None
     tiles_n = -(-cout // bn)
     grid_x = min(n * do * tiles_h * tiles_w, max(1, 2 * sms // tiles_n))
@@ -513,22 +525,15 @@ def conv3d_narrow_plan(
     conv3d.cu."""
     if dtype == "float32" or not channels_last or cin % 8 or cout > 16:
         return None
-    kt, kh, kw = kernel
+    taps = kernel[0] * kernel[1] * kernel[2]
     do, ho, wo = out_dhw
-    bw_log2, tiles_h, tiles_w = tma_box(ho, wo, 128)
-    bw, bh = 1 << bw_log2, 128 >> bw_log2
-    pixels = ((kt - 1) * dilations[0] + 1) * ((bh - 1) * strides[1] + (kh - 1) * dilations[1] + 1)
-    pixels *= (bw - 1) * strides[2] + (kw - 1) * dilations[2] + 1
+    bw_log2, tiles_h, tiles_w, pixels = _halo_box(ho, wo, kernel, strides, dilations)
     tiles = n * do * tiles_h * tiles_w
     if pixels > 1 << 20 or tiles >= 2**31:
         return None
     for cc in (32, 16, 8):  # the reduction of a chunk, taps x cc, must be whole k16 steps
-        smem = narrow_smem_bytes(kt * kh * kw, cc, pixels)
-        if (
-            cin % cc == 0
-            and kt * kh * kw * cc % 16 == 0
-            and smem <= min(smem_limit, SMALLC_MAX_SMEM)
-        ):
+        smem = narrow_smem_bytes(taps, cc, pixels)
+        if cin % cc == 0 and taps * cc % 16 == 0 and smem <= min(smem_limit, SMALLC_MAX_SMEM):
             kernel_name = f"latentrt_conv3d_narrow_ndhwc_{_SUFFIX[dtype]}"
             return ConvPlan(
                 kernel_name, (tiles, 1, 1), 256, smem, (n, bw_log2, tiles_h, tiles_w, cc)

@@ -417,6 +417,41 @@ struct SmallcHalo {
         w((bw - 1) * sw + (kW - 1) * dw + 1) {}
 };
 
+// Pixel offset in the halo of tap `tap`'s window corner.
+__device__ __forceinline__ int halo_tap(const ConvShape& s, const SmallcHalo& hl, int tap) {
+  const int kt = tap / (s.kH * s.kW), r = tap - kt * s.kH * s.kW;
+  const int kh = r / s.kW, kw = r - kh * s.kW;
+  return (kt * s.dt * hl.h + kh * s.dh) * hl.w + kw * s.dw;
+}
+
+// A box of one output frame (tiles numbered W-fastest over the frames of the batch): batch n,
+// frame to, corner (ho0, wo0), and the input coordinates of its halo's first pixel.
+struct HaloTile {
+  long long n;
+  int to, ho0, wo0, t_in, h_in, w_in;
+  __device__ HaloTile(const ConvShape& s, long long tile, int bh, int bw, int tiles_h,
+                      int tiles_w) {
+    const long long fh = tile / tiles_w, f = fh / tiles_h;
+    wo0 = static_cast<int>(tile % tiles_w) * bw;
+    ho0 = static_cast<int>(fh % tiles_h) * bh;
+    to = static_cast<int>(f % s.Do);
+    n = f / s.Do;
+    t_in = to * s.st - s.pt;
+    h_in = ho0 * s.sh - s.ph;
+    w_in = wo0 * s.sw - s.pw;
+  }
+  // Input frame, row and column of halo pixel p; false where it reads zero padding.
+  __device__ bool source(const ConvShape& s, const SmallcHalo& hl, int p, int* gt, int* gh,
+                         int* gw) const {
+    const int rest = p / hl.w;
+    *gw = w_in + p - rest * hl.w;
+    *gh = h_in + rest % hl.h;
+    *gt = t_in + rest / hl.h;
+    if (*gt < 0) *gt = s.replicate ? 0 : -1;
+    return *gt >= 0 && *gt < s.D && *gh >= 0 && *gh < s.H && *gw >= 0 && *gw < s.W;
+  }
+};
+
 __device__ __forceinline__ unsigned pack_u16(unsigned short lo, unsigned short hi) {
   return static_cast<unsigned>(lo) | (static_cast<unsigned>(hi) << 16);
 }
@@ -470,10 +505,8 @@ __device__ __forceinline__ void conv3d_smallc(const T* __restrict__ x, const T* 
   for (int k = tid; k < kp; k += Tiles::THREADS) {
     int off = -1;
     if (k < K) {
-      const int tap = k / s.Cin, ci = k - tap * s.Cin;
-      const int kt = tap / (s.kH * s.kW), r = tap - kt * s.kH * s.kW;
-      const int kh = r / s.kW, kw = r - kh * s.kW;
-      off = ((kt * s.dt * hl.h + kh * s.dh) * hl.w + kw * s.dw) * s.Cin + ci;
+      const int tap = k / s.Cin;
+      off = halo_tap(s, hl, tap) * s.Cin + k - tap * s.Cin;
     }
     koff[k] = off;
   }
@@ -492,23 +525,14 @@ __device__ __forceinline__ void conv3d_smallc(const T* __restrict__ x, const T* 
   const long long tiles = frames * tiles_h * tiles_w;
 
   for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int tw = static_cast<int>(tile % tiles_w);
-    const long long fh = tile / tiles_w;
-    const int th = static_cast<int>(fh % tiles_h);
-    const long long f = fh / tiles_h;
-    const int to = static_cast<int>(f % s.Do);
-    const long long n = f / s.Do;
-    const int ho0 = th * bh, wo0 = tw * bw;
-    const int t_in = to * s.st - s.pt, h_in = ho0 * s.sh - s.ph, w_in = wo0 * s.sw - s.pw;
+    const HaloTile ht(s, tile, bh, bw, tiles_h, tiles_w);
+    const long long n = ht.n;
+    const int to = ht.to, ho0 = ht.ho0, wo0 = ht.wo0;
 
     __syncthreads();  // the previous tile's halo and stage are no longer read
     for (int p = tid; p < pixels; p += Tiles::THREADS) {
-      const int wi = p % hl.w, rest = p / hl.w;
-      const int hi = rest % hl.h, ti = rest / hl.h;
-      int gt = t_in + ti;
-      if (gt < 0) gt = s.replicate ? 0 : -1;
-      const int gh = h_in + hi, gw = w_in + wi;
-      const bool valid = gt >= 0 && gt < s.D && gh >= 0 && gh < s.H && gw >= 0 && gw < s.W;
+      int gt, gh, gw;
+      const bool valid = ht.source(s, hl, p, &gt, &gh, &gw);
       unsigned short* dst = halo + p * s.Cin;
       if (!valid) {
         for (int c = 0; c < s.Cin; ++c) dst[c] = 0;
@@ -641,20 +665,12 @@ __device__ __forceinline__ void conv3d_narrow(const T* __restrict__ x, const T* 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
 
   for (int gi = tid; gi < kc / 8; gi += Tiles::THREADS) {
-    const int tap = gi / (cc / 8), c = (gi - tap * (cc / 8)) * 8;
-    const int kt = tap / (s.kH * s.kW), r = tap - kt * s.kH * s.kW;
-    const int kh = r / s.kW, kw = r - kh * s.kW;
-    koff[gi] = ((kt * s.dt * hl.h + kh * s.dh) * hl.w + kw * s.dw) * ps + c;
+    const int tap = gi / (cc / 8);
+    koff[gi] = halo_tap(s, hl, tap) * ps + (gi - tap * (cc / 8)) * 8;
   }
-  const long long tile = blockIdx.x;
-  const int tw = static_cast<int>(tile % tiles_w);
-  const long long fh = tile / tiles_w;
-  const int th = static_cast<int>(fh % tiles_h);
-  const long long f = fh / tiles_h;
-  const int to = static_cast<int>(f % s.Do);
-  const long long n = f / s.Do;
-  const int ho0 = th * bh, wo0 = tw * bw;
-  const int t_in = to * s.st - s.pt, h_in = ho0 * s.sh - s.ph, w_in = wo0 * s.sw - s.pw;
+  const HaloTile ht(s, blockIdx.x, bh, bw, tiles_h, tiles_w);
+  const long long n = ht.n;
+  const int to = ht.to, ho0 = ht.ho0, wo0 = ht.wo0;
 
   // ldmatrix rows of this lane. A: channel (lane & 7) + 8 * ((lane >> 3) & 1), k half lane >> 4.
   // B: position warp * 16 + (lane & 7) + 8 * (lane >> 4), k half (lane >> 3) & 1.
@@ -676,12 +692,8 @@ __device__ __forceinline__ void conv3d_narrow(const T* __restrict__ x, const T* 
     }
     for (int i = tid; i < pixels * (cc / 8); i += Tiles::THREADS) {
       const int p = i / (cc / 8), c = (i - p * (cc / 8)) * 8;
-      const int wi = p % hl.w, rest = p / hl.w;
-      const int hi = rest % hl.h, ti = rest / hl.h;
-      int gt = t_in + ti;
-      if (gt < 0) gt = s.replicate ? 0 : -1;
-      const int gh = h_in + hi, gw = w_in + wi;
-      const bool ok = gt >= 0 && gt < s.D && gh >= 0 && gh < s.H && gw >= 0 && gw < s.W;
+      int gt, gh, gw;
+      const bool ok = ht.source(s, hl, p, &gt, &gh, &gw);
       const T* src = ok ? x + (((n * s.D + gt) * s.H + gh) * static_cast<long long>(s.W) + gw) *
                                       s.Cin + c0 + c
                         : x;

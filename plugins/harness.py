@@ -567,6 +567,7 @@ class TmaPlan:
     sk_ctas: int
     sk_iters: int
     cluster: int = 1
+    sub_log2: int = 0  # a tile is 1 << sub_log2 boxes of tile_m >> sub_log2 positions
 
     @property
     def workspace_elems(self) -> int:
@@ -579,16 +580,26 @@ def tma_smem_bytes(tile_m: int, tile_n: int, stages: int) -> int:
     return stages * (tile_m + tile_n) * 128 + 1024 + 16 * stages
 
 
-def tma_box(ho: int, wo: int, tile_m: int = 128) -> tuple[int, int, int]:
-    """(log2 BW, tiles_h, tiles_w): the BH x BW box of `tile_m` output positions that covers an
-    Ho x Wo frame with the fewest idle positions (the wider box on a tie)."""
+def tma_boxes(ho: int, wo: int, tile_m: int = 128, max_sub_log2: int = 2) -> tuple[int, ...]:
+    """(log2 boxes per tile, log2 BW, tiles_h, tiles_w): the BH x BW boxes that cover an Ho x Wo
+    frame with the fewest idle positions, a tile of `tile_m` positions being 1, 2 or 4 boxes (up
+    to 1 << max_sub_log2); on a tie the fewest boxes, then the widest. Smaller boxes fit frames
+    like 60 x 104 (4 x 8 boxes, none idle, against 6.7% idle in 16 x 8 ones)."""
     best = None
-    for lg in range(tile_m.bit_length() - 1, 2, -1):
-        bw, bh = 1 << lg, tile_m >> lg
-        th, tw = -(-ho // bh), -(-wo // bw)
-        if best is None or th * bh * tw * bw < best[0]:
-            best = (th * bh * tw * bw, lg, th, tw)
-    return best[1], best[2], best[3]
+    for sub in range(max_sub_log2 + 1):
+        pb = tile_m >> sub
+        for lg in range(pb.bit_length() - 1, 2, -1):
+            bw, bh = 1 << lg, pb >> lg
+            th, tw = -(-ho // bh), -(-wo // bw)
+            if best is None or th * bh * tw * bw < best[0]:
+                best = (th * bh * tw * bw, sub, lg, th, tw)
+    return best[1:]
+
+
+def tma_box(ho: int, wo: int, tile_m: int = 128) -> tuple[int, int, int]:
+    """(log2 BW, tiles_h, tiles_w): the one BH x BW box of `tile_m` positions with the fewest
+    idle positions over an Ho x Wo frame (the wider box on a tie)."""
+    return tma_boxes(ho, wo, tile_m, 0)[1:]
 
 
 def tma_supported(
@@ -651,8 +662,8 @@ def conv3d_tma_plan(
     waits on each other); sms // cluster by default.
     """
     do, ho, wo = out_shape
-    _, th, tw = tma_box(ho, wo)
-    bm, bn, st = tma_tiles_for(cout, n * do * th * tw, sms)
+    sub, _, th, tw = tma_boxes(ho, wo)
+    bm, bn, st = tma_tiles_for(cout, -(-n * do * th * tw // (1 << sub)), sms)
     if tile_n is not None or tile_m is not None or stages is not None:
         bm, bn = tile_m or 128, tile_n or 128
         st = stages or {(v[0], v[1]): v[2] for v in TMA_VARIANTS}.get((bm, bn), 0)
@@ -663,8 +674,9 @@ def conv3d_tma_plan(
     cl = cluster or (2 if bn > 128 and streamk != 0 else 1)
     if cl not in (1, 2):
         raise InputError(f"cluster must be 1 or 2, got {cl}")
-    lg, th, tw = tma_box(ho, wo, bm)
-    tiles_m = -(-n * do * th * tw // cl) * cl
+    sub, lg, th, tw = tma_boxes(ho, wo, bm)
+    tiles = -(-n * do * th * tw // (1 << sub))  # the last tile's boxes may lie past the batch
+    tiles_m = -(-tiles // cl) * cl
     units = tiles_m * -(-cout // bn) // cl
     slots = sms // cl  # clusters one wave holds
     nk = kernel[0] * kernel[1] * kernel[2] * cin // 64
@@ -692,6 +704,7 @@ def conv3d_tma_plan(
         -(-sk * nk // iters) if sk else 0,
         iters,
         cl,
+        sub,
     )
 
 
@@ -721,13 +734,13 @@ def _conv3d_tma(
 
     n, cin, d, h, w, cout, kt, kh, kw, do, ho, wo, pt, ph, pw, replicate = geometry
     cl = plan.cluster
-    box = (64, 1 << plan.bw_log2, plan.tile_m >> plan.bw_log2, 1, 1)
+    box = (64, 1 << plan.bw_log2, (plan.tile_m >> plan.sub_log2) >> plan.bw_log2, 1, 1)
     ta = driver.encode_tiled(xd.ptr, (cin, w, h, d, n), box)
     tb = driver.encode_tiled(pd.ptr, (kt * kh * kw * cin, cout), (64, plan.tile_n // cl))
     kern = _module_sm90a("conv3d.cu").get_function(plan.kernel)
     kern.max_dynamic_shared_size_bytes = plan.smem
     ints = [n, cin, cout, kt, kh, kw, do, ho, wo, pt, ph, pw, replicate]
-    ints += [plan.bw_log2, plan.tiles_h, plan.tiles_w, plan.tiles_m]
+    ints += [plan.bw_log2, plan.sub_log2, plan.tiles_h, plan.tiles_w, plan.tiles_m]
     c64, c32 = ctypes.c_uint64, ctypes.c_int32
     cupy = _cupy()
     st = _stream(stream)

@@ -241,11 +241,14 @@ TMA_CASES = [
     # 8 x 16 boxes, 8 x 32 or 16 x 16 at m256), Cout 192 (an idle half tile at n128, zero-filled
     # B rows at n256), replicate and zero causal padding; a (1, 3, 3) kernel with symmetric pads
     # and no causal time; and an odd count of position tiles (3), so a cluster's partner tile lies
-    # past the batch.
+    # past the batch. 12 x 40 frames take tiles of four 4 x 8 boxes (4 x 16 at m256): 3 frames x
+    # 15 boxes leave the last tile one box; with replicate padding, each box clamps its own frame.
     ((2, 128, 5, 12, 20), 192, (3, 3, 3), (0, 1, 1, 0, 1, 1), 1),
     ((2, 128, 5, 12, 20), 192, (3, 3, 3), (0, 1, 1, 0, 1, 1), 2),
     ((1, 64, 4, 9, 33), 64, (1, 3, 3), (0, 1, 1, 0, 1, 1), 0),
     ((1, 64, 3, 8, 16), 64, (1, 3, 3), (0, 1, 1, 0, 1, 1), 0),
+    ((1, 64, 3, 12, 40), 64, (1, 3, 3), (0, 1, 1, 0, 1, 1), 0),
+    ((1, 128, 4, 12, 40), 192, (3, 3, 3), (0, 1, 1, 0, 1, 1), 2),
 ]
 
 

@@ -52,21 +52,22 @@ def test_c_launcher_tma_plan_matches_the_harness(tmp_path):
     shapes = [  # (N, Cout, Do, Ho, Wo): the benchmark's video-VAE shapes and odd ones
         (1, 384, 5, 32, 32), (1, 128, 9, 128, 128), (1, 256, 9, 64, 64), (1, 512, 5, 32, 32),
         (1, 384, 5, 60, 104), (1, 192, 9, 120, 208), (2, 320, 3, 40, 72), (1, 64, 4, 9, 33),
-        (1, 96, 17, 90, 160), (4, 1024, 2, 8, 8), (1, 128, 9, 64, 64),
+        (1, 96, 17, 90, 160), (4, 1024, 2, 8, 8), (1, 128, 9, 64, 64), (1, 64, 3, 12, 40),
+        (1, 128, 5, 60, 104), (3, 256, 1, 90, 160),
     ]  # fmt: skip
     for n, cout, d, h, w in shapes:
         for streamk, resident in ((None, 66), (None, 40), (0, 132)):
-            out = (ctypes.c_int * 10)()
+            out = (ctypes.c_int * 11)()
             flag = 1 if streamk is None else 0
             assert plan(n, cout, d, h, w, 132, 54, flag, resident, out) == 0
             p = harness.conv3d_tma_plan(
                 "float16", n, 128, cout, (3, 3, 3), (d, h, w), 132, streamk=streamk,
                 resident=resident,
             )  # fmt: skip
-            want = [p.tile_m, p.tile_n, p.bw_log2, p.tiles_h, p.tiles_w, p.cluster]
+            want = [p.tile_m, p.tile_n, p.bw_log2, p.sub_log2, p.tiles_h, p.tiles_w, p.cluster]
             want += [p.tiles_m, p.dp_tiles, p.sk_tiles, p.sk_ctas]
             assert list(out) == want, (n, cout, d, h, w, streamk, resident)
-    assert plan(1, 0, 1, 1, 1, 132, 54, 1, 66, (ctypes.c_int * 10)()) != 0
+    assert plan(1, 0, 1, 1, 1, 132, 54, 1, 66, (ctypes.c_int * 11)()) != 0
 
 
 @pytest.mark.skipif(

@@ -181,6 +181,12 @@ def test_tma_plan_boxes_tiles_and_streamk():
     assert harness.tma_box(32, 32) == (5, 8, 1)  # 4 x 32 boxes
     assert harness.tma_box(128, 128) == (7, 128, 1)
     assert harness.tma_box(90, 160) == (5, 23, 5)  # 4 x 32: 92 x 160 covered, not 96 x 256
+    # A tile may be 2 or 4 smaller boxes where those leave fewer positions idle: 60 x 104 (Wan's
+    # 480p latent) in 4 x 8 boxes, four to a tile, none idle (16 x 8 boxes cover 64 x 104).
+    assert harness.tma_boxes(60, 104) == (2, 3, 15, 13)
+    assert harness.tma_boxes(90, 160) == (1, 5, 45, 5)  # 2 x 32 boxes, two to a tile
+    assert harness.tma_boxes(120, 208) == (0, 4, 15, 13)  # one 8 x 16 box already fits
+    assert harness.tma_boxes(32, 32) == (0, 5, 8, 1)
     assert harness.tma_supported("float16", True, 384, 384, (1, 1, 1), (1, 1, 1))
     assert not harness.tma_supported("float16", True, 96, 96, (1, 1, 1), (1, 1, 1))  # Cin % 64
     assert not harness.tma_supported("float16", False, 384, 384, (1, 1, 1), (1, 1, 1))
@@ -206,9 +212,14 @@ def test_tma_plan_boxes_tiles_and_streamk():
     assert (p.tiles_m, p.nk, p.dp_tiles, p.sk_tiles, p.sk_ctas) == (9 * 32, 108, 0, 144, 66)
     assert p.sk_ctas * p.sk_iters >= 144 * 108 > (p.sk_ctas - 1) * p.sk_iters
     assert p.workspace_elems == 2 * 66 * (128 * 256 + 1)  # a partial tile and a flag per CTA
-    # A last wave at least 90% full (62 of 66): one cluster per unit.
-    p = harness.conv3d_tma_plan("float16", 1, 384, 384, (3, 3, 3), (5, 60, 104), 132)
+    # A last wave at least 90% full (62 of 66): one cluster per unit (single 16 x 8 boxes here).
+    p = harness.conv3d_tma_plan("float16", 1, 384, 384, (3, 3, 3), (5, 64, 104), 132)
     assert p.kernel.endswith("_m128_n192_s5_c2") and (p.dp_tiles, p.sk_tiles) == (260, 0)
+    # 60 x 104 frames: 975 boxes of 4 x 8 in 244 tiles (the last one box short), 2 x 122 units
+    # of two tiles: stream-K over all of them.
+    p = harness.conv3d_tma_plan("float16", 1, 384, 384, (3, 3, 3), (5, 60, 104), 132)
+    assert (p.sub_log2, p.bw_log2, p.tiles_h, p.tiles_w, p.tiles_m) == (2, 3, 15, 13, 244)
+    assert (p.cluster, p.dp_tiles, p.sk_tiles) == (2, 0, 244)
     # Without stream-K (the C launcher): one CTA per tile.
     p = harness.conv3d_tma_plan("float16", 1, 256, 256, (3, 3, 3), (9, 64, 64), 132, streamk=0)
     assert p.kernel.endswith("_m128_n256_s4") and (p.cluster, p.dp_tiles) == (1, 288)

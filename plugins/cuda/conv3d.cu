@@ -1100,9 +1100,10 @@ struct TmaConvShape {
   int Do, Ho, Wo;
   int pt, ph, pw;
   int replicate;
-  int bw_log2;           // box width BW = 1 << bw_log2 positions; BH = BM / BW rows
+  int bw_log2;           // box width BW = 1 << bw_log2 positions; BH = (BM >> sub_log2) / BW rows
+  int sub_log2;          // a tile is 1 << sub_log2 consecutive boxes (frames of awkward sizes)
   int tiles_h, tiles_w;  // boxes per frame
-  int tiles_m;           // position tiles: N * Do * tiles_h * tiles_w rounded up to CL
+  int tiles_m;           // position tiles: N * Do * tiles_h * tiles_w boxes in tiles, rounded to CL
   int tile0, tiles;      // this launch's units of CL tiles
   int iters;             // (unit, K step) iterations per cluster
 };
@@ -1119,29 +1120,41 @@ struct TmaTiles {
   static constexpr int THREADS = 288;  // two consumer warpgroups + one producer warp
 };
 
-// Where tile `tile` sits: batch n (N past the last tile: a cluster's idle partner), output
-// frame to, box corner (h0, w0), first channel co0.
+// Tile `tile`: its first box (boxes numbered W-fastest over the frames of the batch) and first
+// output channel co0.
 struct TmaTile {
-  int n, to, h0, w0, co0;
+  int box, co0;
 };
-__device__ __forceinline__ TmaTile tma_tile(const TmaConvShape& s, int tile, int bm, int bn) {
-  int m = tile % s.tiles_m;
-  TmaTile t;
-  t.co0 = tile / s.tiles_m * bn;
-  t.w0 = (m % s.tiles_w) << s.bw_log2;
-  m /= s.tiles_w;
-  t.h0 = m % s.tiles_h * (bm >> s.bw_log2);
-  m /= s.tiles_h;
-  t.to = m % s.Do;
-  t.n = m / s.Do;
-  return t;
+__device__ __forceinline__ TmaTile tma_tile(const TmaConvShape& s, int tile, int bn) {
+  return TmaTile{(tile % s.tiles_m) << s.sub_log2, tile / s.tiles_m * bn};
 }
 
-// Output row index (n, to, ho, wo) of tile row r, or -1 past the frame's edge or the batch.
+// Where box `b` of BH rows sits: batch n (N or more past the batch: idle rows of a last tile
+// or of a cluster's partner), output frame to, corner (h0, w0).
+struct TmaBox {
+  int n, to, h0, w0;
+};
+__device__ __forceinline__ TmaBox tma_box_at(const TmaConvShape& s, int b, int bh) {
+  TmaBox x;
+  x.w0 = (b % s.tiles_w) << s.bw_log2;
+  b /= s.tiles_w;
+  x.h0 = b % s.tiles_h * bh;
+  b /= s.tiles_h;
+  x.to = b % s.Do;
+  x.n = b / s.Do;
+  return x;
+}
+
+// Output row index (n, to, ho, wo) of tile row r (box r / PB, position r % PB of PB = BM >>
+// sub_log2), or -1 past the frame's edge or the batch.
+template <int BM>
 __device__ __forceinline__ long long tma_row(const TmaConvShape& s, const TmaTile& t, int r) {
-  const int ho = t.h0 + (r >> s.bw_log2), wo = t.w0 + (r & ((1 << s.bw_log2) - 1));
-  if (ho >= s.Ho || wo >= s.Wo || t.n >= s.N) return -1;
-  return ((static_cast<long long>(t.n) * s.Do + t.to) * s.Ho + ho) * s.Wo + wo;
+  const int pb_log2 = (BM == 256 ? 8 : 7) - s.sub_log2;
+  const int rr = r & ((1 << pb_log2) - 1);
+  const TmaBox x = tma_box_at(s, t.box + (r >> pb_log2), 1 << (pb_log2 - s.bw_log2));
+  const int ho = x.h0 + (rr >> s.bw_log2), wo = x.w0 + (rr & ((1 << s.bw_log2) - 1));
+  if (ho >= s.Ho || wo >= s.Wo || x.n >= s.N) return -1;
+  return ((static_cast<long long>(x.n) * s.Do + x.to) * s.Ho + ho) * s.Wo + wo;
 }
 
 // Stream-K hand-over between the consumer warpgroups (256 threads) of two CTAs. Each thread
@@ -1230,7 +1243,14 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
       // thread's dependent integer chain slower than the tensor cores' step.
       int unit = static_cast<int>(g0 / nk);
       int ks = static_cast<int>(g0 - static_cast<long long>(unit) * nk);
-      TmaTile t = tma_tile(s, unit * CL + rank, BM, BN);
+      // The tile's boxes (up to 4): one TMA load of 64 channels each per K step.
+      const int bh = (BM >> s.sub_log2) >> s.bw_log2;
+      const int nbox = 1 << s.sub_log2;
+      TmaTile t = tma_tile(s, unit * CL + rank, BN);
+      TmaBox bx[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        if (q < nbox) bx[q] = tma_box_at(s, t.box + q, bh);
       const int tap0 = ks / chunks;
       int ci = (ks - tap0 * chunks) << 6;
       int kt = tap0 / hw;
@@ -1242,10 +1262,15 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
         if (i >= STAGES) mbar_wait(empty0 + 8 * stage, (i / STAGES - 1) & 1);
         const unsigned full = full0 + 8 * stage;
         mbar_expect_tx(full, Tiles::STAGE_BYTES);  // own A, and B from every CTA of the cluster
-        int ti = t.to - s.pt + kt;
-        if (ti < 0 && s.replicate) ti = 0;
         const unsigned as = base + stage * Tiles::STAGE_BYTES;
-        tma_load_5d(as, &ta, full, ci, t.w0 - s.pw + kw, t.h0 - s.ph + kh, ti, t.n);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          if (q >= nbox) break;
+          int ti = bx[q].to - s.pt + kt;
+          if (ti < 0 && s.replicate) ti = 0;
+          tma_load_5d(as + q * (Tiles::A_BYTES >> s.sub_log2), &ta, full, ci,
+                      bx[q].w0 - s.pw + kw, bx[q].h0 - s.ph + kh, ti, bx[q].n);
+        }
         if constexpr (CL > 1)  // rows rank * BN / CL ... of B, to every CTA of the cluster
           tma_load_2d_multicast(as + Tiles::A_BYTES + rank * (BN / CL) * 128, &tb, full, ks << 6,
                                 t.co0 + rank * (BN / CL), (1u << CL) - 1);
@@ -1253,7 +1278,10 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
           tma_load_2d(as + Tiles::A_BYTES, &tb, full, ks << 6, t.co0);  // K index = 64 * ks
         if (++ks == nk) {
           ks = ci = kt = kh = kw = 0;
-          t = tma_tile(s, ++unit * CL + rank, BM, BN);
+          t = tma_tile(s, ++unit * CL + rank, BN);
+#pragma unroll
+          for (int q = 0; q < 4; ++q)
+            if (q < nbox) bx[q] = tma_box_at(s, t.box + q, bh);
         } else if ((ci += 64) == s.Cin) {
           ci = 0;
           if (++kw == s.kW) {
@@ -1317,13 +1345,13 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
         stream_k_gather<MW * BN / 2>(acc[0], ws, tid, (cl + 1) * CL + rank, last * CL + rank, CL);
       }
 
-      // Accumulator layout as in conv3d_wgmma; row r of the tile is box position (r / BW, r % BW).
-      const TmaTile t = tma_tile(s, unit * CL + rank, BM, BN);
+      // Accumulator layout as in conv3d_wgmma; row r of the tile is a position of one of its boxes.
+      const TmaTile t = tma_tile(s, unit * CL + rank, BN);
 #pragma unroll
       for (int mh = 0; mh < 2 * MW; ++mh) {
         const int m = mh >> 1, half = mh & 1;
         const int r = wg * (BM / 2) + m * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2) + 8 * half;
-        const long long p = tma_row(s, t, r);
+        const long long p = tma_row<BM>(s, t, r);
         if (p < 0) continue;
 #pragma unroll
         for (int jn = 0; jn < BN / 8; ++jn) {
@@ -1426,14 +1454,14 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
                                                     T* y, LRT_CONV_PARAMS) {                  \
     latentrt::conv3d_wgmma<T, 128, S>(x, wp, bias, y, LRT_CONV_SHAPE);                        \
   }
-#define LRT_TMA_PARAMS                                                                         \
-  int N, int Cin, int Cout, int kT, int kH, int kW, int Do, int Ho, int Wo, int pt, int ph, int pw,     \
-      int replicate, int bw_log2, int tiles_h, int tiles_w, int tiles_m, int tile0, int tiles,   \
-      int iters
-#define LRT_CONV_TMA_SHAPE                                                                     \
-  latentrt::TmaConvShape {                                                                     \
-    N, Cin, Cout, kT, kH, kW, Do, Ho, Wo, pt, ph, pw, replicate, bw_log2, tiles_h, tiles_w,    \
-        tiles_m, tile0, tiles, iters                                                           \
+#define LRT_TMA_PARAMS                                                                        \
+  int N, int Cin, int Cout, int kT, int kH, int kW, int Do, int Ho, int Wo, int pt, int ph,  \
+      int pw, int replicate, int bw_log2, int sub_log2, int tiles_h, int tiles_w, int tiles_m, \
+      int tile0, int tiles, int iters
+#define LRT_CONV_TMA_SHAPE                                                                    \
+  latentrt::TmaConvShape {                                                                    \
+    N, Cin, Cout, kT, kH, kW, Do, Ho, Wo, pt, ph, pw, replicate, bw_log2, sub_log2, tiles_h,  \
+        tiles_w, tiles_m, tile0, tiles, iters                                                 \
   }
 #define LRT_CONV_TMA(T, SUF, BM, BN, S, MINB)                                                  \
   extern "C" __global__ void __launch_bounds__(288, MINB)                                      \
@@ -1615,19 +1643,25 @@ struct ConvKernels<__nv_bfloat16> {
   static void* pack() { return reinterpret_cast<void*>(latentrt_conv3d_pack_bf16); }
 };
 
-// The BH x BW box (BH * BW = bm) covering an Ho x Wo frame with the fewest idle positions (the
-// TMA and the small-Cin kernels' tiles).
-void tma_box(int ho, int wo, int bm, int* bw_log2, int* tiles_h, int* tiles_w) {
+// The BH x BW boxes covering an Ho x Wo frame with the fewest idle positions, a tile of bm
+// positions being 1 << sub_log2 boxes (sub_log2 <= max_sub_log2); on a tie the fewest boxes, then
+// the widest (the TMA and the small-Cin kernels' tiles).
+void tma_box(int ho, int wo, int bm, int max_sub_log2, int* sub_log2, int* bw_log2, int* tiles_h,
+             int* tiles_w) {
   long long best = -1;
-  for (int lg = bm == 256 ? 8 : 7; lg >= 3; --lg) {
-    const int bw = 1 << lg, bh = bm >> lg;
-    const int th = (ho + bh - 1) / bh, tw = (wo + bw - 1) / bw;
-    const long long area = static_cast<long long>(th) * bh * tw * bw;
-    if (best < 0 || area < best) {
-      best = area;
-      *bw_log2 = lg;
-      *tiles_h = th;
-      *tiles_w = tw;
+  for (int sub = 0; sub <= max_sub_log2; ++sub) {
+    const int pb = bm >> sub;
+    for (int lg = (pb == 256 ? 8 : pb == 128 ? 7 : pb == 64 ? 6 : 5); lg >= 3; --lg) {
+      const int bw = 1 << lg, bh = pb >> lg;
+      const int th = (ho + bh - 1) / bh, tw = (wo + bw - 1) / bw;
+      const long long area = static_cast<long long>(th) * bh * tw * bw;
+      if (best < 0 || area < best) {
+        best = area;
+        *sub_log2 = sub;
+        *bw_log2 = lg;
+        *tiles_h = th;
+        *tiles_w = tw;
+      }
     }
   }
 }
@@ -1691,7 +1725,7 @@ bool encode_tiled(CUtensorMap* map, const void* ptr, int rank, const cuuint64_t*
 // per tile, stream-K for a last wave under a quarter of the SMs after full ones. `resident`
 // bounds the stream-K clusters (they wait on each other).
 struct TmaLaunchPlan {
-  int bm, bn, bw_log2, tiles_h, tiles_w, cluster;
+  int bm, bn, bw_log2, sub_log2, tiles_h, tiles_w, cluster;
   int tiles_m;                          // position tiles, rounded up to the cluster
   int dp_units, sk_units, sk_ctas, sk_iters;  // units of `cluster` tiles; sk_ctas: clusters
 };
@@ -1702,17 +1736,19 @@ TmaLaunchPlan tma_launch_plan(int n, int cout, int frames, int ho, int wo, int s
   TmaLaunchPlan p{};
   p.bn = pad256 <= pad192 && pad256 <= pad128 ? 256 : pad192 <= pad128 ? 192 : 128;
   p.bm = p.bn == 128 ? 256 : 128;
-  tma_box(ho, wo, 128, &p.bw_log2, &p.tiles_h, &p.tiles_w);
-  const long long m128 = static_cast<long long>(n) * frames * p.tiles_h * p.tiles_w;
+  tma_box(ho, wo, 128, 2, &p.sub_log2, &p.bw_log2, &p.tiles_h, &p.tiles_w);
+  const long long m128 =
+      (static_cast<long long>(n) * frames * p.tiles_h * p.tiles_w + (1 << p.sub_log2) - 1) >>
+      p.sub_log2;
   if (p.bn == 128 && m128 * 128 / p.bm * ((cout + 127) / 128) < sms &&
       m128 * ((cout + 127) / 128) <= sms) {
     p.bm = 128;  // a 128-channel grid under one wave: 128 x 128 tiles, two CTAs per SM
     p.bn = 128;
   }
-  tma_box(ho, wo, p.bm, &p.bw_log2, &p.tiles_h, &p.tiles_w);
+  tma_box(ho, wo, p.bm, 2, &p.sub_log2, &p.bw_log2, &p.tiles_h, &p.tiles_w);
   const int cl = p.cluster = p.bn > 128 && streamk ? 2 : 1;
-  const long long tiles_m = (static_cast<long long>(n) * frames * p.tiles_h * p.tiles_w + cl - 1) /
-                            cl * cl;
+  const long long boxes = static_cast<long long>(n) * frames * p.tiles_h * p.tiles_w;
+  const long long tiles_m = (((boxes + (1 << p.sub_log2) - 1) >> p.sub_log2) + cl - 1) / cl * cl;
   const long long units = tiles_m * ((cout + p.bn - 1) / p.bn) / cl;
   p.tiles_m = static_cast<int>(tiles_m < 0x7fffffffLL ? tiles_m : 0x7fffffffLL);
   const long long slots = sms / cl, rem = units % slots;
@@ -1759,13 +1795,14 @@ int launch_conv3d_tma(const T* x, const T* wp, const T* bias, T* y, int n, int c
     plan = tma_launch_plan(n, cout, g.Do, g.Ho, g.Wo, sms, nk, streamk, resident);
   }
   const long long units = static_cast<long long>(plan.dp_units) + plan.sk_units;
-  if (units * cl > 0x7fffffffLL || plan.tiles_m == 0x7fffffff) return cudaErrorInvalidValue;
+  const long long boxes = static_cast<long long>(plan.tiles_m) << plan.sub_log2;
+  if (units * cl > 0x7fffffffLL || boxes >= 0x7fffffffLL) return cudaErrorInvalidValue;
   CUtensorMap ta, tb;
   const cuuint64_t adims[5] = {static_cast<cuuint64_t>(cin), static_cast<cuuint64_t>(w),
                                static_cast<cuuint64_t>(h), static_cast<cuuint64_t>(d),
                                static_cast<cuuint64_t>(n)};
-  const cuuint32_t abox[5] = {64, 1u << plan.bw_log2, static_cast<cuuint32_t>(bm) >> plan.bw_log2,
-                              1, 1};
+  const cuuint32_t abox[5] = {64, 1u << plan.bw_log2,
+                              (static_cast<cuuint32_t>(bm) >> plan.sub_log2) >> plan.bw_log2, 1, 1};
   const cuuint64_t bdims[2] = {static_cast<cuuint64_t>(kt) * kh * kw * cin,
                                static_cast<cuuint64_t>(cout)};
   const cuuint32_t bbox[2] = {64, static_cast<cuuint32_t>(bn / cl)};  // a cluster shares B
@@ -1774,11 +1811,13 @@ int launch_conv3d_tma(const T* x, const T* wp, const T* bias, T* y, int n, int c
   float* wsf = nullptr;
   int N = n, Cin = cin, Cout = cout, kT = kt, kH = kh, kW = kw, Do = g.Do, Ho = g.Ho, Wo = g.Wo;
   int pt = g.pt, ph = g.ph, pw = g.pw, rep = replicate, bw_log2 = plan.bw_log2;
+  int sub_log2 = plan.sub_log2;
   int tiles_h = plan.tiles_h, tiles_w = plan.tiles_w, tm = plan.tiles_m;
   int tile0 = 0, count = plan.dp_units, iters = nk;
-  void* args[] = {&ta, &tb, &bias, &y,  &wsf, &N,  &Cin,     &Cout,    &kT,      &kH,
-                  &kW, &Do, &Ho,   &Wo, &pt,  &ph, &pw,      &rep,     &bw_log2, &tiles_h,
-                  &tiles_w, &tm,   &tile0,    &count,        &iters};
+  void* args[] = {&ta,    &tb,      &bias,    &y,        &wsf, &N,     &Cin,  &Cout,
+                  &kT,    &kH,      &kW,      &Do,       &Ho,  &Wo,    &pt,   &ph,
+                  &pw,    &rep,     &bw_log2, &sub_log2, &tiles_h, &tiles_w, &tm, &tile0,
+                  &count, &iters};
   if (plan.dp_units > 0) {
     err = cudaLaunchKernel(k, dim3(static_cast<unsigned>(plan.dp_units) * cl), dim3(threads), args,
                            smem, stream);
@@ -1814,7 +1853,8 @@ bool smallc_plan(int n, int cin, int cout, int kt, int kh, int kw, const int* st
                  const int* dil, const ConvGeometry& g, int sms, int smem_limit, SmallcPlan* p) {
   p->kp = (kt * kh * kw * cin + 15) / 16 * 16;
   if (p->kp > latentrt::SmallcTiles<128>::MAX_K) return false;
-  tma_box(g.Ho, g.Wo, 128, &p->bw_log2, &p->tiles_h, &p->tiles_w);
+  int one_box = 0;
+  tma_box(g.Ho, g.Wo, 128, 0, &one_box, &p->bw_log2, &p->tiles_h, &p->tiles_w);
   const latentrt::SmallcHalo hl(kt, kh, kw, dil[0], dil[1], dil[2], strides[1], strides[2],
                                 128 >> p->bw_log2, 1 << p->bw_log2);
   const long long halo = static_cast<long long>(hl.t) * hl.h * hl.w * cin;
@@ -1841,7 +1881,8 @@ struct NarrowPlan {
 bool narrow_plan(int n, int cin, int cout, int kt, int kh, int kw, const int* strides,
                  const int* dil, const ConvGeometry& g, int smem_limit, NarrowPlan* p) {
   if (cin % 8 != 0 || cout > latentrt::NarrowTiles::BM) return false;
-  tma_box(g.Ho, g.Wo, 128, &p->bw_log2, &p->tiles_h, &p->tiles_w);
+  int one_box = 0;
+  tma_box(g.Ho, g.Wo, 128, 0, &one_box, &p->bw_log2, &p->tiles_h, &p->tiles_w);
   const latentrt::SmallcHalo hl(kt, kh, kw, dil[0], dil[1], dil[2], strides[1], strides[2],
                                 128 >> p->bw_log2, 1 << p->bw_log2);
   const long long pixels = static_cast<long long>(hl.t) * hl.h * hl.w;
@@ -2014,18 +2055,18 @@ extern "C" int latentrt_conv3d_output_shape(int d, int h, int w, int kt, int kh,
 
 #if defined(LATENTRT_SM90A)
 // The TMA kernel's plan for a channels-last shape with K steps nk, stream-K allowed or not and
-// `resident` clusters at most: out10 = {tile_m, tile_n, log2 box width, boxes per frame height,
-// boxes per frame width, cluster size, position tiles, one-per-cluster units, stream-K units,
-// stream-K clusters}. Host-only, so CPU tests can hold it against plugins/harness.py.
+// `resident` clusters at most: out11 = {tile_m, tile_n, log2 box width, log2 boxes per tile,
+// boxes per frame height, boxes per frame width, cluster size, position tiles, one-per-cluster
+// units, stream-K units, stream-K clusters}. Host-only, so CPU tests can hold it against plugins/harness.py.
 extern "C" int latentrt_conv3d_tma_plan(int n, int cout, int frames, int ho, int wo, int sms,
-                                        int nk, int streamk, int resident, int* out10) {
+                                        int nk, int streamk, int resident, int* out11) {
   if (n <= 0 || cout <= 0 || frames <= 0 || ho <= 0 || wo <= 0 || sms <= 0 || nk <= 0 ||
       resident <= 0)
     return cudaErrorInvalidValue;
   const TmaLaunchPlan p = tma_launch_plan(n, cout, frames, ho, wo, sms, nk, streamk != 0, resident);
-  const int v[10] = {p.bm,      p.bn,       p.bw_log2,  p.tiles_h,  p.tiles_w,
-                     p.cluster, p.tiles_m,  p.dp_units, p.sk_units, p.sk_ctas};
-  for (int i = 0; i < 10; ++i) out10[i] = v[i];
+  const int v[11] = {p.bm,      p.bn,      p.bw_log2,  p.sub_log2, p.tiles_h, p.tiles_w,
+                     p.cluster, p.tiles_m, p.dp_units, p.sk_units, p.sk_ctas};
+  for (int i = 0; i < 11; ++i) out11[i] = v[i];
   return 0;
 }
 #endif

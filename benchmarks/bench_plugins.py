@@ -238,22 +238,28 @@ def bench_conv(cases, dtypes, channels_last=False) -> list[str]:
             t_r, _ = _time_graph(reference)
             flops = 2.0 * n * cout * cin * 27 * d * h * w
             pad_mb = n * cin * (d + 2) * h * w * 2 / 2**20
-            sms = torch.cuda.get_device_properties(0).multi_processor_count
+            props = torch.cuda.get_device_properties(0)
+            sms, one = props.multi_processor_count, (1, 1, 1)
+            dhw = (d, h, w)
+            via = not channels_last and harness.layout_change_bytes(
+                dt, n, cin, cout, (3, 3, 3), dhw, dhw, one, one, sms,
+                props.shared_memory_per_block_optin, _hopper(),
+            )  # fmt: skip
+            last = channels_last or bool(via)
             plan = harness.conv3d_plan(
-                dt, channels_last, n, cin, cout, 27, d * h * w, True, sms, wgmma=_hopper()
+                dt, last, n, cin, cout, 27, d * h * w, True, sms, wgmma=_hopper()
             )
             if plan.kernel.startswith("latentrt_conv3d_direct"):  # as harness.conv3d picks
-                one = (1, 1, 1)
                 small = harness.conv3d_smallc_plan(
-                    dt, channels_last, n, cin, cout, (3, 3, 3), (d, h, w), one, one, sms
-                ) or harness.conv3d_narrow_plan(
-                    dt, channels_last, n, cin, cout, (3, 3, 3), (d, h, w), one, one
-                )
+                    dt, last, n, cin, cout, (3, 3, 3), dhw, one, one, sms
+                ) or harness.conv3d_narrow_plan(dt, last, n, cin, cout, (3, 3, 3), dhw, one, one)
                 plan = plan if small is None else small
+            kernel = plan.kernel.removeprefix("latentrt_conv3d_")
+            kernel = f"via NDHWC: {kernel}" if via else kernel
             rows.append(
                 f"| {'x'.join(map(str, shape))} | {cout} | {layout} | {dt} | {t_f:.4f} "
                 f"| {t_r:.4f} | {t_r / t_f:.2f}x | {flops / (t_f * 1e-3) / 1e12:.1f} "
-                f"| {pad_mb:.1f} | {plan.kernel.removeprefix('latentrt_conv3d_')} | {mode_f} |"
+                f"| {pad_mb:.1f} | {kernel} | {mode_f} |"
             )
             print(rows[-1], flush=True)
             torch.cuda.empty_cache()
@@ -445,6 +451,11 @@ def main() -> None:
         "--conv-small", action="store_true", help="Conv3d with few input or output channels only"
     )
     ap.add_argument(
+        "--conv-layouts",
+        action="store_true",
+        help="channels-first Conv3d: channels-first kernels vs channels-last copies only",
+    )
+    ap.add_argument(
         "--only", default="", help="Conv3d cases whose input shape (e.g. 1x384x5x60x104) has this"
     )
     args = ap.parse_args()
@@ -481,6 +492,13 @@ def main() -> None:
         cases = [c for c in conv_cases + TMA_EXTRA_CASES if args.only in "x".join(map(str, c[0]))]
         print("\n".join(sweep_conv_tma(cases)))
         return
+    if args.conv_layouts:
+        cases = conv_cases + TMA_EXTRA_CASES + SMALL_CHANNEL_CASES[3:]
+        cases = [c for c in cases if args.only in "x".join(map(str, c[0]))]
+        rows = bench_layout_change(cases)
+        print("\n# channels-first summary (float16)\n")
+        print("\n".join(rows))
+        return
     if args.conv_small:
         rows = bench_conv(SMALL_CHANNEL_CASES, ["float16", "bfloat16"])
         rows += bench_conv(SMALL_CHANNEL_CASES, ["float16", "bfloat16"], channels_last=True)[2:]
@@ -504,6 +522,47 @@ def main() -> None:
     print()
     print("\n".join(sweep))
     conv_tables(conv_cases)
+
+
+def bench_layout_change(cases, dt: str = "float16") -> list[str]:
+    """Channels-first Conv3d: the channels-first kernels, and channels-last copies around a
+    channels-last kernel (what harness.conv3d picks where layout_change_bytes > 0), against pad +
+    cuDNN on the same NCDHW tensors; the channels-last kernel on channels-last inputs for the
+    copies' cost."""
+    torch.backends.cudnn.benchmark = True
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    optin = torch.cuda.get_device_properties(0).shared_memory_per_block_optin
+    rows = [
+        "| x | Cout | pad+cuDNN ms | channels-first kernels ms | via channels-last ms "
+        "| channels-last input ms | via / pad+cuDNN | kept / pad+cuDNN | copies MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for shape, cout in cases:
+        n, cin, d, h, w = shape
+        one = (1, 1, 1)
+        args = (n, cin, cout, (3, 3, 3), (d, h, w), (d, h, w), one, one, sms, optin, _hopper())
+        lb = harness.layout_change_bytes(dt, *args)
+        xs, xin, outs, wt, packed, bias = _conv_inputs(shape, cout, getattr(torch, dt), False)
+        reference = [partial(_pad_conv_torch, x, wt, bias) for x in xs]
+        reference[0]()
+        t_r = _time_graph(reference)[0]
+        t_kept = _time_graph(_fused_calls(xin, outs, packed, bias, "NCDHW", layout_change=False))[0]
+        t_via = t_last = float("nan")
+        if lb:
+            calls = _fused_calls(xin, outs, packed, bias, "NCDHW", layout_change=True)
+            t_via = _time_graph(calls)[0]
+            del xs, xin, outs
+            torch.cuda.empty_cache()
+            xs, xin, outs, wt, packed, bias = _conv_inputs(shape, cout, getattr(torch, dt), True)
+            t_last = _time_graph(_fused_calls(xin, outs, packed, bias, "NDHWC"))[0]
+        rows.append(
+            f"| {'x'.join(map(str, shape))} | {cout} | {t_r:.4f} | {t_kept:.4f} | {t_via:.4f} "
+            f"| {t_last:.4f} | {t_r / t_via:.2f}x | {t_r / t_kept:.2f}x | {lb / 2**20:.1f} |"
+        )
+        print(rows[-1], flush=True)
+        del xs, xin, outs
+        torch.cuda.empty_cache()
+    return rows
 
 
 # RGB input convs (video-VAE encoders: 17 frames at 64 and 256 px; 9 frames at 480 x 832 into

@@ -2,8 +2,8 @@
 # GPU run for the plugin kernels: environment, nvcc resource report, gpu tests, benchmarks.
 # Usage (repository root, on the GPU machine): bash benchmarks/gpu_plugins.sh [--quick]
 # SKIP_NCU=1 skips the Nsight Compute pass, SKIP_PTXAS=1 the resource report; NCU_KERNELS
-# picks the kernels ncu captures (a regex), PYTEST_K the GPU tests (pytest -k), BENCH_TIMEOUT
-# the benchmark's time limit in seconds (240).
+# picks the kernels ncu captures (a regex), PYTEST_K the GPU tests (pytest -k) and PYTEST_FILES
+# their files, BENCH_TIMEOUT the benchmark's time limit in seconds (240).
 # Logs go to $OUT (default /tmp/latentrt_plugins_out).
 set -uo pipefail
 OUT=${OUT:-/tmp/latentrt_plugins_out}
@@ -28,7 +28,7 @@ export PYTHONPATH=$PKG${PYTHONPATH:+:$PYTHONPATH}
     | grep -E "Compiling entry|Used|spill" | grep -v " 0 bytes spill" >> "$OUT/ptxas.txt"
 done
 
-timeout 280 python3 -P -m pytest --import-mode=append -q -m gpu tests/test_plugins_cuda.py \
+timeout 280 python3 -P -m pytest --import-mode=append -q -m gpu ${PYTEST_FILES:-tests/test_plugins_cuda.py} \
   ${PYTEST_K:+-k "$PYTEST_K"} -rfE 2>&1 | tee "$OUT/pytest_gpu.txt"
 timeout "${BENCH_TIMEOUT:-240}" python3 -P benchmarks/bench_plugins.py "$@" 2>&1 | tee "$OUT/bench.txt"
 

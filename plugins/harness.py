@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import shutil
 import subprocess
@@ -764,6 +765,50 @@ def _conv3d_tma(
             driver.launch(kern.kernel.ptr, (ctas, 1, 1), 288, plan.smem, st.ptr, args)
 
 
+def layout_change_bytes(
+    dtype: str,
+    n: int,
+    cin: int,
+    cout: int,
+    kernel: tuple[int, int, int],
+    in_dhw: tuple[int, int, int],
+    out_dhw: tuple[int, int, int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    sms: int,
+    smem_limit: int,
+    hopper: bool,
+) -> int:
+    """Bytes of the channels-last copies (input and output, each 256-byte aligned) through which
+    a channels-first Conv3d runs faster, or 0 where the channels-first kernels run it: fp16/bf16
+    with Cin % 8 == 0, where a channels-last kernel the channels-first side lacks applies
+    (Hopper's wgmma/TMA ones with Cout % 8 == 0, or the narrow-output one) and the small-Cin
+    kernel does not. Mirrors layout_change_bytes in conv3d.cu."""
+    dhw, positions = math.prod(in_dhw), math.prod(out_dhw)
+    if dtype == "float32" or cin % 8 or dhw >= 2**31 or positions >= 2**31:
+        return 0
+    args = (n, cin, cout, kernel, out_dhw, strides, dilations)
+    if conv3d_smallc_plan(dtype, False, *args, sms, smem_limit) is not None:
+        return 0
+    if (
+        not (hopper and cout % 8 == 0)
+        and conv3d_narrow_plan(dtype, True, *args, smem_limit) is None
+    ):
+        return 0
+    return -(-2 * n * cin * dhw // 256) * 256 + -(-2 * n * cout * positions // 256) * 256
+
+
+def _transpose_2b(src: _Dev, dst: _Dev, batch: int, rows: int, cols: int, stream: Any) -> None:
+    """[batch, rows, cols] -> [batch, cols, rows] of 16-bit elements (latentrt_transpose_2b*)."""
+    pairs = rows % 2 == 0 == cols % 2 and src.ptr % 4 == 0 == dst.ptr % 4
+    kern = _module("conv3d.cu").get_function(
+        "latentrt_transpose_2b_pairs" if pairs else "latentrt_transpose_2b"
+    )
+    grid = (-(-rows // 64) * -(-cols // 64), batch, 1)
+    with _stream(stream):
+        kern(grid, (256,), (_p(src.ptr), _p(dst.ptr), _i(rows), _i(cols)))
+
+
 def pack_conv3d_weights(w: Any, out: Any = None, stream: Any = None) -> Any:
     """Repack (Cout, Cin, kT, kH, kW) weights to the kernels' (Cout, kT, kH, kW, Cin)."""
     wd = _describe(w, "w")
@@ -801,6 +846,7 @@ def conv3d(
     workspace: Any = None,
     tile_m: int | None = None,
     cluster: int | None = None,
+    layout_change: bool | None = None,
 ) -> Any:
     """Conv3d with fused causal padding on the GPU; returns `out` (allocated when None).
 
@@ -810,7 +856,9 @@ def conv3d(
     `tile_m` (TMA kernel: 128 or 256 positions), `cluster` (TMA kernel: 2 pairs position tiles
     that share B by multicast) and `streamk` (TMA kernel: how many of the last units stream-K
     shares) force the plan (tests, sweeps); stream-K hands partial sums over through a float32
-    `workspace`, allocated when None.
+    `workspace`, allocated when None. A channels-first input runs through channels-last copies
+    where layout_change_bytes says a channels-last kernel is faster (`layout_change` False keeps
+    the channels-first kernels, True demands the copies).
     """
     cupy = _cupy()
     if layout not in ("NCDHW", "NDHWC"):
@@ -849,6 +897,20 @@ def conv3d(
     dev = cupy.cuda.runtime.getDevice()
     sms, optin = _device_limits(dev)
     aligned = xd.ptr % 16 == 0 and pd.ptr % 16 == 0 and yd.ptr % 16 == 0
+    if not last and layout_change is not False:
+        args = (n, cin, cout, (kt, kh, kw), (d, h, wd_), (do, ho, wo), strides, dilations)
+        if layout_change_bytes(xd.dtype, *args, sms, optin, _has_wgmma(dev)):
+            xl = _output(xd, (n, d, h, wd_, cin), None, "x's channels-last copy")
+            yl = _output(xd, (n, do, ho, wo, cout), None, "out's channels-last copy")
+            _transpose_2b(xd, xl, n, cin, d * h * wd_, stream)
+            forced = dict(tile_n=tile_n, stages=stages, tma=tma, streamk=streamk)
+            forced.update(workspace=workspace, tile_m=tile_m, cluster=cluster)
+            conv3d(xl.obj, packed, b, pads, strides, dilations, causal_time, "NDHWC", yl.obj,
+                   stream, weights_packed=True, **forced)  # fmt: skip
+            _transpose_2b(yl, yd, n, positions, cout, stream)
+            return yd.obj
+    if layout_change:
+        raise InputError("no channels-last kernel runs this Conv3d faster on this GPU")
     use_tma = (
         _has_wgmma(dev) and aligned and tma_supported(xd.dtype, last, cin, cout, strides, dilations)
     )

@@ -381,6 +381,8 @@ class PluginLibrary:
                 fn.restype = _I
         self.lib.latentrt_conv3d_streamk_workspace_bytes.argtypes = []
         self.lib.latentrt_conv3d_streamk_workspace_bytes.restype = ctypes.c_longlong
+        self.lib.latentrt_conv3d_workspace_bytes.argtypes = [_I] * 10 + [ints, ints, ints, _I, _I]
+        self.lib.latentrt_conv3d_workspace_bytes.restype = ctypes.c_longlong
 
     def streamk_workspace_bytes(self) -> int:
         """Workspace bytes past the packed weights that let Conv3d use stream-K on the current
@@ -389,6 +391,28 @@ class PluginLibrary:
         if n < 0:
             raise BackendError("cannot query the current CUDA device for the Conv3d workspace")
         return n
+
+    def conv3d_spare_workspace_bytes(
+        self,
+        attrs: Conv3dAttrs,
+        dtype: str,
+        x_shape: Sequence[int],
+        w_shape: Sequence[int],
+        channels_last: bool,
+    ) -> int:
+        """Workspace bytes past the packed weights that let this Conv3d run its fastest way on
+        the current device: channels-last copies of a channels-first input where a channels-last
+        kernel is faster, and stream-K."""
+        n, cin, d, h, w = (int(s) for s in x_shape)
+        cout, _, kt, kh, kw = (int(s) for s in w_shape)
+        nb = self.lib.latentrt_conv3d_workspace_bytes(
+            _ITEMSIZE[dtype], n, cin, d, h, w, cout, kt, kh, kw, (_I * 6)(*attrs.pads),
+            (_I * 3)(*attrs.strides), (_I * 3)(*attrs.dilations), attrs.causal_time,
+            _LAYOUT_CHANNELS_LAST if channels_last else _LAYOUT_CHANNELS_FIRST,
+        )  # fmt: skip
+        if nb < 0:
+            raise BackendError(f"Conv3d: no workspace size for x {tuple(x_shape)}, w {w_shape}")
+        return nb
 
     def call(self, name: str, dtype: str, *args: Any) -> None:
         """Call launcher `latentrt_<name>_<dtype suffix>`; a nonzero cudaError_t raises."""
@@ -449,7 +473,8 @@ def run_conv3d(
 ) -> None:
     """Repack w into `workspace` (conv3d_workspace_bytes), then launch Conv3d on x and y in
     NCDHW, or NDHWC with `channels_last` (x_shape is NCDHW either way). Workspace bytes past
-    the packed weights (`workspace_bytes` in all) go to stream-K."""
+    the packed weights (`workspace_bytes` in all) go to the launcher: channels-last copies of a
+    channels-first input, stream-K (PluginLibrary.conv3d_spare_workspace_bytes)."""
     n, cin, d, h, wd = (int(s) for s in x_shape)
     cout, wcin, kt, kh, kw = (int(s) for s in w_shape)
     if wcin != cin:
@@ -627,13 +652,19 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
             return conv3d_channels_last_positions(dims(descs[1].dims), num_inputs)
 
         def get_workspace_size(self, inputs: list, outputs: list) -> int:
-            return conv3d_workspace_bytes(
-                dims(inputs[1].max),
-                dtype_names[inputs[0].desc.type],
-                self.library.streamk_workspace_bytes(),
+            dtype, w_shape = dtype_names[inputs[0].desc.type], dims(inputs[1].max)
+            last = inputs[0].desc.format == trt.TensorFormat.DHWC8
+            spare = self.library.conv3d_spare_workspace_bytes(
+                self.attrs, dtype, dims(inputs[0].max), w_shape, last
             )
+            return conv3d_workspace_bytes(w_shape, dtype, spare)
 
         def enqueue(self, in_desc, out_desc, inputs, outputs, workspace, stream) -> None:
+            dtype, w_shape = dtype_names[in_desc[0].type], dims(in_desc[1].dims)
+            last = in_desc[0].format == trt.TensorFormat.DHWC8
+            spare = self.library.conv3d_spare_workspace_bytes(
+                self.attrs, dtype, dims(in_desc[0].dims), w_shape, last
+            )
             run_conv3d(
                 self.library,
                 self.attrs,
@@ -646,12 +677,8 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
                 outputs[0],
                 workspace,
                 stream,
-                channels_last=in_desc[0].format == trt.TensorFormat.DHWC8,
-                workspace_bytes=conv3d_workspace_bytes(
-                    dims(in_desc[1].dims),
-                    dtype_names[in_desc[0].type],
-                    self.library.streamk_workspace_bytes(),
-                ),
+                channels_last=last,
+                workspace_bytes=conv3d_workspace_bytes(w_shape, dtype, spare),
             )
 
     return {

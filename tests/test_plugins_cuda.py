@@ -135,10 +135,13 @@ def _case_id(case):
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("layout", ["NCDHW", "NDHWC"])
+@pytest.mark.parametrize("layout", ["NCDHW", "NCDHW-kept", "NDHWC"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=_case_id)
 def test_conv3d_video_vae_shapes(harness, gen, case, layout, dtype):
+    """NCDHW runs through channels-last copies where they pay (on Hopper, most 16-bit cases);
+    NCDHW-kept keeps the channels-first kernels."""
     shape, cout, k, pads, strides, dil, causal = case
+    kept, layout = layout.endswith("-kept"), layout.removesuffix("-kept")
     last = layout == "NDHWC"
     xshape = (shape[0], *shape[2:], shape[1]) if last else shape
     fan_in = shape[1] * k[0] * k[1] * k[2]
@@ -147,7 +150,9 @@ def test_conv3d_video_vae_shapes(harness, gen, case, layout, dtype):
     b = _rand((cout,), dtype, gen, 0.1)
     ref = _conv_ref(x, w, b, pads, strides, dil, causal, last)
     out = _poisoned(tuple(ref.shape), dtype)
-    harness.conv3d(x, w, b, pads, strides, dil, causal, layout, out=out)
+    harness.conv3d(
+        x, w, b, pads, strides, dil, causal, layout, out=out, layout_change=not kept and None
+    )
     _check(out, ref, dtype)
 
 
@@ -221,18 +226,25 @@ NARROW_CASES = [
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["NDHWC", "NCDHW"])
 @pytest.mark.parametrize("case", NARROW_CASES, ids=_case_id)
-def test_conv3d_narrow_output(harness, gen, case, dtype):
+def test_conv3d_narrow_output(harness, gen, case, layout, dtype):
+    """Channels-last directly; channels-first through channels-last copies (Cout 5 and 3 x 5 x 9
+    outputs make odd transposes, element by element)."""
     shape, cout, k, pads, strides, dil, causal = case
-    x = _rand((shape[0], *shape[2:], shape[1]), dtype, gen)
+    last = layout == "NDHWC"
+    x = _rand((shape[0], *shape[2:], shape[1]) if last else shape, dtype, gen)
     w = _rand((cout, shape[1], *k), dtype, gen, (shape[1] * k[0] * k[1] * k[2]) ** -0.5)
     b = _rand((cout,), dtype, gen, 0.1)
-    ref = _conv_ref(x, w, b, pads, strides, dil, causal, True)
-    args = (dtype, True, shape[0], shape[1], cout, k, tuple(ref.shape[1:4]), strides, dil)
+    ref = _conv_ref(x, w, b, pads, strides, dil, causal, last)
+    out_dhw = tuple(ref.shape[1:4] if last else ref.shape[2:5])
+    args = (dtype, True, shape[0], shape[1], cout, k, out_dhw, strides, dil)
     plan = harness.conv3d_narrow_plan(*args)
     assert plan is not None and "narrow" in plan.kernel
     out = _poisoned(tuple(ref.shape), dtype)
-    harness.conv3d(x, w, b, pads, strides, dil, causal, "NDHWC", out=out)
+    harness.conv3d(
+        x, w, b, pads, strides, dil, causal, layout, out=out, layout_change=not last or None
+    )
     _check(out, ref, dtype)
 
 
@@ -310,6 +322,8 @@ def launcher_lib(tmp_path_factory, harness):
         pk.argtypes = [vp, vp, i, i, i, vp]
         pk.restype = i
     lib.latentrt_conv3d_streamk_workspace_bytes.restype = ctypes.c_longlong
+    lib.latentrt_conv3d_workspace_bytes.argtypes = [i] * 10 + [ip, ip, ip, i, i]
+    lib.latentrt_conv3d_workspace_bytes.restype = ctypes.c_longlong
     return lib
 
 
@@ -349,20 +363,25 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
 
 
 @pytest.mark.parametrize(
-    ("case", "layout", "dtype", "streamk"),
+    ("case", "layout", "dtype", "ws_mode"),
     [
-        (CONV_CASES[0], "NCDHW", "float16", True),
-        (CONV_CASES[2], "NDHWC", "bfloat16", True),
-        (CONV_CASES[2], "NDHWC", "float16", False),
-        (CONV_CASES[3], "NCDHW", "float32", True),
-        (CONV_CASES[3], "NDHWC", "float16", True),
-        (CONV_CASES[6], "NDHWC", "float16", True),
-        (CONV_CASES[1], "NDHWC", "float16", True),
-        (SMALLC_CASES[1], "NCDHW", "bfloat16", False),
-        (NARROW_CASES[2], "NDHWC", "float16", False),
+        (CONV_CASES[0], "NCDHW", "float16", "streamk"),
+        (CONV_CASES[2], "NDHWC", "bfloat16", "streamk"),
+        (CONV_CASES[2], "NDHWC", "float16", None),
+        (CONV_CASES[3], "NCDHW", "float32", "full"),
+        (CONV_CASES[3], "NDHWC", "float16", "full"),
+        (CONV_CASES[6], "NDHWC", "float16", "streamk"),
+        (CONV_CASES[1], "NDHWC", "float16", "streamk"),
+        (SMALLC_CASES[1], "NCDHW", "bfloat16", None),
+        (NARROW_CASES[2], "NDHWC", "float16", None),
+        (CONV_CASES[0], "NCDHW", "bfloat16", "full"),
+        (CONV_CASES[2], "NCDHW", "float16", "full"),
+        (NARROW_CASES[2], "NCDHW", "bfloat16", "full"),
     ],
     # On Hopper (sm_90a library): 384 channels run the TMA kernel (with a workspace in clusters
-    # of two with stream-K, without one CTA per tile), 96 the cp.async wgmma one.
+    # of two with stream-K, without one CTA per tile), 96 the cp.async wgmma one. A "full"
+    # workspace (latentrt_conv3d_workspace_bytes) also lets channels-first inputs run through
+    # channels-last copies; a stream-K-sized one keeps them channels-first.
     ids=[
         "tc-ncdhw",
         "tma-streamk-or-tc-ndhwc",
@@ -373,9 +392,12 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
         "wgmma-or-tc-ndhwc-replicate",
         "smallc-ncdhw-dilated",
         "narrow-ndhwc-dilated",
+        "ncdhw-via-wgmma-or-tc",
+        "ncdhw-via-tma-or-tc",
+        "ncdhw-via-narrow",
     ],  # fmt: skip
 )
-def test_c_launcher_conv3d(launcher_lib, gen, case, layout, dtype, streamk):
+def test_c_launcher_conv3d(launcher_lib, gen, case, layout, dtype, ws_mode):
     shape, cout, k, pads, strides, dil, causal = case
     last = layout == "NDHWC"
     xshape = (shape[0], *shape[2:], shape[1]) if last else shape
@@ -391,16 +413,25 @@ def test_c_launcher_conv3d(launcher_lib, gen, case, layout, dtype, streamk):
     assert rc == 0
     ref = _conv_ref(x, w, b, pads, strides, dil, causal, last)
     out = _poisoned(tuple(ref.shape), dtype)
-    ws_bytes = launcher_lib.latentrt_conv3d_streamk_workspace_bytes() if streamk else 0
+    arr = ctypes.c_int * 6
+    geometry = (*shape, cout, *k, arr(*pads), (ctypes.c_int * 3)(*strides))
+    geometry += ((ctypes.c_int * 3)(*dil), causal)
+    if ws_mode == "full":
+        size = 4 if dtype == "float32" else 2
+        ws_bytes = launcher_lib.latentrt_conv3d_workspace_bytes(size, *geometry, int(last))
+        if HOPPER and size == 2 and not last:  # the layout change's copies on top of stream-K
+            assert ws_bytes > launcher_lib.latentrt_conv3d_streamk_workspace_bytes()
+    elif ws_mode == "streamk":
+        ws_bytes = launcher_lib.latentrt_conv3d_streamk_workspace_bytes()
+    else:
+        ws_bytes = 0
     assert ws_bytes >= 0
     ws = torch.empty(ws_bytes, device="cuda", dtype=torch.uint8)
-    arr = ctypes.c_int * 6
     for _ in range(2):  # the stream-K flags are left at zero for the next launch
         out.fill_(float("nan"))
         rc = getattr(launcher_lib, f"latentrt_conv3d_{suf}")(
-            x.data_ptr(), packed.data_ptr(), b.data_ptr(), out.data_ptr(), *shape, cout, *k,
-            arr(*pads), (ctypes.c_int * 3)(*strides), (ctypes.c_int * 3)(*dil), causal, int(last),
-            ws.data_ptr() if streamk else None, ws_bytes, stream,
+            x.data_ptr(), packed.data_ptr(), b.data_ptr(), out.data_ptr(), *geometry, int(last),
+            ws.data_ptr() if ws_bytes else None, ws_bytes, stream,
         )  # fmt: skip
         assert rc == 0
         _check(out, ref, dtype)

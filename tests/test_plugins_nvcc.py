@@ -4,6 +4,7 @@ the nvcc-built C launcher plans the TMA Conv3d kernel as the Python harness does
 from __future__ import annotations
 
 import ctypes
+import math
 import subprocess
 
 import pytest
@@ -105,14 +106,19 @@ def test_c_launcher_smallc_plan_matches_the_harness(tmp_path):
     assert plan(1, 3, 0, 3, 3, 3, three(1, 1, 1), three(1, 1, 1), 1, 1, 1, 132, 1, out) != 0
 
 
-@pytest.mark.skipif(
-    find_nvcc() is None, reason="nvcc (CUDA toolkit) is not installed on this machine"
-)
-def test_c_launcher_narrow_plan_matches_the_harness(tmp_path):
+@pytest.fixture(scope="module")
+def sm90_lib(tmp_path_factory):
+    """The plugin library built for sm_90 (host-only entry points need no GPU)."""
+    if find_nvcc() is None:
+        pytest.skip("nvcc (CUDA toolkit) is not installed on this machine")
+    path = tmp_path_factory.mktemp("sm90") / "lib.so"
+    return ctypes.CDLL(str(harness.build_shared_library(path)))
+
+
+def test_c_launcher_narrow_plan_matches_the_harness(sm90_lib):
     # The narrow-output kernel's plan (box, Cin chunk, shared memory, grid) or its absence, in C
     # and Python alike; host-only.
-    lib = ctypes.CDLL(str(harness.build_shared_library(tmp_path / "lib.so")))
-    plan = lib.latentrt_conv3d_narrow_plan
+    plan = sm90_lib.latentrt_conv3d_narrow_plan
     three = ctypes.c_int * 3
     cases = [  # (N, Cin, Cout, kernel, output (Do, Ho, Wo), strides, dilations)
         (1, 128, 3, (3, 3, 3), (17, 64, 64), (1, 1, 1), (1, 1, 1)),
@@ -138,3 +144,46 @@ def test_c_launcher_narrow_plan_matches_the_harness(tmp_path):
                 continue
             assert rc == 0
             assert list(out) == [*p.tail[1:], p.smem, p.grid[0]], (n, cin, cout, k, out_dhw)
+
+
+def test_c_launcher_layout_change_matches_the_harness(sm90_lib):
+    # Whether a channels-first Conv3d runs through channels-last copies, and their bytes, in C
+    # and Python alike; host-only (the device facts are arguments).
+    fn = sm90_lib.latentrt_conv3d_layout_change_bytes
+    ip = ctypes.POINTER(ctypes.c_int)
+    fn.argtypes = [ctypes.c_int] * 10 + [ip, ip, ip] + [ctypes.c_int] * 4
+    fn.restype = ctypes.c_longlong
+    three, six = ctypes.c_int * 3, ctypes.c_int * 6
+    cases = [  # (N, Cin, (D, H, W), Cout, kernel, strides, dilations)
+        (1, 384, (5, 32, 32), 384, (3, 3, 3), (1, 1, 1), (1, 1, 1)),  # TMA on Hopper
+        (1, 96, (9, 64, 64), 96, (3, 3, 3), (1, 1, 1), (1, 1, 1)),  # wgmma on Hopper
+        (1, 128, (9, 32, 32), 128, (3, 3, 3), (2, 2, 2), (1, 1, 1)),
+        (1, 40, (6, 12, 10), 24, (3, 1, 3), (1, 1, 2), (2, 1, 1)),
+        (1, 128, (17, 64, 64), 3, (3, 3, 3), (1, 1, 1), (1, 1, 1)),  # narrow anywhere
+        (2, 16, (5, 13, 19), 3, (3, 3, 3), (1, 2, 2), (1, 1, 1)),
+        (1, 3, (17, 64, 64), 128, (3, 3, 3), (1, 1, 1), (1, 1, 1)),  # small-Cin stays
+        (1, 8, (9, 32, 32), 16, (3, 3, 3), (1, 1, 1), (1, 1, 1)),  # small-Cin: 216 <= 256
+        (1, 36, (9, 32, 32), 64, (3, 3, 3), (1, 1, 1), (1, 1, 1)),  # Cin % 8
+        (1, 64, (9, 32, 32), 12, (3, 3, 3), (1, 1, 1), (1, 1, 1)),  # Cout % 8, <= 16: narrow
+        (1, 64, (9, 32, 32), 20, (3, 3, 3), (1, 1, 1), (1, 1, 1)),  # neither
+    ]
+    for n, cin, dhw, cout, k, strides, dil in cases:
+        pads = (k[0] - 1) * dil[0], 1, 1, 0, 1, 1
+        out_dhw = tuple(
+            (s + pads[i] + pads[i + 3] - dil[i] * (k[i] - 1) - 1) // strides[i] + 1
+            for i, s in enumerate(dhw)
+        )
+        for dtype in ("float16", "float32"):
+            for hopper in (0, 1):
+                args = (n, cin, cout, k, dhw, out_dhw, strides, dil, 132, 227 * 1024, hopper)
+                want = harness.layout_change_bytes(dtype, *args)
+                size = 4 if dtype == "float32" else 2
+                got = fn(size, n, cin, *dhw, cout, *k, six(*pads), three(*strides), three(*dil), 0,
+                         132, 227 * 1024, hopper)  # fmt: skip
+                assert got == want, (n, cin, dhw, cout, k, dtype, hopper)
+                if hopper and dtype == "float16" and cin in (384, 96):
+                    assert want == 2 * n * (cin * math.prod(dhw) + cout * math.prod(out_dhw))
+                if cin in (3, 8, 36) or dtype == "float32" or (cout == 20 and hopper == 0):
+                    assert want == 0
+    assert fn(2, 1, 0, 4, 4, 4, 8, 3, 3, 3, six(2, 1, 1, 0, 1, 1), three(1, 1, 1),
+              three(1, 1, 1), 0, 132, 1024, 1) == -1  # fmt: skip

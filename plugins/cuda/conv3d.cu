@@ -1378,10 +1378,58 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
 #endif
 }
 
+// Batched transpose of 2-byte elements, in [B, R, C] -> out [B, C, R]: the layout change between
+// channels-first and channels-last (R channels and C positions, or the reverse) around the
+// channels-last kernels. A 256-thread block moves one 64 x 64 tile through shared memory,
+// element pairs as 32-bit accesses where R and C are even (PAIRS), single elements otherwise.
+// grid.x = row tiles x column tiles (row tiles fastest), grid.y = B.
+template <bool PAIRS>
+__device__ __forceinline__ void transpose_2b(const unsigned short* __restrict__ in,
+                                             unsigned short* __restrict__ out, int R, int C) {
+  __shared__ unsigned short tile[64][66];
+  const int tiles_r = (R + 63) >> 6;
+  const int r0 = (blockIdx.x % tiles_r) << 6, c0 = (blockIdx.x / tiles_r) << 6;
+  const long long base = static_cast<long long>(blockIdx.y) * R * C;
+  in += base;
+  out += base;
+  const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;  // 32 x 8 threads
+  if constexpr (PAIRS) {
+    for (int i = ty; i < 64; i += 8) {  // rows of the input tile, two columns per thread
+      const int r = r0 + i, c = c0 + 2 * tx;
+      unsigned v = 0;
+      if (r < R && c < C)
+        v = *reinterpret_cast<const unsigned*>(in + static_cast<long long>(r) * C + c);
+      *reinterpret_cast<unsigned*>(&tile[i][2 * tx]) = v;
+    }
+    __syncthreads();
+    for (int j = ty; j < 64; j += 8) {  // rows of the output tile: input column c0 + j
+      const int c = c0 + j, r = r0 + 2 * tx;
+      if (c < C && r < R) {
+        const unsigned v = tile[2 * tx][j] | static_cast<unsigned>(tile[2 * tx + 1][j]) << 16;
+        *reinterpret_cast<unsigned*>(out + static_cast<long long>(c) * R + r) = v;
+      }
+    }
+  } else {
+    for (int i = ty; i < 64; i += 8) {
+      const int r = r0 + i;
+      for (int k = tx; k < 64; k += 32)
+        if (r < R && c0 + k < C) tile[i][k] = in[static_cast<long long>(r) * C + c0 + k];
+    }
+    __syncthreads();
+    for (int j = ty; j < 64; j += 8) {
+      const int c = c0 + j;
+      for (int k = tx; k < 64; k += 32)
+        if (c < C && r0 + k < R) out[static_cast<long long>(c) * R + r0 + k] = tile[k][j];
+    }
+  }
+}
+
 }  // namespace latentrt
 
 // Kernel entry points (grid: x = position tiles, y = output-channel tiles, z = batch):
 //   latentrt_conv3d_pack_{f32|f16|bf16}                     [Cout,Cin,taps] -> [Cout,taps,Cin]
+//   latentrt_transpose_2b, latentrt_transpose_2b_pairs      [B, R, C] -> [B, C, R], 16-bit
+//                                          elements; block 256, grid (R/64 x C/64 tiles, B)
 //   latentrt_conv3d_direct_{ncdhw|ndhwc}_{f32|f16|bf16}     block 128, grid.y = ceil(Cout/8)
 //   latentrt_conv3d_igemm_{ncdhw|ndhwc}_{f16|bf16}_m{64|128} block 256, grid.y = ceil(Cout/BM)
 //   latentrt_conv3d_smallc_{ncdhw|ndhwc}_{f16|bf16}_n{64|128} block 256, grid.x = CTAs looping
@@ -1501,6 +1549,14 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
   LRT_CONV_TMA(T, SUF, 128, 256, 4, 1)                               \
   LRT_CONV_TMA(T, SUF, 256, 128, 4, 1)
 
+extern "C" __global__ void __launch_bounds__(256)
+    latentrt_transpose_2b(const unsigned short* in, unsigned short* out, int R, int C) {
+  latentrt::transpose_2b<false>(in, out, R, C);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    latentrt_transpose_2b_pairs(const unsigned short* in, unsigned short* out, int R, int C) {
+  latentrt::transpose_2b<true>(in, out, R, C);
+}
 LRT_CONV_DTYPE(float, f32)
 LRT_CONV_DTYPE(__half, f16)
 LRT_CONV_DTYPE(__nv_bfloat16, bf16)
@@ -1897,6 +1953,62 @@ bool narrow_plan(int n, int cin, int cout, int kt, int kh, int kw, const int* st
   return false;
 }
 
+long long align256(long long bytes) { return (bytes + 255) / 256 * 256; }
+
+// Workspace bytes for running a channels-first Conv3d of 16-bit elements as layout change, a
+// channels-last kernel and layout change back (the input's and the output's channels-last
+// copies, 256-byte aligned), or 0 where the channels-first kernels run it: the channels-last
+// side must have a kernel the channels-first side lacks, Hopper's wgmma/TMA kernels (`hopper`:
+// an sm_90a build on compute capability 9.0; Cout % 8 == 0) or the narrow-output one, and the
+// small-Cin kernel must not take the shape. Mirrors layout_change_bytes in plugins/harness.py.
+long long layout_change_bytes(int elem_bytes, int n, int cin, int d, int h, int w, int cout,
+                              int kt, int kh, int kw, const int* strides, const int* dil,
+                              const ConvGeometry& g, int sms, int optin, bool hopper) {
+  const long long dhw = static_cast<long long>(d) * h * w;
+  const long long P = static_cast<long long>(g.Do) * g.Ho * g.Wo;
+  if (elem_bytes != 2 || cin % 8 != 0 || dhw > 0x7fffffffLL || P > 0x7fffffffLL) return 0;
+  SmallcPlan sp{};
+  if (smallc_plan(n, cin, cout, kt, kh, kw, strides, dil, g, sms, optin, &sp)) return 0;
+  NarrowPlan np{};
+  if (!(hopper && cout % 8 == 0) &&
+      !narrow_plan(n, cin, cout, kt, kh, kw, strides, dil, g, optin, &np))
+    return 0;
+  return align256(2LL * n * cin * dhw) + align256(2LL * n * cout * P);
+}
+
+// Whether this build's Hopper kernels run on device `dev` (an sm_90a build on compute capability
+// 9.0), its SM count and opt-in shared memory per block.
+cudaError_t device_facts(int dev, bool* hopper, int* sms, int* optin) {
+  int major = 0, minor = 0;
+  cudaError_t err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
+  if (err == cudaSuccess)
+    err = cudaDeviceGetAttribute(optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+#if defined(LATENTRT_SM90A)
+  *hopper = major == 9 && minor == 0;
+#else
+  *hopper = false;
+#endif
+  return err;
+}
+
+// [batch, R, C] -> [batch, C, R] for 16-bit elements (latentrt_transpose_2b*).
+cudaError_t launch_transpose_2b(const void* in, void* out, int batch, int R, int C,
+                                cudaStream_t stream) {
+  const auto addr = [](const void* p) { return reinterpret_cast<unsigned long long>(p); };
+  const bool pairs = R % 2 == 0 && C % 2 == 0 && addr(in) % 4 == 0 && addr(out) % 4 == 0;
+  const long long tiles = (R + 63LL) / 64 * ((C + 63LL) / 64);
+  if (tiles > 0x7fffffffLL || batch > 65535) return cudaErrorInvalidValue;
+  void* k = pairs ? reinterpret_cast<void*>(latentrt_transpose_2b_pairs)
+                  : reinterpret_cast<void*>(latentrt_transpose_2b);
+  const void* src = in;
+  void* args[] = {&src, &out, &R, &C};
+  const cudaError_t err = cudaLaunchKernel(k, dim3(static_cast<unsigned>(tiles), batch), dim3(256),
+                                           args, 0, stream);
+  return err != cudaSuccess ? err : cudaGetLastError();
+}
+
 int conv_ci_chunk(int cin, int taps) {
   int chunk = 16384 / (taps * 32);
   if (chunk >= 8) chunk -= chunk % 8;
@@ -1923,6 +2035,28 @@ int launch_conv3d(const T* x, const T* wp, const T* bias, T* y, int n, int cin, 
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   if (err != cudaSuccess) return err;
   const auto addr = [](const void* p) { return reinterpret_cast<unsigned long long>(p); };
+  if (layout == 0 && ws != nullptr && addr(ws) % 256 == 0) {
+    // Channels-first input where a channels-last kernel is the faster one: change the layout in
+    // the workspace (x's copy, y's copy, then what stream-K may use), run, change it back.
+    const long long xb = align256(static_cast<long long>(sizeof(T)) * n * cin * d * h * w);
+    bool hopper = false;
+    int optin = 0;
+    err = device_facts(dev, &hopper, &sms, &optin);
+    if (err != cudaSuccess) return err;
+    const long long lb = layout_change_bytes(sizeof(T), n, cin, d, h, w, cout, kt, kh, kw, strides,
+                                             dilations, g, sms, optin, hopper);
+    if (lb > 0 && ws_bytes >= lb) {
+      T* xl = static_cast<T*>(ws);
+      T* yl = reinterpret_cast<T*>(static_cast<char*>(ws) + xb);
+      err = launch_transpose_2b(x, xl, n, cin, d * h * w, stream);
+      if (err == cudaSuccess)
+        err = static_cast<cudaError_t>(launch_conv3d(
+            xl, wp, bias, yl, n, cin, d, h, w, cout, kt, kh, kw, pads, strides, dilations, causal,
+            1, static_cast<char*>(ws) + lb, ws_bytes - lb, stream));
+      if (err == cudaSuccess) err = launch_transpose_2b(yl, y, n, static_cast<int>(P), cout, stream);
+      return err;
+    }
+  }
   int Cin = cin, D = d, H = h, W = w, Cout = cout, kT = kt, kH = kh, kW = kw;
   int Do = g.Do, Ho = g.Ho, Wo = g.Wo, st = strides[0], sh = strides[1], sw = strides[2];
   int dt = dilations[0], dh = dilations[1], dw = dilations[2], pt = g.pt, ph = g.ph, pw = g.pw;
@@ -2118,11 +2252,52 @@ extern "C" long long latentrt_conv3d_streamk_workspace_bytes() {
   return streamk_workspace_bytes(sms);
 }
 
+// The channels-last copies' bytes for a channels-first launch (0: it runs channels-first) on a
+// GPU of `sms` SMs and `optin` shared memory per block, `hopper` where this build's Hopper
+// kernels run; -1 on invalid arguments. Host-only, so CPU tests can hold it against
+// plugins/harness.py.
+extern "C" long long latentrt_conv3d_layout_change_bytes(int elem_bytes, int n, int cin, int d,
+                                                         int h, int w, int cout, int kt, int kh,
+                                                         int kw, const int* pads,
+                                                         const int* strides, const int* dilations,
+                                                         int causal_time, int sms, int optin,
+                                                         int hopper) {
+  ConvGeometry g{};
+  if (n <= 0 || cin <= 0 || cout <= 0 || (elem_bytes != 2 && elem_bytes != 4) ||
+      !conv_geometry(d, h, w, kt, kh, kw, pads, strides, dilations, causal_time, &g))
+    return -1;
+  return layout_change_bytes(elem_bytes, n, cin, d, h, w, cout, kt, kh, kw, strides, dilations, g,
+                             sms, optin, hopper != 0);
+}
+
+// Bytes of workspace for latentrt_conv3d_* to run this shape its fastest way on the current
+// device: the channels-last copies of a channels-first launch (layout 0) where a channels-last
+// kernel is faster, then stream-K's part; -1 on invalid arguments or a failed device query.
+// elem_bytes: 4 (fp32) or 2 (fp16/bf16). A launch given less skips the layout change, then
+// stream-K.
+extern "C" long long latentrt_conv3d_workspace_bytes(int elem_bytes, int n, int cin, int d, int h,
+                                                     int w, int cout, int kt, int kh, int kw,
+                                                     const int* pads, const int* strides,
+                                                     const int* dilations, int causal_time,
+                                                     int layout) {
+  int dev = 0, sms = 0, optin = 0;
+  bool hopper = false;
+  if ((layout != 0 && layout != 1) || cudaGetDevice(&dev) != cudaSuccess ||
+      device_facts(dev, &hopper, &sms, &optin) != cudaSuccess)
+    return -1;
+  const long long lb = layout == 0 ? latentrt_conv3d_layout_change_bytes(
+                                         elem_bytes, n, cin, d, h, w, cout, kt, kh, kw, pads,
+                                         strides, dilations, causal_time, sms, optin, hopper)
+                                   : 0;
+  return lb < 0 ? -1 : lb + streamk_workspace_bytes(sms);
+}
+
 // C-linkage launchers for a TensorRT IPluginV3::enqueue: device pointers x (NCDHW for layout 0,
 // NDHWC for layout 1), packed weights [Cout, kT, kH, kW, Cin], bias [Cout] or null, y; host
 // arrays pads[6] (ONNX order d0 h0 w0 d1 h1 w1), strides[3], dilations[3]; causal_time 0 (pads
 // as given), 1 (temporal pad dilation*(kT-1) in front, zeros), 2 (same, replicating frame 0);
-// a 16-byte-aligned device workspace of ws_bytes (or null) for stream-K.
+// a device workspace of ws_bytes or null (16-byte aligned for stream-K, 256 for the layout
+// change): latentrt_conv3d_workspace_bytes says how much lets the launch do both.
 #define LRT_CONV_LAUNCHER(T, SUF)                                                                  \
   extern "C" int latentrt_conv3d_##SUF(const T* x, const T* w_packed, const T* bias, T* y, int n, \
                                        int cin, int d, int h, int w, int cout, int kt, int kh,     \

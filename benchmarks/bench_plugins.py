@@ -252,10 +252,7 @@ def bench_conv(cases, dtypes, channels_last=False) -> list[str]:
             if plan.kernel.startswith("latentrt_conv3d_direct"):  # as harness.conv3d picks
                 small = harness.conv3d_smallc_plan(
                     dt, last, n, cin, cout, (3, 3, 3), dhw, one, one, sms
-                ) or harness.conv3d_narrow_plan(
-                    dt, last, n, cin, cout, (3, 3, 3), dhw, one, one,
-                    props.shared_memory_per_block_optin, sms,
-                )  # fmt: skip
+                ) or harness.conv3d_narrow_plan(dt, last, n, cin, cout, (3, 3, 3), dhw, one, one)
                 plan = plan if small is None else small
             kernel = plan.kernel.removeprefix("latentrt_conv3d_")
             kernel = f"via NDHWC: {kernel}" if via else kernel

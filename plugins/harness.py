@@ -507,9 +507,6 @@ def narrow_smem_bytes(taps: int, cc: int, halo_pixels: int) -> int:
     return 2 * 16 * (taps * cc + 8) + 2 * halo_pixels * (cc + 8) + 4 * (taps * cc // 8) + 4 * 2048
 
 
-NARROW_MAX_CTAS_PER_SM = 3  # registers: 76 per thread x 256 threads (ptxas, sm_90a)
-
-
 def conv3d_narrow_plan(
     dtype: str,
     channels_last: bool,
@@ -521,15 +518,12 @@ def conv3d_narrow_plan(
     strides: Sequence[int],
     dilations: Sequence[int],
     smem_limit: int = SMALLC_MAX_SMEM,
-    sms: int = 132,
 ) -> ConvPlan | None:
     """The narrow-output tensor-core kernel (conv3d_narrow in conv3d.cu) where it applies:
     fp16/bf16 channels-last, Cin % 8 == 0 and Cout <= 16 (a VAE decoder's RGB output conv);
-    None otherwise. One CTA per 128-position box; Cin in chunks of 32, 16 or 8 channels whose
-    reduction (taps x chunk) is whole k16 steps and whose halo and weight slice fit
-    `smem_limit` (the opt-in shared memory per block, about an SM's less 1 KB) and two CTAs per
-    SM: of those, the one that runs the boxes in the fewest rounds over `sms` SMs (narrower
-    chunks fit more CTAs per SM), the widest on a tie. Mirrors narrow_plan in conv3d.cu."""
+    None otherwise. One CTA per 128-position box; Cin in chunks of 32, 16 or 8 channels, the
+    widest that fits two CTAs per SM and makes whole k16 steps. Mirrors narrow_plan in
+    conv3d.cu."""
     if dtype == "float32" or not channels_last or cin % 8 or cout > 16:
         return None
     taps = kernel[0] * kernel[1] * kernel[2]
@@ -538,20 +532,14 @@ def conv3d_narrow_plan(
     tiles = n * do * tiles_h * tiles_w
     if pixels > 1 << 20 or tiles >= 2**31:
         return None
-    best = None
-    for cc in (32, 16, 8):
+    for cc in (32, 16, 8):  # the reduction of a chunk, taps x cc, must be whole k16 steps
         smem = narrow_smem_bytes(taps, cc, pixels)
-        if cin % cc or taps * cc % 16 or smem > min(smem_limit, SMALLC_MAX_SMEM):
-            continue
-        per_sm = min(NARROW_MAX_CTAS_PER_SM, (smem_limit + 1024) // (smem + 1024))
-        rounds = -(-tiles // (sms * per_sm))
-        if best is None or rounds < best[0]:
-            best = (rounds, cc, smem)
-    if best is None:
-        return None
-    _, cc, smem = best
-    kernel_name = f"latentrt_conv3d_narrow_ndhwc_{_SUFFIX[dtype]}"
-    return ConvPlan(kernel_name, (tiles, 1, 1), 256, smem, (n, bw_log2, tiles_h, tiles_w, cc))
+        if cin % cc == 0 and taps * cc % 16 == 0 and smem <= min(smem_limit, SMALLC_MAX_SMEM):
+            kernel_name = f"latentrt_conv3d_narrow_ndhwc_{_SUFFIX[dtype]}"
+            return ConvPlan(
+                kernel_name, (tiles, 1, 1), 256, smem, (n, bw_log2, tiles_h, tiles_w, cc)
+            )
+    return None
 
 
 # (tile_m, tile_n, stages) of the TMA kernel; (128, 128, 3) fits two CTAs per SM, the rest one.
@@ -804,7 +792,7 @@ def layout_change_bytes(
         return 0
     if (
         not (hopper and cout % 8 == 0)
-        and conv3d_narrow_plan(dtype, True, *args, smem_limit, sms) is None
+        and conv3d_narrow_plan(dtype, True, *args, smem_limit) is None
     ):
         return 0
     return -(-2 * n * cin * dhw // 256) * 256 + -(-2 * n * cout * positions // 256) * 256
@@ -963,9 +951,8 @@ def conv3d(
         )
         if small is None and xd.ptr % 16 == 0 and pd.ptr % 16 == 0:
             small = conv3d_narrow_plan(
-                xd.dtype, last, n, cin, cout, (kt, kh, kw), (do, ho, wo), strides, dilations, optin,
-                sms,
-            )  # fmt: skip
+                xd.dtype, last, n, cin, cout, (kt, kh, kw), (do, ho, wo), strides, dilations, optin
+            )
         plan = plan if small is None else small
     shape_args = [cin, d, h, wd_, cout, kt, kh, kw, do, ho, wo, *strides, *dilations]
     shape_args += [p[0], p[1], p[2], 1 if causal_time == 2 else 0, *plan.tail]

@@ -1927,18 +1927,16 @@ bool smallc_plan(int n, int cin, int cout, int kt, int kh, int kw, const int* st
 }
 
 // The narrow-output kernel's launch, as conv3d_narrow_plan in plugins/harness.py: channels-last,
-// Cin % 8 == 0, Cout <= 16; Cin in chunks of 32, 16 or 8 channels whose reduction (taps x
-// chunk) is whole k16 steps and whose halo and weight slice fit `smem_limit` (opt-in shared
-// memory per block) and two CTAs per SM; of those, the one that runs the boxes in the fewest
-// rounds over `sms` SMs, the widest on a tie; false where none fits.
+// Cin % 8 == 0, Cout <= 16; Cin in chunks of 32, 16 or 8 channels, the widest whose halo and
+// weight slice fit two CTAs per SM (and `smem_limit`) and whose reduction (taps x chunk) is
+// whole k16 steps; false where none does.
 struct NarrowPlan {
   int bw_log2, tiles_h, tiles_w, cc, smem;
   long long tiles;
 };
-constexpr int kNarrowMaxCtasPerSm = 3;  // registers: 76 per thread x 256 threads (sm_90a)
 bool narrow_plan(int n, int cin, int cout, int kt, int kh, int kw, const int* strides,
-                 const int* dil, const ConvGeometry& g, int sms, int smem_limit, NarrowPlan* p) {
-  if (cin % 8 != 0 || cout > latentrt::NarrowTiles::BM || sms <= 0) return false;
+                 const int* dil, const ConvGeometry& g, int smem_limit, NarrowPlan* p) {
+  if (cin % 8 != 0 || cout > latentrt::NarrowTiles::BM) return false;
   int one_box = 0;
   tma_box(g.Ho, g.Wo, 128, 0, &one_box, &p->bw_log2, &p->tiles_h, &p->tiles_w);
   const latentrt::SmallcHalo hl(kt, kh, kw, dil[0], dil[1], dil[2], strides[1], strides[2],
@@ -1946,21 +1944,13 @@ bool narrow_plan(int n, int cin, int cout, int kt, int kh, int kw, const int* st
   const long long pixels = static_cast<long long>(hl.t) * hl.h * hl.w;
   if (pixels > (1 << 20)) return false;
   p->tiles = static_cast<long long>(n) * g.Do * p->tiles_h * p->tiles_w;
-  if (p->tiles > 0x7fffffffLL) return false;
-  long long best_rounds = -1;
   for (int cc = 32; cc >= 8; cc /= 2) {
     if (cin % cc != 0 || kt * kh * kw * cc % 16 != 0) continue;
-    const int smem = latentrt::NarrowTiles::smem_bytes(kt * kh * kw, cc, static_cast<int>(pixels));
-    if (smem > std::min(smem_limit, kSmallcMaxSmem)) continue;
-    const int per_sm = std::min(kNarrowMaxCtasPerSm, (smem_limit + 1024) / (smem + 1024));
-    const long long rounds = (p->tiles + static_cast<long long>(sms) * per_sm - 1) / (sms * per_sm);
-    if (best_rounds < 0 || rounds < best_rounds) {
-      best_rounds = rounds;
-      p->cc = cc;
-      p->smem = smem;
-    }
+    p->cc = cc;
+    p->smem = latentrt::NarrowTiles::smem_bytes(kt * kh * kw, cc, static_cast<int>(pixels));
+    if (p->smem <= std::min(smem_limit, kSmallcMaxSmem) && p->tiles <= 0x7fffffffLL) return true;
   }
-  return best_rounds >= 0;
+  return false;
 }
 
 long long align256(long long bytes) { return (bytes + 255) / 256 * 256; }
@@ -1981,7 +1971,7 @@ long long layout_change_bytes(int elem_bytes, int n, int cin, int d, int h, int 
   if (smallc_plan(n, cin, cout, kt, kh, kw, strides, dil, g, sms, optin, &sp)) return 0;
   NarrowPlan np{};
   if (!(hopper && cout % 8 == 0) &&
-      !narrow_plan(n, cin, cout, kt, kh, kw, strides, dil, g, sms, optin, &np))
+      !narrow_plan(n, cin, cout, kt, kh, kw, strides, dil, g, optin, &np))
     return 0;
   return align256(2LL * n * cin * dhw) + align256(2LL * n * cout * P);
 }
@@ -2144,7 +2134,7 @@ int launch_conv3d(const T* x, const T* wp, const T* bias, T* y, int n, int cin, 
   }
   NarrowPlan np{};
   if (ConvKernels<T>::tc && layout == 1 && aligned &&
-      narrow_plan(n, cin, cout, kt, kh, kw, strides, dilations, g, sms, optin, &np)) {
+      narrow_plan(n, cin, cout, kt, kh, kw, strides, dilations, g, optin, &np)) {
     void* k = ConvKernels<T>::narrow();
     err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, np.smem);
     if (err != cudaSuccess) return err;
@@ -2240,14 +2230,13 @@ extern "C" int latentrt_conv3d_smallc_plan(int n, int cin, int cout, int kt, int
 // where the kernel does not apply.
 extern "C" int latentrt_conv3d_narrow_plan(int n, int cin, int cout, int kt, int kh, int kw,
                                            const int* strides, const int* dilations, int d_out,
-                                           int h_out, int w_out, int sms, int smem_limit,
-                                           int* out6) {
+                                           int h_out, int w_out, int smem_limit, int* out6) {
   if (n <= 0 || cin <= 0 || cout <= 0 || kt <= 0 || kh <= 0 || kw <= 0 || d_out <= 0 ||
       h_out <= 0 || w_out <= 0)
     return cudaErrorInvalidValue;
   const ConvGeometry g{d_out, h_out, w_out, 0, 0, 0};
   NarrowPlan p{};
-  if (!narrow_plan(n, cin, cout, kt, kh, kw, strides, dilations, g, sms, smem_limit, &p)) return 1;
+  if (!narrow_plan(n, cin, cout, kt, kh, kw, strides, dilations, g, smem_limit, &p)) return 1;
   const int v[6] = {p.bw_log2, p.tiles_h, p.tiles_w, p.cc, p.smem, static_cast<int>(p.tiles)};
   for (int i = 0; i < 6; ++i) out6[i] = v[i];
   return 0;

@@ -129,6 +129,15 @@ CONV_CASES = [
 ]
 
 
+def _conv_inputs(case, last, dtype, gen):
+    """Fresh random x (NDHWC when `last`), w and b for a Conv3d case, and the float64 reference."""
+    shape, cout, k, pads, strides, dil, causal = case
+    x = _rand((shape[0], *shape[2:], shape[1]) if last else shape, dtype, gen)
+    w = _rand((cout, shape[1], *k), dtype, gen, (shape[1] * k[0] * k[1] * k[2]) ** -0.5)
+    b = _rand((cout,), dtype, gen, 0.1)
+    return x, w, b, _conv_ref(x, w, b, pads, strides, dil, causal, last)
+
+
 def _case_id(case):
     shape, cout, k, _, s, d, causal = case
     return f"{'x'.join(map(str, shape))}-{cout}-k{''.join(map(str, k))}-s{s[0]}-d{d[0]}-c{causal}"
@@ -143,12 +152,7 @@ def test_conv3d_video_vae_shapes(harness, gen, case, layout, dtype):
     shape, cout, k, pads, strides, dil, causal = case
     kept, layout = layout.endswith("-kept"), layout.removesuffix("-kept")
     last = layout == "NDHWC"
-    xshape = (shape[0], *shape[2:], shape[1]) if last else shape
-    fan_in = shape[1] * k[0] * k[1] * k[2]
-    x = _rand(xshape, dtype, gen)
-    w = _rand((cout, shape[1], *k), dtype, gen, fan_in**-0.5)
-    b = _rand((cout,), dtype, gen, 0.1)
-    ref = _conv_ref(x, w, b, pads, strides, dil, causal, last)
+    x, w, b, ref = _conv_inputs(case, last, dtype, gen)
     out = _poisoned(tuple(ref.shape), dtype)
     harness.conv3d(
         x, w, b, pads, strides, dil, causal, layout, out=out, layout_change=not kept and None
@@ -199,10 +203,7 @@ SMALLC_CASES = [
 def test_conv3d_small_cin(harness, gen, case, layout, dtype):
     shape, cout, k, pads, strides, dil, causal = case
     last = layout == "NDHWC"
-    x = _rand((shape[0], *shape[2:], shape[1]) if last else shape, dtype, gen)
-    w = _rand((cout, shape[1], *k), dtype, gen, (shape[1] * k[0] * k[1] * k[2]) ** -0.5)
-    b = _rand((cout,), dtype, gen, 0.1)
-    ref = _conv_ref(x, w, b, pads, strides, dil, causal, last)
+    x, w, b, ref = _conv_inputs(case, last, dtype, gen)
     out_dhw = tuple(ref.shape[1:4] if last else ref.shape[2:5])
     plan = harness.conv3d_smallc_plan(
         dtype, last, shape[0], shape[1], cout, k, out_dhw, strides, dil, 132
@@ -233,10 +234,7 @@ def test_conv3d_narrow_output(harness, gen, case, layout, dtype):
     outputs make odd transposes, element by element)."""
     shape, cout, k, pads, strides, dil, causal = case
     last = layout == "NDHWC"
-    x = _rand((shape[0], *shape[2:], shape[1]) if last else shape, dtype, gen)
-    w = _rand((cout, shape[1], *k), dtype, gen, (shape[1] * k[0] * k[1] * k[2]) ** -0.5)
-    b = _rand((cout,), dtype, gen, 0.1)
-    ref = _conv_ref(x, w, b, pads, strides, dil, causal, last)
+    x, w, b, ref = _conv_inputs(case, last, dtype, gen)
     out_dhw = tuple(ref.shape[1:4] if last else ref.shape[2:5])
     args = (dtype, True, shape[0], shape[1], cout, k, out_dhw, strides, dil)
     plan = harness.conv3d_narrow_plan(*args)
@@ -279,10 +277,8 @@ def test_conv3d_tma_every_variant(
     harness, gen, case, tile_m, tile_n, stages, streamk, cluster, dtype
 ):
     shape, cout, k, pads, causal = case
-    x = _rand((shape[0], *shape[2:], shape[1]), dtype, gen)
-    w = _rand((cout, shape[1], *k), dtype, gen, (shape[1] * k[0] * k[1] * k[2]) ** -0.5)
-    b = _rand((cout,), dtype, gen, 0.1)
-    ref = _conv_ref(x, w, b, pads, (1, 1, 1), (1, 1, 1), causal, True)
+    one = (1, 1, 1)
+    x, w, b, ref = _conv_inputs((shape, cout, k, pads, one, one, causal), True, dtype, gen)
     out = _poisoned(tuple(ref.shape), dtype)
     harness.conv3d(
         x, w, b, pads, causal_time=causal, layout="NDHWC", out=out, tma=True,
@@ -400,10 +396,7 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
 def test_c_launcher_conv3d(launcher_lib, gen, case, layout, dtype, ws_mode):
     shape, cout, k, pads, strides, dil, causal = case
     last = layout == "NDHWC"
-    xshape = (shape[0], *shape[2:], shape[1]) if last else shape
-    x = _rand(xshape, dtype, gen)
-    w = _rand((cout, shape[1], *k), dtype, gen, (shape[1] * k[0] * k[1] * k[2]) ** -0.5)
-    b = _rand((cout,), dtype, gen, 0.1)
+    x, w, b, ref = _conv_inputs(case, last, dtype, gen)
     stream = torch.cuda.current_stream().cuda_stream
     packed = torch.empty((cout, *k, shape[1]), device="cuda", dtype=DTYPES[dtype])
     suf = _SUF[dtype]
@@ -411,7 +404,6 @@ def test_c_launcher_conv3d(launcher_lib, gen, case, layout, dtype, ws_mode):
         w.data_ptr(), packed.data_ptr(), cout, shape[1], k[0] * k[1] * k[2], stream
     )
     assert rc == 0
-    ref = _conv_ref(x, w, b, pads, strides, dil, causal, last)
     out = _poisoned(tuple(ref.shape), dtype)
     arr = ctypes.c_int * 6
     geometry = (*shape, cout, *k, arr(*pads), (ctypes.c_int * 3)(*strides))

@@ -160,7 +160,7 @@ def _describe(a: Any, what: str) -> _Dev:
     return _Dev(int(cai["data"][0]), shape, dtype, a)
 
 
-def _output(like: _Dev, shape: tuple[int, ...], out: Any, what: str) -> _Dev:
+def _output(like: _Dev, shape: tuple[int, ...], out: Any, what: str, stream: Any = None) -> _Dev:
     if out is not None:
         d = _describe(out, what)
         if d.shape != shape or d.dtype != like.dtype:
@@ -171,7 +171,21 @@ def _output(like: _Dev, shape: tuple[int, ...], out: Any, what: str) -> _Dev:
     cupy = _cupy()
     if like.dtype == "bfloat16":
         raise InputError("bfloat16 CuPy inputs need an explicit out= array")
+    if cupy.cuda.runtime.streamIsCapturing(_stream(stream).ptr):
+        raise InputError(f"{what} cannot be allocated during a CUDA graph capture; pass it in")
     return _describe(cupy.empty(shape, dtype=like.dtype), what)
+
+
+def _scratch(like: _Dev, nbytes: int, stream: Any, what: str) -> _Dev:
+    """At least nbytes of device scratch from the allocator `like` came from: torch's caching
+    allocator for torch tensors (it serves torch.cuda.graph captures), else CuPy's pool, which
+    must not allocate while the stream is being captured (the caller passes the buffer then)."""
+    if hasattr(like.obj, "new_empty"):
+        return _describe(like.obj.new_empty((-(-nbytes // _ITEMSIZE[like.dtype]),)), what)
+    cupy = _cupy()
+    if cupy.cuda.runtime.streamIsCapturing(_stream(stream).ptr):
+        raise InputError(f"{what} cannot be allocated during a CUDA graph capture; pass it in")
+    return _describe(cupy.empty(-(-nbytes // 4), dtype=np.float32), what)
 
 
 def _stream(stream: Any) -> Any:
@@ -751,12 +765,14 @@ def _conv3d_tma(
             args += [c32(v) for v in (*ints, 0, plan.dp_tiles, plan.nk)]
             grid = (plan.dp_tiles * cl, 1, 1)
             driver.launch(kern.kernel.ptr, grid, 288, plan.smem, st.ptr, args)
-        if plan.sk_tiles:  # workspace allocated in the stream's pool arena: freed in stream order
-            elems = plan.workspace_elems
-            ws = cupy.empty(elems, dtype=np.float32) if workspace is None else workspace
-            wsd = _describe(ws, "workspace")
-            if wsd.dtype != "float32" or int(np.prod(wsd.shape)) < elems:
-                raise InputError(f"workspace must be float32 with at least {elems} elements")
+        if plan.sk_tiles:
+            nbytes = plan.workspace_elems * 4
+            if workspace is None:
+                wsd = _scratch(xd, nbytes, stream, "stream-K's workspace")
+            else:
+                wsd = _describe(workspace, "workspace")
+                if math.prod(wsd.shape) * _ITEMSIZE[wsd.dtype] < nbytes:
+                    raise InputError(f"workspace must hold at least {nbytes} bytes")
             ctas = plan.sk_ctas * cl
             flags = ctas * plan.tile_m * plan.tile_n * 4
             cupy.cuda.runtime.memsetAsync(wsd.ptr + flags, 0, ctas * 4, st.ptr)
@@ -855,8 +871,8 @@ def conv3d(
     runs where it applies (`tma` False forbids it, True demands it). `tile_n`, `stages`,
     `tile_m` (TMA kernel: 128 or 256 positions), `cluster` (TMA kernel: 2 pairs position tiles
     that share B by multicast) and `streamk` (TMA kernel: how many of the last units stream-K
-    shares) force the plan (tests, sweeps); stream-K hands partial sums over through a float32
-    `workspace`, allocated when None. A channels-first input runs through channels-last copies
+    shares) force the plan (tests, sweeps); stream-K hands partial sums over through `workspace`
+    (any CUDA array of enough bytes), allocated like x when None. A channels-first input runs through channels-last copies
     where layout_change_bytes says a channels-last kernel is faster (`layout_change` False keeps
     the channels-first kernels, True demands the copies).
     """
@@ -893,15 +909,15 @@ def conv3d(
     packed = w if weights_packed else pack_conv3d_weights(w, stream=stream)
     pd = _describe(packed, "packed weights")
     oshape = (n, do, ho, wo, cout) if last else (n, cout, do, ho, wo)
-    yd = _output(xd, oshape, out, "out")
+    yd = _output(xd, oshape, out, "out", stream)
     dev = cupy.cuda.runtime.getDevice()
     sms, optin = _device_limits(dev)
     aligned = xd.ptr % 16 == 0 and pd.ptr % 16 == 0 and yd.ptr % 16 == 0
     if not last and layout_change is not False:
         args = (n, cin, cout, (kt, kh, kw), (d, h, wd_), (do, ho, wo), strides, dilations)
         if layout_change_bytes(xd.dtype, *args, sms, optin, _has_wgmma(dev)):
-            xl = _output(xd, (n, d, h, wd_, cin), None, "x's channels-last copy")
-            yl = _output(xd, (n, do, ho, wo, cout), None, "out's channels-last copy")
+            xl = _output(xd, (n, d, h, wd_, cin), None, "x's channels-last copy", stream)
+            yl = _output(xd, (n, do, ho, wo, cout), None, "out's channels-last copy", stream)
             _transpose_2b(xd, xl, n, cin, d * h * wd_, stream)
             forced = dict(tile_n=tile_n, stages=stages, tma=tma, streamk=streamk)
             forced.update(workspace=workspace, tile_m=tile_m, cluster=cluster)

@@ -11,6 +11,8 @@ import ctypes
 
 import pytest
 
+from latentrt.errors import InputError
+
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
@@ -285,6 +287,40 @@ def test_conv3d_tma_every_variant(
         tile_n=tile_n, stages=stages, tile_m=tile_m, streamk=streamk, cluster=cluster,
     )  # fmt: skip
     _check(out, ref, dtype)
+
+
+@pytest.mark.skipif(not HOPPER, reason="the TMA kernel needs an sm_90 GPU")
+def test_conv3d_captures_into_a_cuda_graph_without_a_workspace(harness, gen):
+    """Channels-first through the channels-last copies, stream-K for every tile: the copies and
+    stream-K's workspace come from torch's allocator, so the launch captures on a fresh stream;
+    the graph replays on new inputs. CuPy inputs get a clear error instead of a failed capture."""
+    case = ((1, 128, 4, 12, 40), 192, (3, 3, 3), (0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1), 1)
+    x, w, b, _ = _conv_inputs(case, False, "float16", gen)
+    packed = harness.pack_conv3d_weights(w)
+    out = _poisoned((1, 192, 4, 12, 40), "float16")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        harness.conv3d(
+            x, packed, b, case[3], causal_time=1, out=out, stream=stream, weights_packed=True,
+            layout_change=True, streamk=10**6,
+        )  # fmt: skip
+    x.copy_(_rand(x.shape, "float16", gen))
+    out.fill_(float("nan"))
+    graph.replay()
+    _check(out, _conv_ref(x, w, b, case[3], case[4], case[5], 1, False), "float16")
+
+    cupy = pytest.importorskip("cupy")
+    xc, pc = cupy.asarray(x), cupy.asarray(packed)
+    cs = cupy.cuda.Stream(non_blocking=True)
+    with cs:
+        cs.begin_capture()
+        try:
+            with pytest.raises(InputError, match="CUDA graph capture"):
+                harness.conv3d(xc, pc, None, case[3], causal_time=1, weights_packed=True)
+        finally:
+            cs.end_capture()
 
 
 def test_conv3d_without_bias_and_prepacked_weights(harness, gen):

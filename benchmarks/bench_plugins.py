@@ -410,7 +410,8 @@ def sweep_plans(shapes) -> list[str]:
 
 def profile_once() -> None:
     """One launch of each kernel of interest, for Nsight Compute (ncu) to capture."""
-    for shape, dt in (((2, 320, 64, 64), torch.float16), ((1, 512, 128, 128), torch.float16)):
+    gn_cases = ((2, 320, 64, 64), (1, 512, 128, 128), (1, 256, 256, 256))
+    for shape, dt in ((s, torch.float16) for s in gn_cases):
         x = torch.randn(shape, device="cuda", dtype=dt)
         g, b = (
             torch.randn(shape[1], device="cuda", dtype=dt),

@@ -157,6 +157,58 @@ def bench_groupnorm(shapes, dtypes, layout: str = "NCHW") -> list[str]:
     return rows
 
 
+def bench_gn_cache(shapes, dtypes) -> list[str]:
+    """Channels-first GroupNorm+SiLU with the slice cached by the threads' loads (1), by bulk
+    copies (2), and by bulk copies with bulk stores out (3), at the planner's cluster and block
+    sizes, beside a copy of the tensor."""
+    rows = [
+        "| shape | dtype | plan | loads ms | bulk ms | bulk+store ms | copy ms | best % of copy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    props = torch.cuda.get_device_properties(0)
+    for shape in shapes:
+        for dt in dtypes:
+            dtype = getattr(torch, dt)
+            itemsize = torch.finfo(dtype).bits // 8
+            k = _sets(2 * torch.Size(shape).numel() * itemsize)
+            xs, ys, g, b = _gn_inputs(shape, dtype, "NCHW", k)
+            plan = harness.groupnorm_plan(
+                shape[0], shape[1], shape[2] * shape[3], 32, False, itemsize, True,
+                props.multi_processor_count, props.shared_memory_per_block_optin,
+            )  # fmt: skip
+            times = []
+            for cache in (1, 2, 3):
+                if not plan.cached:
+                    times.append(float("nan"))
+                    continue
+                calls = [
+                    partial(
+                        harness.groupnorm_silu,
+                        xs[i],
+                        g,
+                        b,
+                        32,
+                        1e-5,
+                        1,
+                        "NCHW",
+                        out=ys[i],
+                        stream=_CURRENT,
+                        cache=cache,
+                    )  # fmt: skip
+                    for i in range(k)
+                ]
+                times.append(_time_graph(calls)[0])
+            t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
+            rows.append(
+                f"| {'x'.join(map(str, shape))} | {dt} | cs{plan.cluster}/{plan.threads}t "
+                f"| {times[0]:.4f} | {times[1]:.4f} | {times[2]:.4f} | {t_c:.4f} "
+                f"| {100 * t_c / min(times):.0f}% |"
+            )
+            print(rows[-1], flush=True)
+            torch.cuda.empty_cache()
+    return rows
+
+
 def _conv_inputs(shape, cout, dtype, channels_last: bool):
     """Rotating inputs and outputs, weights (plain and packed) and bias of one Conv3d case."""
     n, cin, d, h, w = shape
@@ -443,6 +495,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
     ap.add_argument("--profile", action="store_true", help="one launch per kernel, for ncu")
     ap.add_argument("--gn-only", action="store_true", help="GroupNorm+SiLU tables only")
+    ap.add_argument(
+        "--gn-cache", action="store_true", help="GroupNorm+SiLU: how the slice is cached, only"
+    )
     ap.add_argument("--conv-only", action="store_true", help="Conv3d tables only")
     ap.add_argument(
         "--conv-sweep", action="store_true", help="the Hopper wgmma Conv3d variant sweep only"
@@ -486,6 +541,11 @@ def main() -> None:
     ]
     if args.quick:
         gn_shapes, conv_cases = gn_shapes[:2], conv_cases[:2]
+    if args.gn_cache:
+        rows = bench_gn_cache(gn_shapes, ["float16", "float32"])
+        print("\n# GroupNorm+SiLU NCHW: slice caching\n")
+        print("\n".join(rows))
+        return
     if args.conv_sweep:
         print("\n".join(sweep_conv_tiles(conv_cases)))
         return

@@ -3,7 +3,8 @@
 # Usage (repository root, on the GPU machine): bash benchmarks/gpu_plugins.sh [--quick]
 # SKIP_NCU=1 skips the Nsight Compute pass, SKIP_PTXAS=1 the resource report; NCU_KERNELS
 # picks the kernels ncu captures (a regex), PYTEST_K the GPU tests (pytest -k) and PYTEST_FILES
-# their files, BENCH_TIMEOUT the benchmark's time limit in seconds (240).
+# their files, BENCH_TIMEOUT the benchmark's time limit in seconds (240), BENCH_MODES several
+# benchmark modes in turn.
 # Logs go to $OUT (default /tmp/latentrt_plugins_out).
 set -uo pipefail
 OUT=${OUT:-/tmp/latentrt_plugins_out}
@@ -30,7 +31,16 @@ done
 
 timeout 280 python3 -P -m pytest --import-mode=append -q -m gpu ${PYTEST_FILES:-tests/test_plugins_cuda.py} \
   ${PYTEST_K:+-k "$PYTEST_K"} -rfE 2>&1 | tee "$OUT/pytest_gpu.txt"
-timeout "${BENCH_TIMEOUT:-240}" python3 -P benchmarks/bench_plugins.py "$@" 2>&1 | tee "$OUT/bench.txt"
+# BENCH_MODES="--a;--b --only X" runs the benchmark once per mode (each under BENCH_TIMEOUT).
+if [ -n "${BENCH_MODES:-}" ]; then
+  IFS=';' read -ra modes <<< "$BENCH_MODES"
+  for m in "${modes[@]}"; do
+    # shellcheck disable=SC2086
+    timeout "${BENCH_TIMEOUT:-240}" python3 -P benchmarks/bench_plugins.py $m 2>&1 | tee -a "$OUT/bench.txt"
+  done
+else
+  timeout "${BENCH_TIMEOUT:-240}" python3 -P benchmarks/bench_plugins.py "$@" 2>&1 | tee "$OUT/bench.txt"
+fi
 
 # One launch of each hot kernel under Nsight Compute, when it is installed.
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)

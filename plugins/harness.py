@@ -211,7 +211,8 @@ class GroupNormPlan:
     cluster: int
     threads: int
     vec: int  # elements per vector access: 16 bytes' worth, 2 or 1
-    cached: bool
+    cached: int  # 0 two reads; else the slice cached by: 1 the threads' loads, 2 bulk copies, 3
+    # bulk copies in and bulk stores out (channels-first 16-byte vectors; kCache* in the .cu)
     smem: int
     tile: int = 1  # channels-last groups per cluster (1: one group, the general body)
 
@@ -232,11 +233,12 @@ def groupnorm_plan(
     smem_optin: int,
     cluster: int | None = None,
     threads: int | None = None,
+    cache: int | None = None,
 ) -> GroupNormPlan:
     """Cluster size, block size, vector width, caching and tiling of one GroupNormSiLU launch.
 
-    `cluster` (1, 2, 4 or 8) and `threads` (256 or 512; not for tiles) override the planner,
-    for benchmark sweeps.
+    `cluster` (1, 2, 4 or 8), `threads` (256 or 512; not for tiles) and `cache` (GroupNormPlan
+    .cached) override the planner, for benchmark sweeps.
     """
     cg = c // num_groups
     vmax = 16 // itemsize
@@ -273,7 +275,16 @@ def groupnorm_plan(
         if cluster not in (1, 2, 4, 8):
             raise InputError(f"cluster must be 1, 2, 4 or 8, got {cluster}")
         cs = cluster
-    cached = affine + cache_bytes(cs) <= budget
+    fits = affine + cache_bytes(cs) <= budget
+    cached = int(fits)
+    if cache is not None:
+        bulk = not channels_last and v == vmax
+        if cache not in (0, 1, 2, 3) or (cache and not fits) or (cache >= 2 and not bulk):
+            raise InputError(
+                f"cache {cache} does not apply: 0 or 1 where the slice fits (it does: {fits}), "
+                "2 and 3 also need channels-first 16-byte vectors"
+            )
+        cached = cache
     smem = affine + (cache_bytes(cs) if cached else 0)
     if tile > 1:  # whole rows per pass
         if threads is not None:
@@ -298,11 +309,12 @@ def groupnorm_silu(
     stream: Any = None,
     cluster: int | None = None,
     threads: int | None = None,
+    cache: int | None = None,
 ) -> Any:
     """Fused GroupNorm + optional SiLU on the GPU; returns `out` (allocated when None).
 
-    x is (N, C, *spatial) for NCHW/NCDHW or (N, *spatial, C) for NHWC/NDHWC. `cluster` and
-    `threads` override the planner's choices (benchmark sweeps only).
+    x is (N, C, *spatial) for NCHW/NCDHW or (N, *spatial, C) for NHWC/NDHWC. `cluster`,
+    `threads` and `cache` override the planner's choices (benchmark sweeps, tests).
     """
     cupy = _cupy()
     if layout not in _CHANNELS_LAST:
@@ -339,6 +351,7 @@ def groupnorm_silu(
         optin,
         cluster,
         threads,
+        cache,
     )
     name = f"latentrt_gn_silu_{'nhwc' if last else 'nchw'}_{_SUFFIX[xd.dtype]}_c{plan.cluster}"
     kern = _module("groupnorm_silu.cu").get_function(name)
@@ -353,7 +366,7 @@ def groupnorm_silu(
         _i(num_groups),
         np.float32(eps),
         _i(activation),
-        _i(int(plan.cached)),
+        _i(plan.cached),
         _i(plan.vec),
         _i(plan.tile),
     )

@@ -105,6 +105,28 @@ def test_groupnorm_silu_edge_cases(harness, gen, shape, groups, layout, act, dty
     _check(out, _gn_ref(x, gamma, beta, groups, 1e-6, act, layout == "NHWC"), dtype)
 
 
+@pytest.mark.parametrize("cache", [2, 3], ids=["bulk-in", "bulk-in-out"])
+@pytest.mark.parametrize(
+    ("shape", "cluster", "dtype"),
+    [
+        ((2, 320, 64, 64), 2, "float16"),
+        ((1, 512, 128, 128), 8, "bfloat16"),
+        ((2, 1280, 16, 16), 1, "float32"),
+        ((2, 64, 24, 10), 4, "float16"),  # 120-vector slices: pieces of 30, not 16-aligned counts
+        ((1, 32, 2, 8), 8, "float32"),  # 4 vectors a group, 8 blocks: empty slices and pieces
+    ],
+    ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v),
+)
+def test_groupnorm_silu_bulk_copies(harness, gen, shape, cluster, dtype, cache):
+    """The slice cached by the TMA's bulk copies (and written back by bulk stores)."""
+    x = _rand(shape, dtype, gen, 1.5, 0.3)
+    gamma, beta = _rand((shape[1],), dtype, gen), _rand((shape[1],), dtype, gen)
+    out = _poisoned(shape, dtype)
+    harness.groupnorm_silu(x, gamma, beta, 32, 1e-5, 1, "NCHW", out=out, cluster=cluster,
+                           cache=cache)  # fmt: skip
+    _check(out, _gn_ref(x, gamma, beta, 32, 1e-5, 1, False), dtype)
+
+
 def _conv_ref(x, w, b, pads, strides, dil, causal, channels_last):
     xd = x.double().movedim(-1, 1) if channels_last else x.double()
     kt = w.shape[2]

@@ -287,6 +287,12 @@ def test_groupnorm_plan_unet_and_fallback():
         harness.groupnorm_plan(2, 320, 4096, 32, True, 2, True, sms, optin, threads=256)
     with pytest.raises(InputError, match="threads"):
         harness.groupnorm_plan(2, 320, 4096, 32, False, 2, True, sms, optin, threads=1024)
+    # The cache filled by bulk copies: channels-first 16-byte vectors only, where the slice fits.
+    assert harness.groupnorm_plan(2, 320, 4096, 32, False, 2, True, sms, optin, cache=3).cached == 3
+    for args, cache in [((True, 2, True), 2), ((False, 2, False), 2), ((False, 4, True), 1)]:
+        shape = (1, 32, 512 * 512, 2) if cache == 1 else (2, 320, 4096, 32)
+        with pytest.raises(InputError, match="cache"):
+            harness.groupnorm_plan(*shape, *args, sms, optin, cache=cache)
 
 
 def test_conv3d_plan_picks_tensor_cores_for_wide_half_convs():

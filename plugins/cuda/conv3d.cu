@@ -828,18 +828,8 @@ struct Wgmma;
 LRT_WGMMA_DTYPE(__half, "f16")
 LRT_WGMMA_DTYPE(__nv_bfloat16, "bf16")
 
-// mbarrier and TMA (cp.async.bulk.tensor) primitives of the TMA-fed kernel.
-__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(unsigned bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-// Arrives once and adds `bytes` to the transaction count the phase waits for.
-__device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
-               : "memory");
-}
+// Cluster mbarrier and TMA (cp.async.bulk.tensor) primitives of the TMA-fed kernel (the CTA
+// mbarrier ones are in common.cuh).
 // Arrives on the barrier at the same shared-memory offset in block `rank` of the cluster. The
 // default (CTA-scope) release: a cluster-scope one costs a fence per arrival, and the stage's
 // reads it orders are wgmma's, already complete.
@@ -858,18 +848,6 @@ __device__ __forceinline__ unsigned cluster_rank() {
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::
                    : "memory");
-}
-// Spins until the phase of the given parity has completed.
-__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
-  unsigned done = 0;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
 }
 __device__ __forceinline__ void tma_load_2d(unsigned dst, const void* map, unsigned bar, int c0,
                                             int c1) {

@@ -97,6 +97,24 @@ def _gn_inputs(shape, dtype, layout: str, k: int):
     return xs, ys, g, b
 
 
+def _gn_calls(xs, ys, g, b, layout: str = "NCHW", **forced) -> list:
+    """One harness.groupnorm_silu call per input/output pair (32 groups, SiLU), plan overrides
+    in `forced`."""
+    gn = harness.groupnorm_silu
+    return [
+        partial(gn, x, g, b, 32, 1e-5, 1, layout, out=y, stream=_CURRENT, **forced)
+        for x, y in zip(xs, ys, strict=True)
+    ]
+
+
+def _gn_plan(shape, itemsize: int, layout: str) -> harness.GroupNormPlan:
+    """The planner's choice for an NCHW `shape` (32 groups) stored in `layout`, on this GPU."""
+    props = torch.cuda.get_device_properties(0)
+    n, c, h, w = shape
+    sms, optin = props.multi_processor_count, props.shared_memory_per_block_optin
+    return harness.groupnorm_plan(n, c, h * w, 32, layout == "NHWC", itemsize, True, sms, optin)
+
+
 def bench_groupnorm(shapes, dtypes, layout: str = "NCHW") -> list[str]:
     rows = [
         "| shape | layout | dtype | fused ms | unfused ms | speedup | fused TB/s | % of 3.35 spec "
@@ -106,26 +124,11 @@ def bench_groupnorm(shapes, dtypes, layout: str = "NCHW") -> list[str]:
     for shape in shapes:
         for dt in dtypes:
             dtype = getattr(torch, dt)
-            c = shape[1]
             nbytes = torch.Size(shape).numel() * torch.finfo(dtype).bits // 8
             k = _sets(2 * nbytes)
             xs, ys, g, b = _gn_inputs(shape, dtype, layout, k)
 
-            fused = [
-                partial(
-                    harness.groupnorm_silu,
-                    xs[i],
-                    g,
-                    b,
-                    32,
-                    1e-5,
-                    1,
-                    layout,
-                    out=ys[i],
-                    stream=_CURRENT,
-                )
-                for i in range(k)
-            ]
+            fused = _gn_calls(xs, ys, g, b, layout)
             # PyTorch on the same memory: NHWC as channels_last NCHW views.
             views = [x.permute(0, 3, 1, 2) for x in xs] if layout == "NHWC" else xs
             unfused = [partial(_gn_silu_torch, views[i], g, b) for i in range(k)]
@@ -135,17 +138,7 @@ def bench_groupnorm(shapes, dtypes, layout: str = "NCHW") -> list[str]:
             t_c, _ = _time_graph(copy)
             bw = 2 * nbytes / (t_f * 1e-3) / 1e12
             bw_c = 2 * nbytes / (t_c * 1e-3) / 1e12
-            plan = harness.groupnorm_plan(
-                shape[0],
-                c,
-                shape[2] * shape[3],
-                32,
-                layout == "NHWC",
-                nbytes // torch.Size(shape).numel(),
-                True,
-                torch.cuda.get_device_properties(0).multi_processor_count,
-                torch.cuda.get_device_properties(0).shared_memory_per_block_optin,
-            )
+            plan = _gn_plan(shape, nbytes // torch.Size(shape).numel(), layout)
             rows.append(
                 f"| {'x'.join(map(str, shape))} | {layout} | {dt} | {t_f:.4f} | {t_u:.4f} | {t_u / t_f:.2f}x "
                 f"| {bw:.2f} | {100 * bw / SPEC_TBPS:.0f}% | {bw_c:.2f} | {100 * bw / bw_c:.0f}% "
@@ -165,38 +158,19 @@ def bench_gn_cache(shapes, dtypes) -> list[str]:
         "| shape | dtype | plan | loads ms | bulk ms | bulk+store ms | copy ms | best % of copy |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    props = torch.cuda.get_device_properties(0)
     for shape in shapes:
         for dt in dtypes:
             dtype = getattr(torch, dt)
             itemsize = torch.finfo(dtype).bits // 8
             k = _sets(2 * torch.Size(shape).numel() * itemsize)
             xs, ys, g, b = _gn_inputs(shape, dtype, "NCHW", k)
-            plan = harness.groupnorm_plan(
-                shape[0], shape[1], shape[2] * shape[3], 32, False, itemsize, True,
-                props.multi_processor_count, props.shared_memory_per_block_optin,
-            )  # fmt: skip
+            plan = _gn_plan(shape, itemsize, "NCHW")
             times = []
             for cache in (1, 2, 3):
                 if not plan.cached:
                     times.append(float("nan"))
                     continue
-                calls = [
-                    partial(
-                        harness.groupnorm_silu,
-                        xs[i],
-                        g,
-                        b,
-                        32,
-                        1e-5,
-                        1,
-                        "NCHW",
-                        out=ys[i],
-                        stream=_CURRENT,
-                        cache=cache,
-                    )  # fmt: skip
-                    for i in range(k)
-                ]
+                calls = _gn_calls(xs, ys, g, b, cache=cache)
                 times.append(_time_graph(calls)[0])
             t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
             rows.append(
@@ -421,23 +395,7 @@ def sweep_plans(shapes) -> list[str]:
         xs, ys, g, b = _gn_inputs(shape, torch.float16, "NCHW", k)
         cells = []
         for cs, threads in plans:
-            fns = [
-                partial(
-                    harness.groupnorm_silu,
-                    xs[i],
-                    g,
-                    b,
-                    32,
-                    1e-5,
-                    1,
-                    "NCHW",
-                    out=ys[i],
-                    stream=_CURRENT,
-                    cluster=cs,
-                    threads=threads,
-                )
-                for i in range(k)
-            ]
+            fns = _gn_calls(xs, ys, g, b, cluster=cs, threads=threads)
             cells.append(f"{_time_graph(fns)[0]:.4f}")
         props = torch.cuda.get_device_properties(0)
         plan = harness.groupnorm_plan(

@@ -142,7 +142,7 @@ def bench_groupnorm(shapes, dtypes, layout: str = "NCHW") -> list[str]:
             rows.append(
                 f"| {'x'.join(map(str, shape))} | {layout} | {dt} | {t_f:.4f} | {t_u:.4f} | {t_u / t_f:.2f}x "
                 f"| {bw:.2f} | {100 * bw / SPEC_TBPS:.0f}% | {bw_c:.2f} | {100 * bw / bw_c:.0f}% "
-                f"| cs{plan.cluster}/{plan.threads}t/{'cached' if plan.cached else '2-read'} "
+                f"| cs{plan.cluster}/{plan.threads}t/{('2-read', 'cached', 'bulk', 'bulk+store')[plan.cached]} "
                 f"| {mode_f} |"
             )
             print(rows[-1], flush=True)

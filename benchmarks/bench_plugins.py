@@ -519,8 +519,9 @@ def main() -> None:
         print("\n".join(rows))
         return
     if args.conv_small:
-        rows = bench_conv(SMALL_CHANNEL_CASES, ["float16", "bfloat16"])
-        rows += bench_conv(SMALL_CHANNEL_CASES, ["float16", "bfloat16"], channels_last=True)[2:]
+        cases = [c for c in SMALL_CHANNEL_CASES if args.only in "x".join(map(str, c[0]))]
+        rows = bench_conv(cases, ["float16", "bfloat16"])
+        rows += bench_conv(cases, ["float16", "bfloat16"], channels_last=True)[2:]
         print("\n# small-channel summary\n")
         print("\n".join(rows))
         return

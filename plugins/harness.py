@@ -276,9 +276,11 @@ def groupnorm_plan(
             raise InputError(f"cluster must be 1, 2, 4 or 8, got {cluster}")
         cs = cluster
     fits = affine + cache_bytes(cs) <= budget
-    cached = int(fits)
+    # Clusters of 8 over 16-bit slices: bulk copies in and bulk stores out (6-10% faster on H100
+    # at 1x512x128x128 and 1x256x256x256; slower for smaller clusters, even for fp32).
+    bulk = not channels_last and v == vmax
+    cached = 3 if fits and bulk and cs == 8 and itemsize == 2 else int(fits)
     if cache is not None:
-        bulk = not channels_last and v == vmax
         if cache not in (0, 1, 2, 3) or (cache and not fits) or (cache >= 2 and not bulk):
             raise InputError(
                 f"cache {cache} does not apply: 0 or 1 where the slice fits (it does: {fits}), "

@@ -590,7 +590,11 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   auto cache_bytes = [&](int k) { return slice(k) * v * static_cast<long long>(elem); };
   while (cs < 8 && affine + cache_bytes(cs) > budget) cs *= 2;
   p.cluster = cs;
-  p.cached = affine + cache_bytes(cs) <= budget ? 1 : 0;
+  p.cached = affine + cache_bytes(cs) <= budget ? latentrt::kCacheRegisters : 0;
+  // Clusters of 8 over 16-bit slices: bulk copies in and bulk stores out (6-10% faster on H100
+  // at 1x512x128x128 and 1x256x256x256; slower for smaller clusters, even for fp32).
+  if (p.cached && layout == latentrt::kLayoutChannelsFirst && p.vec == vmax && cs == 8 && elem == 2)
+    p.cached = latentrt::kCacheBulkStore;
   p.smem = static_cast<size_t>(affine + (p.cached ? cache_bytes(cs) : 0));
   if (p.tile > 1) {  // whole rows per pass
     p.threads = static_cast<int>(512 / row_vectors * row_vectors);

@@ -390,6 +390,7 @@ def launcher_lib(tmp_path_factory, harness):
         ((2, 320, 64, 64), "NCHW", "float16"),
         ((1, 16, 16, 640), "NHWC", "bfloat16"),
         ((1, 32, 512, 512), "NCHW", "float32"),
+        ((1, 512, 128, 128), "NCHW", "bfloat16"),  # clusters of 8: bulk copies in and out
     ],
 )
 def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):

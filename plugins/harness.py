@@ -168,24 +168,26 @@ def _output(like: _Dev, shape: tuple[int, ...], out: Any, what: str, stream: Any
         return d
     if hasattr(like.obj, "new_empty"):
         return _describe(like.obj.new_empty(shape), what)
-    cupy = _cupy()
     if like.dtype == "bfloat16":
         raise InputError("bfloat16 CuPy inputs need an explicit out= array")
-    if cupy.cuda.runtime.streamIsCapturing(_stream(stream).ptr):
-        raise InputError(f"{what} cannot be allocated during a CUDA graph capture; pass it in")
-    return _describe(cupy.empty(shape, dtype=like.dtype), what)
+    return _describe(_cupy_empty(shape, like.dtype, stream, what), what)
 
 
 def _scratch(like: _Dev, nbytes: int, stream: Any, what: str) -> _Dev:
     """At least nbytes of device scratch from the allocator `like` came from: torch's caching
-    allocator for torch tensors (it serves torch.cuda.graph captures), else CuPy's pool, which
-    must not allocate while the stream is being captured (the caller passes the buffer then)."""
+    allocator for torch tensors (it serves torch.cuda.graph captures), else CuPy's pool."""
     if hasattr(like.obj, "new_empty"):
         return _describe(like.obj.new_empty((-(-nbytes // _ITEMSIZE[like.dtype]),)), what)
+    return _describe(_cupy_empty((-(-nbytes // 4),), "float32", stream, what), what)
+
+
+def _cupy_empty(shape: tuple[int, ...], dtype: str, stream: Any, what: str) -> Any:
+    """cupy.empty, refused while `stream` is being captured: CuPy's pool cannot allocate inside
+    a CUDA graph capture, so the caller passes the buffer in instead."""
     cupy = _cupy()
     if cupy.cuda.runtime.streamIsCapturing(_stream(stream).ptr):
         raise InputError(f"{what} cannot be allocated during a CUDA graph capture; pass it in")
-    return _describe(cupy.empty(-(-nbytes // 4), dtype=np.float32), what)
+    return cupy.empty(shape, dtype=dtype)
 
 
 def _stream(stream: Any) -> Any:
@@ -887,9 +889,9 @@ def conv3d(
     `tile_m` (TMA kernel: 128 or 256 positions), `cluster` (TMA kernel: 2 pairs position tiles
     that share B by multicast) and `streamk` (TMA kernel: how many of the last units stream-K
     shares) force the plan (tests, sweeps); stream-K hands partial sums over through `workspace`
-    (any CUDA array of enough bytes), allocated like x when None. A channels-first input runs through channels-last copies
-    where layout_change_bytes says a channels-last kernel is faster (`layout_change` False keeps
-    the channels-first kernels, True demands the copies).
+    (any CUDA array of enough bytes), allocated like x when None. A channels-first input runs
+    through channels-last copies where layout_change_bytes says a channels-last kernel is faster
+    (`layout_change` False keeps the channels-first kernels, True demands the copies).
     """
     cupy = _cupy()
     if layout not in ("NCDHW", "NDHWC"):

@@ -319,7 +319,8 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
         cache[v] = scale_shift<T, V, false>(cache[v], s_a, s_b, ix.channel(start + v), act);
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // visible to the TMA
       __syncthreads();
-      if (tid == 0 && b > a) bulk_store(yg + ix.offset(start + a), smem_addr(cache + a), (b - a) * 16u);
+      if (tid == 0 && b > a)
+        bulk_store(yg + ix.offset(start + a), smem_addr(cache + a), (b - a) * 16u);
     }
     if (tid == 0) bulk_store_drain();  // the block's shared memory outlives the stores' reads
     if constexpr (CS > 1) cluster_wait();
@@ -593,8 +594,8 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   p.cached = affine + cache_bytes(cs) <= budget ? latentrt::kCacheRegisters : 0;
   // Clusters of 8 over 16-bit slices: bulk copies in and bulk stores out (6-10% faster on H100
   // at 1x512x128x128 and 1x256x256x256; slower for smaller clusters, even for fp32).
-  if (p.cached && layout == latentrt::kLayoutChannelsFirst && p.vec == vmax && cs == 8 && elem == 2)
-    p.cached = latentrt::kCacheBulkStore;
+  const bool bulk = layout == latentrt::kLayoutChannelsFirst && p.vec == vmax;
+  if (p.cached && bulk && cs == 8 && elem == 2) p.cached = latentrt::kCacheBulkStore;
   p.smem = static_cast<size_t>(affine + (p.cached ? cache_bytes(cs) : 0));
   if (p.tile > 1) {  // whole rows per pass
     p.threads = static_cast<int>(512 / row_vectors * row_vectors);

@@ -1,9 +1,10 @@
 """Both plugin .cu files compile with nvcc for sm_90 and sm_90a (wgmma) with every warning an error;
-the nvcc-built C launcher plans the TMA Conv3d kernel as the Python harness does."""
+the nvcc-built C launchers plan GroupNormSiLU and the Conv3d kernels as the Python harness does."""
 
 from __future__ import annotations
 
 import ctypes
+import itertools
 import math
 import subprocess
 
@@ -187,3 +188,37 @@ def test_c_launcher_layout_change_matches_the_harness(sm90_lib):
                     assert want == 0
     assert fn(2, 1, 0, 4, 4, 4, 8, 3, 3, 3, six(2, 1, 1, 0, 1, 1), three(1, 1, 1),
               three(1, 1, 1), 0, 132, 1024, 1) == -1  # fmt: skip
+
+
+def test_c_launcher_groupnorm_plan_matches_the_harness(sm90_lib):
+    # Cluster, block size, vector width, cache fill, shared memory and tile of a GroupNormSiLU
+    # launch, in C and Python alike, over layouts, dtypes, alignment and two GPUs' limits.
+    plan = sm90_lib.latentrt_groupnorm_silu_plan
+    plan.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong] + [ctypes.c_int] * 6
+    plan.argtypes += [ctypes.POINTER(ctypes.c_int)]
+    shapes = [  # (N, C, spatial, groups)
+        (2, 320, 64 * 64, 32),
+        (8, 320, 64 * 64, 32),
+        (2, 1280, 16 * 16, 32),
+        (1, 512, 128 * 128, 32),
+        (1, 256, 256 * 256, 32),
+        (1, 32, 512 * 512, 2),  # does not fit on chip: two reads
+        (1, 96, 9 * 33 * 33, 32),  # odd spatial size, 3 channels a group
+        (3, 6, 35, 3),
+    ]
+    checked = set()
+    for (n, c, spatial, groups), layout, elem, aligned, (sms, optin) in itertools.product(
+        shapes, (0, 1), (2, 4), (1, 0), ((132, 232448), (108, 166912))
+    ):
+        out = (ctypes.c_int * 6)()
+        assert plan(n, c, spatial, groups, layout, elem, aligned, sms, optin, out) == 0
+        p = harness.groupnorm_plan(
+            n, c, spatial, groups, layout == 1, elem, bool(aligned), sms, optin
+        )
+        assert list(out) == [p.cluster, p.threads, p.vec, p.cached, p.smem, p.tile], (
+            n, c, spatial, groups, layout, elem, aligned, sms
+        )  # fmt: skip
+        checked.add(p.cached)
+    assert checked == {0, 1, 3}  # two reads, the threads' loads, bulk copies in and out
+    out = (ctypes.c_int * 6)()
+    assert plan(1, 30, 64, 32, 0, 2, 1, 132, 232448, out) != 0  # 30 channels, 32 groups

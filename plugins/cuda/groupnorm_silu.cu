@@ -694,4 +694,21 @@ extern "C" int latentrt_groupnorm_silu_bf16(const __nv_bfloat16* x, const __nv_b
                                layout, stream);
 }
 
+// The launch plan of a shape on a GPU of `sms` SMs and `smem_optin` bytes of opt-in shared
+// memory per block, host-only (the CPU tests hold it to plugins/harness.py's groupnorm_plan):
+// out6 = cluster, threads, vec, cached, smem, tile. Returns 0, or cudaErrorInvalidValue.
+extern "C" int latentrt_groupnorm_silu_plan(int n, int c, long long spatial, int num_groups,
+                                            int layout, int elem_bytes, int aligned, int sms,
+                                            int smem_optin, int* out6) {
+  if (n <= 0 || c <= 0 || spatial <= 0 || num_groups <= 0 || c % num_groups != 0 ||
+      (layout != latentrt::kLayoutChannelsFirst && layout != latentrt::kLayoutChannelsLast) ||
+      (elem_bytes != 2 && elem_bytes != 4))
+    return cudaErrorInvalidValue;
+  const GnPlan p = plan_groupnorm(n, c, spatial, num_groups, layout,
+                                  static_cast<size_t>(elem_bytes), aligned != 0, sms, smem_optin);
+  const int v[6] = {p.cluster, p.threads, p.vec, p.cached, static_cast<int>(p.smem), p.tile};
+  for (int i = 0; i < 6; ++i) out6[i] = v[i];
+  return 0;
+}
+
 #endif  // __CUDACC_RTC__

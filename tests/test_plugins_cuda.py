@@ -113,7 +113,7 @@ def test_groupnorm_silu_edge_cases(harness, gen, shape, groups, layout, act, dty
         ((2, 320, 64, 64), 2, "float16"),
         ((1, 512, 128, 128), 8, "bfloat16"),
         ((2, 1280, 16, 16), 1, "float32"),
-        ((2, 64, 24, 10), 4, "float16"),  # 120-vector slices: pieces of 30, not 16-aligned counts
+        ((2, 64, 24, 10), 4, "float16"),  # 15-vector slices: pieces of 4, 4, 4 and 3
         ((1, 32, 2, 8), 8, "float32"),  # 4 vectors a group, 8 blocks: empty slices and pieces
     ],
     ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v),

@@ -183,6 +183,74 @@ def bench_gn_cache(shapes, dtypes) -> list[str]:
     return rows
 
 
+TRACE = ("LATENTRT_GN_TRACE",)
+TRACE_MARKS = 5  # kTraceMarks: entry, loads issued, slice folded, statistics final, exit
+TRACE_BLOCKS = 4096  # kTraceBlocks
+
+
+def _trace_array(mod):
+    """The trace build's record: blocks x (5 globaltimer ns, 5 clocks, SM)."""
+    import cupy
+
+    ptr = mod.get_global("latentrt_gn_trace")
+    return cupy.ndarray((TRACE_BLOCKS, 2 * TRACE_MARKS + 1), cupy.uint64, memptr=ptr)
+
+
+def _phases(tr, blocks: int) -> dict[str, float]:
+    """Microseconds from the first block's entry to each mark (median and last block), and the
+    median per-block phase lengths."""
+    import numpy as np
+
+    t = tr[:blocks, :TRACE_MARKS].astype(np.int64)
+    t -= t[:, 0].min()
+    out = {"entry last": t[:, 0].max() / 1e3}
+    for i, name in ((2, "folded"), (3, "stats"), (4, "exit")):
+        out[f"{name} p50"] = float(np.median(t[:, i])) / 1e3
+        out[f"{name} last"] = float(t[:, i].max()) / 1e3
+    out["barrier p50"] = float(np.median(t[:, 3] - t[:, 2])) / 1e3
+    out["write p50"] = float(np.median(t[:, 4] - t[:, 3])) / 1e3
+    out["SMs"] = len(set(tr[:blocks, 2 * TRACE_MARKS].tolist()))
+    return out
+
+
+def bench_gn_trace(shapes, dtype: str = "float16") -> list[str]:
+    """Where a GroupNorm+SiLU launch spends its time (the .cu's phase trace)."""
+    mod = harness.kernel_module("groupnorm_silu.cu", TRACE)
+    rows = []
+    for shape in shapes:
+        dt = getattr(torch, dtype)
+        itemsize = torch.finfo(dt).bits // 8
+        nbytes = torch.Size(shape).numel() * itemsize
+        k = _sets(2 * nbytes)
+        xs, ys, g, b = _gn_inputs(shape, dt, "NCHW", k)
+        plan = _gn_plan(shape, itemsize, "NCHW")
+        n, c = shape[:2]
+        blocks = n * 32 * plan.cluster
+        tr = _trace_array(mod)
+        t_plain = _time_graph(_gn_calls(xs, ys, g, b))[0]
+        t_trace = _time_graph(_gn_calls(xs, ys, g, b, defines=TRACE))[0]
+        t_copy = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
+        runs = []
+        for i in range(k):  # each input last touched k launches ago: not in L2
+            harness.groupnorm_silu(xs[i], g, b, 32, 1e-5, 1, "NCHW", out=ys[i], defines=TRACE)
+            torch.cuda.synchronize()
+            runs.append(_phases(tr.get(), min(blocks, tr.shape[0])))
+        med = {key: statistics.median(r[key] for r in runs[1:]) for key in runs[0]}
+        name = "x".join(map(str, shape))
+        rows.append(
+            f"\n{name} {dtype} cs{plan.cluster}/{plan.threads}t cache {plan.cached}, {blocks} blocks "
+            f"on {med['SMs']:.0f} SMs: plain {t_plain:.4f} ms, traced {t_trace:.4f}, copy "
+            f"{t_copy:.4f}; one launch, us from the first entry (median of {len(runs) - 1}):"
+        )
+        rows.append("  " + ", ".join(f"{key} {v:.2f}" for key, v in med.items() if key != "SMs"))
+        # Read-phase floor: the input at the copy's rate (the copy moves 2 * nbytes).
+        rows.append(f"  reading the input at the copy's rate takes {t_copy * 1e3 / 2:.2f} us")
+        for r in rows[-3:]:
+            print(r, flush=True)
+        torch.cuda.empty_cache()
+    return rows
+
+
 def _conv_inputs(shape, cout, dtype, channels_last: bool):
     """Rotating inputs and outputs, weights (plain and packed) and bias of one Conv3d case."""
     n, cin, d, h, w = shape
@@ -456,6 +524,9 @@ def main() -> None:
     ap.add_argument(
         "--gn-cache", action="store_true", help="GroupNorm+SiLU: how the slice is cached, only"
     )
+    ap.add_argument(
+        "--gn-trace", action="store_true", help="GroupNorm+SiLU: phase trace and staggered waves"
+    )
     ap.add_argument("--conv-only", action="store_true", help="Conv3d tables only")
     ap.add_argument(
         "--conv-sweep", action="store_true", help="the Hopper wgmma Conv3d variant sweep only"
@@ -503,6 +574,9 @@ def main() -> None:
         rows = bench_gn_cache(gn_shapes, ["float16", "float32"])
         print("\n# GroupNorm+SiLU NCHW: slice caching\n")
         print("\n".join(rows))
+        return
+    if args.gn_trace:
+        bench_gn_trace([(1, 512, 128, 128), (1, 256, 256, 256), (8, 320, 64, 64), (2, 320, 64, 64)])
         return
     if args.conv_sweep:
         print("\n".join(sweep_conv_tiles(conv_cases)))

@@ -36,6 +36,7 @@ __all__ = [
     "conv3d_tma_plan",
     "groupnorm_plan",
     "groupnorm_silu",
+    "kernel_module",
     "kernel_source",
     "pack_conv3d_weights",
 ]
@@ -62,14 +63,20 @@ def kernel_source(name: str) -> str:
 
 
 @functools.cache
-def _module(name: str) -> Any:
+def _module(name: str, defines: tuple[str, ...] = ()) -> Any:
+    """plugins/cuda/<name> compiled by NVRTC, with `defines` as -D options (profiling builds)."""
     cupy = _cupy()
-    options = []  # NVRTC 13 defaults to C++17, which the sources need
+    options = [f"-D{d}" for d in defines]  # NVRTC 13 defaults to C++17, which the sources need
     for root in (os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
         if root and (Path(root) / "include" / "cuda_fp16.h").exists():
             options.append(f"-I{Path(root) / 'include'}")
             break
     return cupy.RawModule(code=kernel_source(name), options=tuple(options))
+
+
+def kernel_module(name: str, defines: tuple[str, ...] = ()) -> Any:
+    """The CuPy module of plugins/cuda/<name> the harness launches (its globals, for profiling)."""
+    return _module(name, tuple(defines))
 
 
 def find_nvcc() -> str | None:
@@ -314,11 +321,13 @@ def groupnorm_silu(
     cluster: int | None = None,
     threads: int | None = None,
     cache: int | None = None,
+    defines: tuple[str, ...] = (),
 ) -> Any:
     """Fused GroupNorm + optional SiLU on the GPU; returns `out` (allocated when None).
 
     x is (N, C, *spatial) for NCHW/NCDHW or (N, *spatial, C) for NHWC/NDHWC. `cluster`,
-    `threads` and `cache` override the planner's choices (benchmark sweeps, tests).
+    `threads` and `cache` override the planner's choices (benchmark sweeps, tests); `defines`
+    builds the kernel with -D options (("LATENTRT_GN_TRACE",): the phase trace of the .cu).
     """
     cupy = _cupy()
     if layout not in _CHANNELS_LAST:
@@ -358,7 +367,7 @@ def groupnorm_silu(
         cache,
     )
     name = f"latentrt_gn_silu_{'nhwc' if last else 'nchw'}_{_SUFFIX[xd.dtype]}_c{plan.cluster}"
-    kern = _module("groupnorm_silu.cu").get_function(name)
+    kern = _module("groupnorm_silu.cu", tuple(defines)).get_function(name)
     kern.max_dynamic_shared_size_bytes = plan.smem
     args = (
         _p(xd.ptr),

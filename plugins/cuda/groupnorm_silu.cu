@@ -17,6 +17,36 @@
 // beta, y share one dtype (fp32, fp16, bf16).
 #include "common.cuh"
 
+// Phase trace, in profiling builds only (-DLATENTRT_GN_TRACE; benchmarks/bench_plugins.py
+// --gn-trace): thread 0 of each of the first kTraceBlocks blocks records %globaltimer (ns) and
+// clock64 at kTraceMarks points, and its SM.
+#ifdef LATENTRT_GN_TRACE
+constexpr int kTraceBlocks = 4096;
+constexpr int kTraceMarks = 5;  // entry, loads issued, slice folded, statistics final, exit
+extern "C" {  // unmangled, so the harness finds them by name
+__device__ unsigned long long latentrt_gn_trace[kTraceBlocks][2 * kTraceMarks + 1];
+}
+
+__device__ __forceinline__ unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ void trace_mark(int i) {
+  if (threadIdx.x != 0 || blockIdx.x >= kTraceBlocks) return;
+  latentrt_gn_trace[blockIdx.x][i] = global_ns();
+  latentrt_gn_trace[blockIdx.x][kTraceMarks + i] = clock64();
+  if (i == 0) {
+    unsigned sm;
+    asm volatile("mov.u32 %0, %smid;" : "=r"(sm));
+    latentrt_gn_trace[blockIdx.x][2 * kTraceMarks] = sm;
+  }
+}
+#define LRT_GN_MARK(i) trace_mark(i)
+#else
+#define LRT_GN_MARK(i)
+#endif
+
 namespace latentrt {
 
 struct WelfordStat {
@@ -188,6 +218,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
   const unsigned tid = threadIdx.x;
   const unsigned bs = blockDim.x;
   constexpr int U = 4;  // more spills registers under the 64-register bound
+  LRT_GN_MARK(0);
 
   // gamma and beta first: their loads are in flight together with the first data loads.
   for (unsigned c = tid; c < Cg; c += bs) {
@@ -222,6 +253,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
       }
     }
     __syncthreads();  // the mbarriers are initialized before anyone waits on them
+    LRT_GN_MARK(1);
     for (unsigned k = 0; k < kBulkPieces; ++k) {
       const unsigned a = min(nv, k * piece), b = min(nv, a + piece);
       mbar_wait(smem_addr(&s_bar[k]), 0);
@@ -238,6 +270,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
       }
     }
   } else {
+    LRT_GN_MARK(1);
     for (unsigned v0 = start + tid; v0 < end; v0 += U * bs) {
       Pack<T, V> p[U];
 #pragma unroll
@@ -265,6 +298,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
     s_warp[warp][2] = st.m2;
   }
   __syncthreads();
+  LRT_GN_MARK(2);
   if (warp == 0) {
     const unsigned nw = bs >> 5;
     WelfordStat w{0.0f, 0.0f, 0.0f};
@@ -301,6 +335,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
     cluster_arrive();  // done with the peers' s_block; the matching wait is at the end
   }
   __syncthreads();
+  LRT_GN_MARK(3);
   const float mean = s_final[0];
   const float rstd = s_final[1];
   for (unsigned c = tid; c < Cg; c += bs) {
@@ -323,6 +358,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
         bulk_store(yg + ix.offset(start + a), smem_addr(cache + a), (b - a) * 16u);
     }
     if (tid == 0) bulk_store_drain();  // the block's shared memory outlives the stores' reads
+    LRT_GN_MARK(4);
     if constexpr (CS > 1) cluster_wait();
     return;
   }
@@ -341,6 +377,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
     for (int u = 0; u < U; ++u)
       if (v0 + u * bs < end) emit(v0 + u * bs, p[u]);
   }
+  LRT_GN_MARK(4);
   if constexpr (CS > 1) cluster_wait();  // no block exits while a peer may still read s_block
 }
 

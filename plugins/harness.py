@@ -32,6 +32,7 @@ __all__ = [
     "conv3d",
     "conv3d_plan",
     "conv3d_narrow_plan",
+    "narrow_workspace_bytes",
     "conv3d_smallc_plan",
     "conv3d_tma_plan",
     "groupnorm_plan",
@@ -398,6 +399,7 @@ class ConvPlan:
     block: int
     smem: int
     tail: tuple[int, ...] = ()  # the kernel's int arguments after the ConvShape ones
+    workspace: int = 0  # bytes of stream-K's workspace (the narrow-output kernel); 0: none
 
 
 WGMMA_TILES_N = (128, 96, 64)
@@ -544,7 +546,18 @@ def conv3d_smallc_plan(
 
 def narrow_smem_bytes(taps: int, cc: int, halo_pixels: int) -> int:
     """Dynamic shared memory of the narrow-output kernel (NarrowTiles::smem_bytes)."""
-    return 2 * 16 * (taps * cc + 8) + 2 * halo_pixels * (cc + 8) + 4 * (taps * cc // 8) + 4 * 2048
+    return (
+        2 * 16 * (taps * cc + 8)
+        + 2 * halo_pixels * (cc + 8)
+        + 4 * (taps * cc // 8)
+        + 4 * 2048
+        + 4 * halo_pixels
+    )
+
+
+def narrow_workspace_bytes(ctas: int) -> int:
+    """Stream-K's workspace of the narrow-output kernel: a 2048-float slot and a flag per CTA."""
+    return ctas * (2048 + 1) * 4
 
 
 def conv3d_narrow_plan(
@@ -558,12 +571,16 @@ def conv3d_narrow_plan(
     strides: Sequence[int],
     dilations: Sequence[int],
     smem_limit: int = SMALLC_MAX_SMEM,
+    sms: int | None = None,
+    ctas: int | None = None,
 ) -> ConvPlan | None:
     """The narrow-output tensor-core kernel (conv3d_narrow in conv3d.cu) where it applies:
     fp16/bf16 channels-last, Cin % 8 == 0 and Cout <= 16 (a VAE decoder's RGB output conv);
     None otherwise. One CTA per 128-position box; Cin in chunks of 32, 16 or 8 channels, the
-    widest that fits two CTAs per SM and makes whole k16 steps. Mirrors narrow_plan in
-    conv3d.cu."""
+    widest that fits two CTAs per SM and makes whole k16 steps. Given `sms`, more boxes than two
+    CTAs per SM hold, in a count that is not a multiple of them, are shared out by stream-K over
+    (box, chunk) units among 2 * sms CTAs; `ctas` (at most the boxes) forces that CTA count.
+    Mirrors narrow_plan in conv3d.cu."""
     if dtype == "float32" or not channels_last or cin % 8 or cout > 16:
         return None
     taps = kernel[0] * kernel[1] * kernel[2]
@@ -575,9 +592,18 @@ def conv3d_narrow_plan(
     for cc in (32, 16, 8):  # the reduction of a chunk, taps x cc, must be whole k16 steps
         smem = narrow_smem_bytes(taps, cc, pixels)
         if cin % cc == 0 and taps * cc % 16 == 0 and smem <= min(smem_limit, SMALLC_MAX_SMEM):
-            kernel_name = f"latentrt_conv3d_narrow_ndhwc_{_SUFFIX[dtype]}"
+            if ctas is None:
+                slots = 2 * sms if sms else tiles
+                ctas = slots if tiles > slots and tiles % slots else tiles
+            elif not 1 <= ctas <= tiles:
+                raise InputError(f"the narrow kernel's CTAs must be 1 to {tiles}, got {ctas}")
             return ConvPlan(
-                kernel_name, (tiles, 1, 1), 256, smem, (n, bw_log2, tiles_h, tiles_w, cc)
+                f"latentrt_conv3d_narrow_ndhwc_{_SUFFIX[dtype]}",
+                (ctas, 1, 1),
+                256,
+                smem,
+                (n, bw_log2, tiles_h, tiles_w, cc),
+                narrow_workspace_bytes(ctas) if ctas < tiles else 0,
             )
     return None
 
@@ -792,13 +818,7 @@ def _conv3d_tma(
             grid = (plan.dp_tiles * cl, 1, 1)
             driver.launch(kern.kernel.ptr, grid, 288, plan.smem, st.ptr, args)
         if plan.sk_tiles:
-            nbytes = plan.workspace_elems * 4
-            if workspace is None:
-                wsd = _scratch(xd, nbytes, stream, "stream-K's workspace")
-            else:
-                wsd = _describe(workspace, "workspace")
-                if math.prod(wsd.shape) * _ITEMSIZE[wsd.dtype] < nbytes:
-                    raise InputError(f"workspace must hold at least {nbytes} bytes")
+            wsd = _streamk_workspace(xd, plan.workspace_elems * 4, workspace, stream)
             ctas = plan.sk_ctas * cl
             flags = ctas * plan.tile_m * plan.tile_n * 4
             cupy.cuda.runtime.memsetAsync(wsd.ptr + flags, 0, ctas * 4, st.ptr)
@@ -889,6 +909,7 @@ def conv3d(
     tile_m: int | None = None,
     cluster: int | None = None,
     layout_change: bool | None = None,
+    narrow_ctas: int | None = None,
 ) -> Any:
     """Conv3d with fused causal padding on the GPU; returns `out` (allocated when None).
 
@@ -901,6 +922,7 @@ def conv3d(
     (any CUDA array of enough bytes), allocated like x when None. A channels-first input runs
     through channels-last copies where layout_change_bytes says a channels-last kernel is faster
     (`layout_change` False keeps the channels-first kernels, True demands the copies).
+    `narrow_ctas` forces the narrow-output kernel's CTA count (stream-K below one per box).
     """
     cupy = _cupy()
     if layout not in ("NCDHW", "NDHWC"):
@@ -947,6 +969,7 @@ def conv3d(
             _transpose_2b(xd, xl, n, cin, d * h * wd_, stream)
             forced = dict(tile_n=tile_n, stages=stages, tma=tma, streamk=streamk)
             forced.update(workspace=workspace, tile_m=tile_m, cluster=cluster)
+            forced.update(narrow_ctas=narrow_ctas)
             conv3d(xl.obj, packed, b, pads, strides, dilations, causal_time, "NDHWC", yl.obj,
                    stream, weights_packed=True, **forced)  # fmt: skip
             _transpose_2b(yl, yd, n, positions, cout, stream)
@@ -993,18 +1016,41 @@ def conv3d(
         )
         if small is None and xd.ptr % 16 == 0 and pd.ptr % 16 == 0:
             small = conv3d_narrow_plan(
-                xd.dtype, last, n, cin, cout, (kt, kh, kw), (do, ho, wo), strides, dilations, optin
-            )
+                xd.dtype, last, n, cin, cout, (kt, kh, kw), (do, ho, wo), strides, dilations,
+                optin, sms, narrow_ctas,
+            )  # fmt: skip
         plan = plan if small is None else small
+    if narrow_ctas is not None and "narrow" not in plan.kernel:
+        raise InputError("narrow_ctas applies to the narrow-output kernel, which does not run this")
     shape_args = [cin, d, h, wd_, cout, kt, kh, kw, do, ho, wo, *strides, *dilations]
     shape_args += [p[0], p[1], p[2], 1 if causal_time == 2 else 0, *plan.tail]
     args = [_p(xd.ptr), _p(pd.ptr), _p(bptr), _p(yd.ptr)] + [_i(v) for v in shape_args]
     wg = plan.kernel.startswith("latentrt_conv3d_wgmma")
     kern = (_module_sm90a if wg else _module)("conv3d.cu").get_function(plan.kernel)
     kern.max_dynamic_shared_size_bytes = plan.smem
-    with _stream(stream):
+    st = _stream(stream)
+    if "narrow" in plan.kernel:  # its last argument: stream-K's workspace, or null
+        wsp = 0
+        if plan.workspace:
+            wsd = _streamk_workspace(xd, plan.workspace, workspace, stream)
+            ctas = plan.grid[0]
+            cupy.cuda.runtime.memsetAsync(wsd.ptr + ctas * 2048 * 4, 0, ctas * 4, st.ptr)
+            wsp = wsd.ptr
+        args.append(_p(wsp))
+    with st:
         kern(plan.grid, (plan.block,), tuple(args), shared_mem=plan.smem)
     return yd.obj
+
+
+def _streamk_workspace(xd: _Dev, nbytes: int, workspace: Any, stream: Any) -> _Dev:
+    """Stream-K's workspace: `workspace` (any CUDA array of at least nbytes, 16-byte aligned),
+    or scratch allocated like x."""
+    if workspace is None:
+        return _scratch(xd, nbytes, stream, "stream-K's workspace")
+    wsd = _describe(workspace, "workspace")
+    if math.prod(wsd.shape) * _ITEMSIZE[wsd.dtype] < nbytes or wsd.ptr % 16:
+        raise InputError(f"workspace must hold at least {nbytes} bytes, 16-byte aligned")
+    return wsd
 
 
 def build_shared_library(out: str | os.PathLike[str], arch: str = "sm_90") -> Path:

@@ -248,6 +248,9 @@ NARROW_CASES = [
     ((2, 16, 5, 13, 19), 3, (3, 3, 3), (0, 1, 1, 0, 1, 1), (1, 2, 2), (1, 1, 1), 1),
     ((1, 24, 6, 11, 9), 5, (2, 3, 3), (0, 2, 2, 0, 2, 2), (1, 1, 1), (2, 2, 2), 2),
     ((1, 64, 4, 20, 70), 12, (2, 3, 3), (0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1), 1),
+    # The RGB output conv of a 17 x 64 x 64 latent video: 544 boxes, more than two CTAs per SM
+    # hold on any GPU of up to 271 SMs, so stream-K shares (box, chunk) units out.
+    ((1, 128, 17, 64, 64), 3, (3, 3, 3), (0, 1, 1, 0, 1, 1), (1, 1, 1), (1, 1, 1), 1),
 ]
 
 
@@ -269,6 +272,34 @@ def test_conv3d_narrow_output(harness, gen, case, layout, dtype):
         x, w, b, pads, strides, dil, causal, layout, out=out, layout_change=not last or None
     )
     _check(out, ref, dtype)
+
+
+# (case, CTAs): 72 boxes of 4 Cin chunks (1 x 128 x 9 x 32 x 32) or 12 boxes of 3 chunks (24
+# channels, dilation 2) shared by fewer CTAs than boxes.
+NARROW_STREAM_K = [(0, 1), (0, 7), (0, 50), (0, 71), (2, 1), (2, 5), (2, 11)]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(("case", "ctas"), NARROW_STREAM_K, ids=lambda v: str(v))
+def test_conv3d_narrow_output_stream_k(harness, gen, case, ctas, dtype):
+    """Stream-K forced below one CTA per box, so ranges start and end inside boxes and a CTA
+    both finishes its predecessor's box and hands a partial on; the workspace's flags are left
+    zero for the next launch, which reuses the workspace."""
+    case = NARROW_CASES[case]
+    shape, cout, k, pads, strides, dil, causal = case
+    x, w, b, ref = _conv_inputs(case, True, dtype, gen)
+    out_dhw = tuple(ref.shape[1:4])
+    plan = harness.conv3d_narrow_plan(
+        dtype, True, shape[0], shape[1], cout, k, out_dhw, strides, dil, ctas=ctas
+    )
+    assert plan.grid[0] == ctas and plan.workspace == harness.narrow_workspace_bytes(ctas)
+    ws = torch.full((plan.workspace // 4,), 0.0, device="cuda", dtype=torch.float32)
+    for _ in range(2):
+        out = _poisoned(tuple(ref.shape), dtype)
+        harness.conv3d(x, w, b, pads, strides, dil, causal, "NDHWC", out=out, narrow_ctas=ctas,
+                       workspace=ws)  # fmt: skip
+        _check(out, ref, dtype)
+    assert int(ws[ctas * 2048 :].view(torch.int32).abs().sum()) == 0
 
 
 TMA_CASES = [
@@ -435,11 +466,15 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
         (CONV_CASES[0], "NCDHW", "bfloat16", "full"),
         (CONV_CASES[2], "NCDHW", "float16", "full"),
         (NARROW_CASES[2], "NCDHW", "bfloat16", "full"),
+        (NARROW_CASES[4], "NDHWC", "float16", "streamk"),
+        (NARROW_CASES[4], "NCDHW", "bfloat16", "full"),
+        (NARROW_CASES[4], "NDHWC", "bfloat16", None),
     ],
     # On Hopper (sm_90a library): 384 channels run the TMA kernel (with a workspace in clusters
     # of two with stream-K, without one CTA per tile), 96 the cp.async wgmma one. A "full"
     # workspace (latentrt_conv3d_workspace_bytes) also lets channels-first inputs run through
-    # channels-last copies; a stream-K-sized one keeps them channels-first.
+    # channels-last copies; a stream-K-sized one keeps them channels-first. The RGB output conv's
+    # 544 boxes take the narrow kernel's stream-K where a workspace is given.
     ids=[
         "tc-ncdhw",
         "tma-streamk-or-tc-ndhwc",
@@ -453,6 +488,9 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
         "ncdhw-via-wgmma-or-tc",
         "ncdhw-via-tma-or-tc",
         "ncdhw-via-narrow",
+        "narrow-ndhwc-streamk",
+        "ncdhw-via-narrow-streamk",
+        "narrow-ndhwc-no-workspace",
     ],  # fmt: skip
 )
 def test_c_launcher_conv3d(launcher_lib, gen, case, layout, dtype, ws_mode):

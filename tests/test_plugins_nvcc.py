@@ -133,18 +133,21 @@ def test_c_launcher_narrow_plan_matches_the_harness(sm90_lib):
         (1, 12, 3, (3, 3, 3), (9, 64, 64), (1, 1, 1), (1, 1, 1)),
         (1, 128, 24, (3, 3, 3), (9, 64, 64), (1, 1, 1), (1, 1, 1)),
     ]
+    stream_k = 0
     for n, cin, cout, k, out_dhw, strides, dil in cases:
-        for limit in (harness.SMALLC_MAX_SMEM, 64 * 1024):
+        for limit, sms in ((harness.SMALLC_MAX_SMEM, 132), (64 * 1024, 132), (64 * 1024, 16)):
             out = (ctypes.c_int * 6)()
-            rc = plan(n, cin, cout, *k, three(*strides), three(*dil), *out_dhw, limit, out)
+            rc = plan(n, cin, cout, *k, three(*strides), three(*dil), *out_dhw, sms, limit, out)
             p = harness.conv3d_narrow_plan(
-                "float16", True, n, cin, cout, k, out_dhw, strides, dil, limit
+                "float16", True, n, cin, cout, k, out_dhw, strides, dil, limit, sms
             )
             if p is None:
                 assert rc == 1, (n, cin, cout, k, out_dhw, limit)
                 continue
             assert rc == 0
             assert list(out) == [*p.tail[1:], p.smem, p.grid[0]], (n, cin, cout, k, out_dhw)
+            stream_k += p.workspace > 0
+    assert stream_k >= 3  # the RGB output conv on 132 SMs, more cases on 16
 
 
 def test_c_launcher_layout_change_matches_the_harness(sm90_lib):

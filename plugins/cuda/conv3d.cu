@@ -640,95 +640,170 @@ struct NarrowTiles {
   static __host__ __device__ constexpr int w_stride(int taps, int cc) { return taps * cc + 8; }
   static __host__ __device__ constexpr int smem_bytes(int taps, int cc, int halo_px) {
     return 2 * BM * w_stride(taps, cc) + 2 * halo_px * px_stride(cc) + 4 * (taps * cc / 8) +
-           4 * BP * BM;
+           4 * BP * BM + 4 * halo_px;
   }
 };
 
+// Work: boxes x chunks units, box-major. Without `ws` a CTA takes one box (blockIdx.x) and all
+// its chunks. With `ws` (stream-K, gridDim.x <= boxes) CTA b takes units [b U / G, (b + 1) U / G)
+// of U = boxes x chunks over G = gridDim.x CTAs, at least one box's worth, so a box is split
+// between at most two neighbouring CTAs. A range that ends inside a box (its chunks from 0)
+// publishes the partial sums in CTA b's slot of ws and raises its flag; the next CTA, whose range
+// starts inside that box, runs that head segment last, waits for the flag (a lower-numbered CTA,
+// started no later), adds and stores. 544 boxes on 264 slots (the RGB output conv of a 64 x 64
+// x 17 latent video) ran 3 rounds, the last 6% full; split this way every CTA does 2.06 boxes.
+// ws: gridDim.x slots of 2048 floats, then gridDim.x int flags, zero at launch and left zero.
 template <typename T>
 __device__ __forceinline__ void conv3d_narrow(const T* __restrict__ x, const T* __restrict__ wp,
                                               const T* __restrict__ bias, T* __restrict__ y,
                                               const ConvShape s, int N, int bw_log2, int tiles_h,
-                                              int tiles_w, int cc) {
+                                              int tiles_w, int cc, float* __restrict__ ws) {
   using Tiles = NarrowTiles;
   constexpr int BP = Tiles::BP;
   const int bw = 1 << bw_log2, bh = BP >> bw_log2;
   const SmallcHalo hl(s.kT, s.kH, s.kW, s.dt, s.dh, s.dw, s.sh, s.sw, bh, bw);
   const int taps = s.kT * s.kH * s.kW;
   const int kc = taps * cc;  // reduction length of one chunk
-  const int ws = Tiles::w_stride(taps, cc), ps = Tiles::px_stride(cc);
+  const int ws_ = Tiles::w_stride(taps, cc), ps = Tiles::px_stride(cc);
   const int pixels = hl.t * hl.h * hl.w;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* w_s = reinterpret_cast<T*>(smem_raw);      // [16][ws]: k = tap * cc + c
-  T* halo = w_s + Tiles::BM * ws;               // [pixel][ps]
+  T* w_s = reinterpret_cast<T*>(smem_raw);      // [16][ws_]: k = tap * cc + c
+  T* halo = w_s + Tiles::BM * ws_;              // [pixel][ps]
   int* koff = reinterpret_cast<int*>(halo + pixels * ps);  // [kc / 8]: halo offset of k group
   float* stage = reinterpret_cast<float*>(koff + kc / 8);   // [BP][16]
+  int* src = reinterpret_cast<int*>(stage + BP * Tiles::BM);  // [pixel]: x's pixel, -1: padding
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int cg_log2 = cc == 32 ? 2 : cc == 16 ? 1 : 0;  // 16-byte pieces per pixel of a chunk
 
   for (int gi = tid; gi < kc / 8; gi += Tiles::THREADS) {
-    const int tap = gi / (cc / 8);
-    koff[gi] = halo_tap(s, hl, tap) * ps + (gi - tap * (cc / 8)) * 8;
+    const int tap = gi >> cg_log2;
+    koff[gi] = halo_tap(s, hl, tap) * ps + (gi - (tap << cg_log2)) * 8;
   }
-  const HaloTile ht(s, blockIdx.x, bh, bw, tiles_h, tiles_w);
-  const long long n = ht.n;
-  const int to = ht.to, ho0 = ht.ho0, wo0 = ht.wo0;
+  // Weight rows past Cout stay zero: written once here, never loaded.
+  for (int i = s.Cout * ws_ + tid; i < Tiles::BM * ws_; i += Tiles::THREADS) w_s[i] = zero_value<T>();
 
   // ldmatrix rows of this lane. A: channel (lane & 7) + 8 * ((lane >> 3) & 1), k half lane >> 4.
   // B: position warp * 16 + (lane & 7) + 8 * (lane >> 4), k half (lane >> 3) & 1.
-  const T* a_row = w_s + ((lane & 7) + (((lane >> 3) & 1) << 3)) * ws + ((lane >> 4) << 3);
+  const T* a_row = w_s + ((lane & 7) + (((lane >> 3) & 1) << 3)) * ws_ + ((lane >> 4) << 3);
   const int pos = warp * 16 + (lane & 7) + ((lane >> 4) << 3);
   const T* b_row =
       halo + (((pos >> bw_log2) * s.sh) * hl.w + (pos & (bw - 1)) * s.sw) * ps;
   const int b_half = (lane >> 3) & 1;
-  float acc[2][4] = {};
+  float acc[2][4];
 
-  for (int c0 = 0; c0 < s.Cin; c0 += cc) {
-    __syncthreads();  // the previous chunk is no longer read (and koff is written)
-    for (int i = tid; i < Tiles::BM * (kc / 8); i += Tiles::THREADS) {
-      const int co = i / (kc / 8), gi = i - co * (kc / 8);
-      const int tap = gi / (cc / 8), c = (gi - tap * (cc / 8)) * 8;
-      const bool ok = co < s.Cout;
-      const T* src = wp + (static_cast<long long>(ok ? co : 0) * taps + tap) * s.Cin + c0 + c;
-      cp_async16(w_s + co * ws + gi * 8, src, ok ? 16 : 0);
-    }
-    for (int i = tid; i < pixels * (cc / 8); i += Tiles::THREADS) {
-      const int p = i / (cc / 8), c = (i - p * (cc / 8)) * 8;
+  // Accumulates chunks [k0, k1) of `box` into acc. The halo's source pixels are found once per
+  // box (the divisions and bounds checks), so a chunk's copies only add its channel offset.
+  auto run_chunks = [&](long long box, int k0, int k1) {
+    const HaloTile ht(s, box, bh, bw, tiles_h, tiles_w);
+    // x's pixels relative to the halo's first (which may lie in the padding): at most the halo's
+    // frames of H x W pixels apart, so they fit an int.
+    const long long base = ((ht.n * s.D + ht.t_in) * s.H + ht.h_in) * s.W + ht.w_in;
+    for (int p = tid; p < pixels; p += Tiles::THREADS) {
       int gt, gh, gw;
-      const bool ok = ht.source(s, hl, p, &gt, &gh, &gw);
-      const T* src = ok ? x + (((n * s.D + gt) * s.H + gh) * static_cast<long long>(s.W) + gw) *
-                                      s.Cin + c0 + c
-                        : x;
-      cp_async16(halo + p * ps + c, src, ok ? 16 : 0);
+      src[p] = ht.source(s, hl, p, &gt, &gh, &gw)
+                   ? static_cast<int>(((ht.n * s.D + gt) * s.H + gh) * s.W + gw - base)
+                   : -1;
     }
-    cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
-    for (int k0 = 0; k0 < kc; k0 += 16) {
-      unsigned a[4], b[4];
-      ldmatrix_x4(a, a_row + k0);
-      ldmatrix_x4(b, b_row + koff[(k0 >> 3) + b_half]);
-      mma_m16n8k16(T{}, acc[0], a, b[0], b[1]);
-      mma_m16n8k16(T{}, acc[1], a, b[2], b[3]);
+    for (int c0 = k0 * cc; c0 < k1 * cc; c0 += cc) {
+      __syncthreads();  // the previous chunk is no longer read (and koff, src are written)
+      for (int i = tid; i < s.Cout * (kc / 8); i += Tiles::THREADS) {
+        const int co = i / (kc / 8), gi = i - co * (kc / 8);
+        const int tap = gi >> cg_log2, c = (gi - (tap << cg_log2)) * 8;
+        cp_async16(w_s + co * ws_ + gi * 8,
+                   wp + (static_cast<long long>(co) * taps + tap) * s.Cin + c0 + c, 16);
+      }
+      for (int i = tid; i < pixels << cg_log2; i += Tiles::THREADS) {
+        const int p = i >> cg_log2, c = (i - (p << cg_log2)) * 8;
+        const int sp = src[p];
+        cp_async16(halo + p * ps + c, sp >= 0 ? x + (base + sp) * s.Cin + c0 + c : x,
+                   sp >= 0 ? 16 : 0);
+      }
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+      for (int k = 0; k < kc; k += 16) {
+        unsigned a[4], b[4];
+        ldmatrix_x4(a, a_row + k);
+        ldmatrix_x4(b, b_row + koff[(k >> 3) + b_half]);
+        mma_m16n8k16(T{}, acc[0], a, b[0], b[1]);
+        mma_m16n8k16(T{}, acc[1], a, b[2], b[3]);
+      }
     }
-  }
+  };
 
   // acc[j]: channels g and g + 8, positions warp * 16 + 8 j + 2 q (+1).
-  const int g = lane >> 2, q = lane & 3;
+  auto store_box = [&](long long box) {
+    const HaloTile ht(s, box, bh, bw, tiles_h, tiles_w);
+    const int g = lane >> 2, q = lane & 3;
 #pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    const int p0 = warp * 16 + 8 * j + 2 * q;
-    stage[p0 * 16 + g] = acc[j][0];
-    stage[(p0 + 1) * 16 + g] = acc[j][1];
-    stage[p0 * 16 + g + 8] = acc[j][2];
-    stage[(p0 + 1) * 16 + g + 8] = acc[j][3];
+    for (int j = 0; j < 2; ++j) {
+      const int p0 = warp * 16 + 8 * j + 2 * q;
+      stage[p0 * 16 + g] = acc[j][0];
+      stage[(p0 + 1) * 16 + g] = acc[j][1];
+      stage[p0 * 16 + g + 8] = acc[j][2];
+      stage[(p0 + 1) * 16 + g + 8] = acc[j][3];
+    }
+    __syncthreads();
+    for (int i = tid; i < BP * s.Cout; i += Tiles::THREADS) {
+      const int r = i / s.Cout, co = i - r * s.Cout;
+      const int ho = ht.ho0 + (r >> bw_log2), wo = ht.wo0 + (r & (bw - 1));
+      if (ho >= s.Ho || wo >= s.Wo) continue;
+      const float v = stage[r * 16 + co] + (bias != nullptr ? to_f32(bias[co]) : 0.0f);
+      y[(((ht.n * s.Do + ht.to) * s.Ho + ho) * static_cast<long long>(s.Wo) + wo) * s.Cout + co] =
+          from_f32<T>(v);
+    }
+    __syncthreads();  // stage is read before the next box writes it
+  };
+  auto zero = [&] {
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
+  };
+
+  const int nch = s.Cin / cc;
+  const long long G = gridDim.x, units = static_cast<long long>(N) * s.Do * tiles_h * tiles_w * nch;
+  const long long u_begin = ws ? blockIdx.x * units / G : static_cast<long long>(blockIdx.x) * nch;
+  const long long u_end = ws ? (blockIdx.x + 1) * units / G : u_begin + nch;
+  const int head_k = static_cast<int>(u_begin % nch);  // > 0: the range starts inside a box
+  for (long long u = head_k ? (u_begin / nch + 1) * nch : u_begin; u < u_end;) {
+    const long long box = u / nch;
+    const int k1 = static_cast<int>(min(static_cast<long long>(nch), u_end - box * nch));
+    zero();
+    run_chunks(box, 0, k1);
+    if (k1 == nch) {
+      store_box(box);
+    } else {  // the next CTA finishes this box
+      float4* slot = reinterpret_cast<float4*>(ws + blockIdx.x * 2048LL);
+      __stcg(slot + tid, make_float4(acc[0][0], acc[0][1], acc[0][2], acc[0][3]));
+      __stcg(slot + 256 + tid, make_float4(acc[1][0], acc[1][1], acc[1][2], acc[1][3]));
+      __syncthreads();
+      if (tid == 0) {
+        __threadfence();
+        unsigned* flag = reinterpret_cast<unsigned*>(ws + G * 2048) + blockIdx.x;
+        asm volatile("st.release.gpu.global.u32 [%0], 1;" ::"l"(flag) : "memory");
+      }
+    }
+    u = (box + 1) * nch;
   }
-  __syncthreads();
-  for (int i = tid; i < BP * s.Cout; i += Tiles::THREADS) {
-    const int r = i / s.Cout, co = i - r * s.Cout;
-    const int ho = ho0 + (r >> bw_log2), wo = wo0 + (r & (bw - 1));
-    if (ho >= s.Ho || wo >= s.Wo) continue;
-    const float v = stage[r * 16 + co] + (bias != nullptr ? to_f32(bias[co]) : 0.0f);
-    y[(((n * s.Do + to) * s.Ho + ho) * static_cast<long long>(s.Wo) + wo) * s.Cout + co] =
-        from_f32<T>(v);
+  if (head_k) {  // the rest of the box the previous CTA started
+    const long long box = u_begin / nch;
+    zero();
+    run_chunks(box, head_k, nch);
+    if (tid == 0) {
+      unsigned* flag = reinterpret_cast<unsigned*>(ws + G * 2048) + blockIdx.x - 1;
+      unsigned v = 0;
+      do {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
+      } while (v == 0);
+      *flag = 0;
+    }
+    __syncthreads();
+    const float4* slot = reinterpret_cast<const float4*>(ws + (blockIdx.x - 1) * 2048LL);
+    const float4 p0 = __ldcg(slot + tid), p1 = __ldcg(slot + 256 + tid);
+    acc[0][0] += p0.x, acc[0][1] += p0.y, acc[0][2] += p0.z, acc[0][3] += p0.w;
+    acc[1][0] += p1.x, acc[1][1] += p1.y, acc[1][2] += p1.z, acc[1][3] += p1.w;
+    store_box(box);
   }
 }
 
@@ -1413,7 +1488,7 @@ __device__ __forceinline__ void transpose_2b(const unsigned short* __restrict__ 
 //   latentrt_conv3d_smallc_{ncdhw|ndhwc}_{f16|bf16}_n{64|128} block 256, grid.x = CTAs looping
 //                                          over position tiles, grid.y = ceil(Cout/BN)
 //   latentrt_conv3d_narrow_ndhwc_{f16|bf16}                  block 256, grid.x = position tiles
-//                                          (Cout <= 16)
+//                                          (Cout <= 16), or stream-K's CTAs with a workspace
 //   latentrt_conv3d_wgmma_ndhwc_{f16|bf16}_n{64|96|128}      block 256, grid.x = ceil(P/128),
 //                                          grid.y = ceil(Cout/BN); sm_90a only
 //   latentrt_conv3d_wgmma_ndhwc_{f16|bf16}_n128_s6           the same with 6 stages, one CTA
@@ -1465,8 +1540,9 @@ __device__ __forceinline__ void transpose_2b(const unsigned short* __restrict__ 
 #define LRT_CONV_NARROW(T, SUF)                                                                \
   extern "C" __global__ void __launch_bounds__(256, 2) latentrt_conv3d_narrow_ndhwc_##SUF(     \
       const T* x, const T* wp, const T* bias, T* y, LRT_CONV_PARAMS, int N, int bw_log2,       \
-      int tiles_h, int tiles_w, int cc) {                                                      \
-    latentrt::conv3d_narrow<T>(x, wp, bias, y, LRT_CONV_SHAPE, N, bw_log2, tiles_h, tiles_w, cc); \
+      int tiles_h, int tiles_w, int cc, float* ws) {                                           \
+    latentrt::conv3d_narrow<T>(x, wp, bias, y, LRT_CONV_SHAPE, N, bw_log2, tiles_h, tiles_w, cc, \
+                               ws);                                                            \
   }
 #define LRT_CONV_WGMMA(T, SUF, BN)                                                                 \
   extern "C" __global__ void __launch_bounds__(256, 2) latentrt_conv3d_wgmma_ndhwc_##SUF##_n##BN( \
@@ -1908,12 +1984,16 @@ bool smallc_plan(int n, int cin, int cout, int kt, int kh, int kw, const int* st
 // Cin % 8 == 0, Cout <= 16; Cin in chunks of 32, 16 or 8 channels, the widest whose halo and
 // weight slice fit two CTAs per SM (and `smem_limit`) and whose reduction (taps x chunk) is
 // whole k16 steps; false where none does.
+// More boxes than two CTAs per SM hold, in a count that is not a multiple of them, are shared
+// out by stream-K over (box, chunk) units: `ctas` = 2 * sms CTAs and a workspace of
+// narrow_workspace_bytes(ctas); otherwise `ctas` = boxes, one each.
 struct NarrowPlan {
   int bw_log2, tiles_h, tiles_w, cc, smem;
-  long long tiles;
+  long long tiles, ctas;
 };
+long long narrow_workspace_bytes(long long ctas) { return ctas * (2048 + 1) * 4; }
 bool narrow_plan(int n, int cin, int cout, int kt, int kh, int kw, const int* strides,
-                 const int* dil, const ConvGeometry& g, int smem_limit, NarrowPlan* p) {
+                 const int* dil, const ConvGeometry& g, int sms, int smem_limit, NarrowPlan* p) {
   if (cin % 8 != 0 || cout > latentrt::NarrowTiles::BM) return false;
   int one_box = 0;
   tma_box(g.Ho, g.Wo, 128, 0, &one_box, &p->bw_log2, &p->tiles_h, &p->tiles_w);
@@ -1926,7 +2006,11 @@ bool narrow_plan(int n, int cin, int cout, int kt, int kh, int kw, const int* st
     if (cin % cc != 0 || kt * kh * kw * cc % 16 != 0) continue;
     p->cc = cc;
     p->smem = latentrt::NarrowTiles::smem_bytes(kt * kh * kw, cc, static_cast<int>(pixels));
-    if (p->smem <= std::min(smem_limit, kSmallcMaxSmem) && p->tiles <= 0x7fffffffLL) return true;
+    if (p->smem <= std::min(smem_limit, kSmallcMaxSmem) && p->tiles <= 0x7fffffffLL) {
+      const long long slots = 2LL * sms;
+      p->ctas = p->tiles > slots && p->tiles % slots != 0 ? slots : p->tiles;
+      return true;
+    }
   }
   return false;
 }
@@ -1949,7 +2033,7 @@ long long layout_change_bytes(int elem_bytes, int n, int cin, int d, int h, int 
   if (smallc_plan(n, cin, cout, kt, kh, kw, strides, dil, g, sms, optin, &sp)) return 0;
   NarrowPlan np{};
   if (!(hopper && cout % 8 == 0) &&
-      !narrow_plan(n, cin, cout, kt, kh, kw, strides, dil, g, optin, &np))
+      !narrow_plan(n, cin, cout, kt, kh, kw, strides, dil, g, sms, optin, &np))
     return 0;
   return align256(2LL * n * cin * dhw) + align256(2LL * n * cout * P);
 }
@@ -2112,15 +2196,25 @@ int launch_conv3d(const T* x, const T* wp, const T* bias, T* y, int n, int cin, 
   }
   NarrowPlan np{};
   if (ConvKernels<T>::tc && layout == 1 && aligned &&
-      narrow_plan(n, cin, cout, kt, kh, kw, strides, dilations, g, optin, &np)) {
+      narrow_plan(n, cin, cout, kt, kh, kw, strides, dilations, g, sms, optin, &np)) {
     void* k = ConvKernels<T>::narrow();
     err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, np.smem);
     if (err != cudaSuccess) return err;
     int N = n, bw_log2 = np.bw_log2, tiles_h = np.tiles_h, tiles_w = np.tiles_w, cc = np.cc;
+    // Stream-K where the plan wants it and the workspace holds it; one CTA per box otherwise.
+    float* wsf = nullptr;
+    long long ctas = np.tiles;
+    if (np.ctas < np.tiles && ws != nullptr && addr(ws) % 16 == 0 &&
+        ws_bytes >= narrow_workspace_bytes(np.ctas)) {
+      ctas = np.ctas;
+      wsf = static_cast<float*>(ws);
+      err = cudaMemsetAsync(wsf + ctas * 2048, 0, ctas * sizeof(int), stream);  // the flags
+      if (err != cudaSuccess) return err;
+    }
     void* args[] = {&x,  &wp, &bias, &y,  &Cin, &D,  &H,  &W,  &Cout,      &kT,      &kH,
                     &kW, &Do, &Ho,   &Wo, &st,  &sh, &sw, &dt, &dh,        &dw,      &pt,
-                    &ph, &pw, &replicate, &N,   &bw_log2,     &tiles_h,    &tiles_w, &cc};
-    err = cudaLaunchKernel(k, dim3(static_cast<unsigned>(np.tiles)), dim3(256), args, np.smem,
+                    &ph, &pw, &replicate, &N,   &bw_log2,     &tiles_h,    &tiles_w, &cc, &wsf};
+    err = cudaLaunchKernel(k, dim3(static_cast<unsigned>(ctas)), dim3(256), args, np.smem,
                            stream);
     return err != cudaSuccess ? err : cudaGetLastError();
   }
@@ -2203,25 +2297,28 @@ extern "C" int latentrt_conv3d_smallc_plan(int n, int cin, int cout, int kt, int
   return 0;
 }
 
-// The narrow-output kernel's plan (as latentrt_conv3d_smallc_plan): out6 = {log2 box width, boxes
-// per frame height, boxes per frame width, Cin chunk, shared memory bytes, grid x}; 0, or 1
-// where the kernel does not apply.
+// The narrow-output kernel's plan (as latentrt_conv3d_smallc_plan) on a GPU of `sms` SMs: out6 =
+// {log2 box width, boxes per frame height, boxes per frame width, Cin chunk, shared memory
+// bytes, grid x (stream-K's CTAs where fewer than the boxes)}; 0, or 1 where the kernel does not
+// apply.
 extern "C" int latentrt_conv3d_narrow_plan(int n, int cin, int cout, int kt, int kh, int kw,
                                            const int* strides, const int* dilations, int d_out,
-                                           int h_out, int w_out, int smem_limit, int* out6) {
+                                           int h_out, int w_out, int sms, int smem_limit,
+                                           int* out6) {
   if (n <= 0 || cin <= 0 || cout <= 0 || kt <= 0 || kh <= 0 || kw <= 0 || d_out <= 0 ||
-      h_out <= 0 || w_out <= 0)
+      h_out <= 0 || w_out <= 0 || sms <= 0)
     return cudaErrorInvalidValue;
   const ConvGeometry g{d_out, h_out, w_out, 0, 0, 0};
   NarrowPlan p{};
-  if (!narrow_plan(n, cin, cout, kt, kh, kw, strides, dilations, g, smem_limit, &p)) return 1;
-  const int v[6] = {p.bw_log2, p.tiles_h, p.tiles_w, p.cc, p.smem, static_cast<int>(p.tiles)};
+  if (!narrow_plan(n, cin, cout, kt, kh, kw, strides, dilations, g, sms, smem_limit, &p)) return 1;
+  const int v[6] = {p.bw_log2, p.tiles_h, p.tiles_w, p.cc, p.smem, static_cast<int>(p.ctas)};
   for (int i = 0; i < 6; ++i) out6[i] = v[i];
   return 0;
 }
 
 // Bytes of workspace that let latentrt_conv3d_* use stream-K on the current device (the TMA
-// kernel on Hopper); a launch given less runs one CTA per tile.
+// kernel on Hopper, the narrow-output kernel anywhere: narrow_workspace_bytes(2 * sms) is less);
+// a launch given less runs one CTA per tile.
 extern "C" long long latentrt_conv3d_streamk_workspace_bytes() {
   int dev = 0, sms = 0;
   if (cudaGetDevice(&dev) != cudaSuccess ||

@@ -105,17 +105,6 @@ __device__ __forceinline__ void mbar_arrive_remote(unsigned remote_bar) {
   asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(remote_bar)
                : "memory");
 }
-__device__ __forceinline__ void mbar_wait_cluster(unsigned bar, unsigned parity) {
-  unsigned done = 0;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-        "selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
-}
 __device__ __forceinline__ void cluster_arrive_relaxed() {
   asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
 }
@@ -377,7 +366,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
     if (warp == 0) {
       WelfordStat w{0.0f, 0.0f, 0.0f};
       if (oneway) {
-        mbar_wait_cluster(smem_addr(&s_xbar), 0);
+        mbar_wait<true>(smem_addr(&s_xbar), 0);
         if (lane < CS) w = WelfordStat{s_peer[lane][0], s_peer[lane][1], s_peer[lane][2]};
       } else if (lane < CS) {
         w.n = load_cluster_shared(&s_block[0], lane);

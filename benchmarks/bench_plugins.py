@@ -198,7 +198,7 @@ def _trace_array(mod):
 
 def _phases(tr, blocks: int) -> dict[str, float]:
     """Microseconds from the first block's entry to each mark (median and last block), and the
-    median per-block phase lengths."""
+    median per-block phase lengths (us, and cycles for the statistics)."""
     import numpy as np
 
     t = tr[:blocks, :TRACE_MARKS].astype(np.int64)
@@ -207,8 +207,11 @@ def _phases(tr, blocks: int) -> dict[str, float]:
     for i, name in ((2, "folded"), (3, "stats"), (4, "exit")):
         out[f"{name} p50"] = float(np.median(t[:, i])) / 1e3
         out[f"{name} last"] = float(t[:, i].max()) / 1e3
-    out["barrier p50"] = float(np.median(t[:, 3] - t[:, 2])) / 1e3
-    out["write p50"] = float(np.median(t[:, 4] - t[:, 3])) / 1e3
+    out["stats - folded p50"] = float(np.median(t[:, 3] - t[:, 2])) / 1e3
+    out["exit - stats p50"] = float(np.median(t[:, 4] - t[:, 3])) / 1e3
+    # The same phase in SM clock cycles (clock64 is per SM; a check on the timer's resolution).
+    clk = tr[:blocks, TRACE_MARKS : 2 * TRACE_MARKS].astype(np.int64)
+    out["stats - folded p50 cycles"] = float(np.median(clk[:, 3] - clk[:, 2]))
     out["SMs"] = len(set(tr[:blocks, 2 * TRACE_MARKS].tolist()))
     return out
 
@@ -224,8 +227,7 @@ def bench_gn_trace(shapes, dtype: str = "float16") -> list[str]:
         k = _sets(2 * nbytes)
         xs, ys, g, b = _gn_inputs(shape, dt, "NCHW", k)
         plan = _gn_plan(shape, itemsize, "NCHW")
-        n, c = shape[:2]
-        blocks = n * 32 * plan.cluster
+        blocks = shape[0] * 32 * plan.cluster
         tr = _trace_array(mod)
         t_plain = _time_graph(_gn_calls(xs, ys, g, b))[0]
         t_trace = _time_graph(_gn_calls(xs, ys, g, b, defines=TRACE))[0]
@@ -525,7 +527,7 @@ def main() -> None:
         "--gn-cache", action="store_true", help="GroupNorm+SiLU: how the slice is cached, only"
     )
     ap.add_argument(
-        "--gn-trace", action="store_true", help="GroupNorm+SiLU: phase trace and staggered waves"
+        "--gn-trace", action="store_true", help="GroupNorm+SiLU: where a launch spends its time"
     )
     ap.add_argument("--conv-only", action="store_true", help="Conv3d tables only")
     ap.add_argument(

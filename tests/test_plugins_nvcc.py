@@ -72,14 +72,19 @@ def test_c_launcher_tma_plan_matches_the_harness(tmp_path):
     assert plan(1, 0, 1, 1, 1, 132, 54, 1, 66, (ctypes.c_int * 11)()) != 0
 
 
-@pytest.mark.skipif(
-    find_nvcc() is None, reason="nvcc (CUDA toolkit) is not installed on this machine"
-)
-def test_c_launcher_smallc_plan_matches_the_harness(tmp_path):
+@pytest.fixture(scope="module")
+def sm90_lib(tmp_path_factory):
+    """The plugin library built for sm_90 (host-only entry points need no GPU)."""
+    if find_nvcc() is None:
+        pytest.skip("nvcc (CUDA toolkit) is not installed on this machine")
+    path = tmp_path_factory.mktemp("sm90") / "lib.so"
+    return ctypes.CDLL(str(harness.build_shared_library(path)))
+
+
+def test_c_launcher_smallc_plan_matches_the_harness(sm90_lib):
     # The small-Cin kernel's plan (tile width, box, padded K, shared memory, grid), or that it
     # does not apply, in the C launcher and the Python harness alike; host-only.
-    lib = ctypes.CDLL(str(harness.build_shared_library(tmp_path / "lib.so")))
-    plan = lib.latentrt_conv3d_smallc_plan
+    plan = sm90_lib.latentrt_conv3d_smallc_plan
     three = ctypes.c_int * 3
     cases = [  # (N, Cin, Cout, kernel, output (Do, Ho, Wo), strides, dilations)
         (1, 3, 128, (3, 3, 3), (17, 64, 64), (1, 1, 1), (1, 1, 1)),
@@ -105,15 +110,6 @@ def test_c_launcher_smallc_plan_matches_the_harness(tmp_path):
             want = [int(p.kernel.rsplit("_n", 1)[1]), *p.tail[1:], p.smem, *p.grid[:2]]
             assert list(out) == want, (n, cin, cout, k, out_dhw, limit)
     assert plan(1, 3, 0, 3, 3, 3, three(1, 1, 1), three(1, 1, 1), 1, 1, 1, 132, 1, out) != 0
-
-
-@pytest.fixture(scope="module")
-def sm90_lib(tmp_path_factory):
-    """The plugin library built for sm_90 (host-only entry points need no GPU)."""
-    if find_nvcc() is None:
-        pytest.skip("nvcc (CUDA toolkit) is not installed on this machine")
-    path = tmp_path_factory.mktemp("sm90") / "lib.so"
-    return ctypes.CDLL(str(harness.build_shared_library(path)))
 
 
 def test_c_launcher_narrow_plan_matches_the_harness(sm90_lib):

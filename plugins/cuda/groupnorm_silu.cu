@@ -22,7 +22,9 @@
 // clock64 at kTraceMarks points, and its SM.
 #ifdef LATENTRT_GN_TRACE
 constexpr int kTraceBlocks = 4096;
-constexpr int kTraceMarks = 5;  // entry, loads issued, slice folded, statistics final, exit
+// entry, loads issued, slice folded, statistics final, exit; inside the statistics phase: peers'
+// barriers initialized, own statistics sent, peers' statistics received (clusters only)
+constexpr int kTraceMarks = 8;
 extern "C" {  // unmangled, so the harness finds them by name
 __device__ unsigned long long latentrt_gn_trace[kTraceBlocks][2 * kTraceMarks + 1];
 }
@@ -66,14 +68,25 @@ __device__ __forceinline__ void welford_merge(WelfordStat& s, float nb, float mb
   s.n = n;
 }
 
-__device__ __forceinline__ void welford_warp_reduce(WelfordStat& s) {
+// The statistics of the first W lanes (W a power of two <= 32) combined, in every one of them:
+// the count and the count-weighted mean by one butterfly of sums, then M2 plus each lane's
+// n (mean_i - mean)^2 by another. Two short chains of adds and one divide, where merging
+// Welford triples pairwise costs a divide per level; the butterfly's adds are commutative, so
+// the lanes hold bit-identical results.
+template <int W = 32>
+__device__ __forceinline__ void stat_warp_reduce(WelfordStat& s) {
+  float n = s.n, sum = s.n * s.mean;
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const float nb = __shfl_xor_sync(0xffffffffu, s.n, off);
-    const float mb = __shfl_xor_sync(0xffffffffu, s.mean, off);
-    const float m2b = __shfl_xor_sync(0xffffffffu, s.m2, off);
-    welford_merge(s, nb, mb, m2b);
+  for (int off = W / 2; off > 0; off >>= 1) {
+    n += __shfl_xor_sync(0xffffffffu, n, off);
+    sum += __shfl_xor_sync(0xffffffffu, sum, off);
   }
+  const float mean = n > 0.0f ? sum / n : 0.0f;
+  const float d = s.mean - mean;
+  float m2 = fmaf(s.n * d, d, s.m2);
+#pragma unroll
+  for (int off = W / 2; off > 0; off >>= 1) m2 += __shfl_xor_sync(0xffffffffu, m2, off);
+  s = WelfordStat{n, mean, m2};
 }
 
 __device__ __forceinline__ void cluster_sync_all() {
@@ -325,7 +338,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
   // Block reduction.
   const unsigned lane = tid & 31u;
   const unsigned warp = tid >> 5;
-  welford_warp_reduce(st);
+  stat_warp_reduce(st);
   if (lane == 0) {
     s_warp[warp][0] = st.n;
     s_warp[warp][1] = st.mean;
@@ -334,11 +347,12 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
   __syncthreads();
   LRT_GN_MARK(2);
   if (oneway) cluster_wait();  // every peer's s_xbar is initialized
+  LRT_GN_MARK(5);
   if (warp == 0) {
     const unsigned nw = bs >> 5;
     WelfordStat w{0.0f, 0.0f, 0.0f};
     if (lane < nw) w = WelfordStat{s_warp[lane][0], s_warp[lane][1], s_warp[lane][2]};
-    welford_warp_reduce(w);  // every lane holds the block's statistics
+    stat_warp_reduce<16>(w);  // lanes 0-15 hold the block's statistics (16 warps at most)
     if constexpr (CS == 1) {
       if (lane == 0) {
         s_final[0] = w.mean;
@@ -357,6 +371,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
       s_block[2] = w.m2;
     }
   }
+  LRT_GN_MARK(6);
 
   // The cluster's statistics, merged in rank order (every block gets bit-identical ones). Once
   // s_xbar completes, no peer touches this block's shared memory again, so blocks may exit
@@ -373,7 +388,8 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
         w.mean = load_cluster_shared(&s_block[1], lane);
         w.m2 = load_cluster_shared(&s_block[2], lane);
       }
-      welford_warp_reduce(w);
+      LRT_GN_MARK(7);
+      stat_warp_reduce<CS>(w);
       if (lane == 0) {
         s_final[0] = w.mean;
         s_final[1] = rsqrtf(w.m2 / w.n + eps);
@@ -521,7 +537,7 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
       const unsigned t = (m / VPG) * VR + gi * VPG + m % VPG;
       welford_merge(w, s_stat[0][t], s_stat[1][t], s_stat[2][t]);
     }
-    welford_warp_reduce(w);
+    stat_warp_reduce(w);
     if (lane == 0) {
       s_block[gi][0] = w.n;
       s_block[gi][1] = w.mean;
@@ -541,7 +557,7 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
         w.mean = load_cluster_shared(&s_block[gi][1], lane);
         w.m2 = load_cluster_shared(&s_block[gi][2], lane);
       }
-      welford_warp_reduce(w);
+      stat_warp_reduce<CS>(w);
       if (lane == 0) {
         s_final[gi][0] = w.mean;
         s_final[gi][1] = rsqrtf(w.m2 / w.n + eps);

@@ -615,7 +615,7 @@ TMA_VARIANTS = ((128, 128, 3), (128, 192, 5), (128, 256, 4), (256, 128, 4))
 @dataclass(frozen=True)
 class TmaPlan:
     """Launch plan of the TMA-fed Conv3d kernel (conv3d_tma in conv3d.cu). Work comes in units
-    of `cluster` tiles (two neighbouring position tiles share B by multicast): `dp_tiles` units
+    of `cluster` tiles (neighbouring position tiles share B by multicast): `dp_tiles` units
     one cluster each, then (stream-K) the last `sk_tiles` units shared by `sk_ctas` clusters of
     `sk_iters` (unit, K step) iterations, which hand partial sums over through a float32
     workspace. `tiles_m` (position tiles) is rounded up to a multiple of `cluster`."""
@@ -649,8 +649,8 @@ def tma_smem_bytes(tile_m: int, tile_n: int, stages: int) -> int:
 
 def tma_boxes(ho: int, wo: int, tile_m: int = 128, max_sub_log2: int = 2) -> tuple[int, ...]:
     """(log2 boxes per tile, log2 BW, tiles_h, tiles_w): the BH x BW boxes that cover an Ho x Wo
-    frame with the fewest idle positions, a tile of `tile_m` positions being 1, 2 or 4 boxes (up
-    to 1 << max_sub_log2); on a tie the fewest boxes, then the widest. Smaller boxes fit frames
+    frame with the fewest idle positions, a tile of `tile_m` positions being 1, 2, 4 or 8 boxes
+    (up to 1 << max_sub_log2; the TMA kernel takes up to 4 at 128 positions, 8 at 256); on a tie the fewest boxes, then the widest. Smaller boxes fit frames
     like 60 x 104 (4 x 8 boxes, none idle, against 6.7% idle in 16 x 8 ones)."""
     best = None
     for sub in range(max_sub_log2 + 1):
@@ -723,7 +723,8 @@ def conv3d_tma_plan(
     L2 traffic, which bounds these shapes), and stream-K takes all units unless the last wave is
     at least 90% full. Without stream-K (`streamk` 0, as in the C launcher) they run one CTA per
     tile. 128-channel tiles run one CTA per tile, with stream-K for a last partial wave under a
-    quarter of the SMs after full ones. `tile_m`, `tile_n`, `stages`, `cluster` (1 or 2) and
+    quarter of the SMs after full ones. `tile_m`, `tile_n`, `stages`, `cluster` (1, 2, or 4
+    for 128 x 192 and 128 x 256 tiles: B shared by four position tiles) and
     `streamk` (how many of the last units stream-K shares) force the plan (tests and sweeps).
     `resident` bounds the stream-K clusters to those the GPU holds at once (their hand-over
     waits on each other); sms // cluster by default.
@@ -739,9 +740,12 @@ def conv3d_tma_plan(
             f"(tile_m, tile_n, stages) must be one of {TMA_VARIANTS}, got {(bm, bn, st)}"
         )
     cl = cluster or (2 if bn > 128 and streamk != 0 else 1)
-    if cl not in (1, 2):
-        raise InputError(f"cluster must be 1 or 2, got {cl}")
-    sub, lg, th, tw = tma_boxes(ho, wo, bm)
+    if cl not in (1, 2, 4) or (cl == 4 and (bm, bn) not in ((128, 192), (128, 256))):
+        raise InputError(
+            f"cluster must be 1 or 2 (or 4 for 128 x 192 and 128 x 256 tiles), got {cl} "
+            f"for {bm} x {bn} tiles"
+        )
+    sub, lg, th, tw = tma_boxes(ho, wo, bm, 3 if bm == 256 else 2)  # boxes >= 32 positions
     tiles = -(-n * do * th * tw // (1 << sub))  # the last tile's boxes may lie past the batch
     tiles_m = -(-tiles // cl) * cl
     units = tiles_m * -(-cout // bn) // cl
@@ -757,7 +761,7 @@ def conv3d_tma_plan(
     ctas = min(slots if resident is None else max(resident, 1), slots, sk * nk)
     iters = -(-sk * nk // ctas) if sk else 0
     return TmaPlan(
-        f"latentrt_conv3d_tma_ndhwc_{_SUFFIX[dtype]}_m{bm}_n{bn}_s{st}{'_c2' if cl == 2 else ''}",
+        f"latentrt_conv3d_tma_ndhwc_{_SUFFIX[dtype]}_m{bm}_n{bn}_s{st}{f'_c{cl}' if cl > 1 else ''}",
         tma_smem_bytes(bm, bn, st),
         bm,
         bn,
@@ -916,7 +920,7 @@ def conv3d(
     w is (Cout, Cin, kT, kH, kW), or (Cout, kT, kH, kW, Cin) from pack_conv3d_weights when
     weights_packed is True (as a plugin would hold constant weights). On Hopper the TMA kernel
     runs where it applies (`tma` False forbids it, True demands it). `tile_n`, `stages`,
-    `tile_m` (TMA kernel: 128 or 256 positions), `cluster` (TMA kernel: 2 pairs position tiles
+    `tile_m` (TMA kernel: 128 or 256 positions), `cluster` (TMA kernel: 2 or 4 position tiles
     that share B by multicast) and `streamk` (TMA kernel: how many of the last units stream-K
     shares) force the plan (tests, sweeps); stream-K hands partial sums over through `workspace`
     (any CUDA array of enough bytes), allocated like x when None. A channels-first input runs

@@ -307,8 +307,9 @@ TMA_CASES = [
     # 8 x 16 boxes, 8 x 32 or 16 x 16 at m256), Cout 192 (an idle half tile at n128, zero-filled
     # B rows at n256), replicate and zero causal padding; a (1, 3, 3) kernel with symmetric pads
     # and no causal time; and an odd count of position tiles (3), so a cluster's partner tile lies
-    # past the batch. 12 x 40 frames take tiles of four 4 x 8 boxes (4 x 16 at m256): 3 frames x
-    # 15 boxes leave the last tile one box; with replicate padding, each box clamps its own frame.
+    # past the batch. 12 x 40 frames take tiles of four 4 x 8 boxes (eight at m256): 3 frames x
+    # 15 boxes leave the last tile one box (five at m256); with replicate padding, each box clamps
+    # its own frame.
     ((2, 128, 5, 12, 20), 192, (3, 3, 3), (0, 1, 1, 0, 1, 1), 1),
     ((2, 128, 5, 12, 20), 192, (3, 3, 3), (0, 1, 1, 0, 1, 1), 2),
     ((1, 64, 4, 9, 33), 64, (1, 3, 3), (0, 1, 1, 0, 1, 1), 0),
@@ -339,6 +340,27 @@ def test_conv3d_tma_every_variant(
     harness.conv3d(
         x, w, b, pads, causal_time=causal, layout="NDHWC", out=out, tma=True,
         tile_n=tile_n, stages=stages, tile_m=tile_m, streamk=streamk, cluster=cluster,
+    )  # fmt: skip
+    _check(out, ref, dtype)
+
+
+@pytest.mark.skipif(not HOPPER, reason="the TMA kernel needs an sm_90 GPU")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("streamk", [0, 7, 10**6], ids=["dp", "dp+sk7", "sk"])
+@pytest.mark.parametrize(("tile_n", "stages"), [(192, 5), (256, 4)])
+@pytest.mark.parametrize(
+    "case", [TMA_CASES[i] for i in (0, 1, 5)], ids=lambda c: f"{'x'.join(map(str, c[0]))}-c{c[4]}"
+)
+def test_conv3d_tma_clusters_of_four(harness, gen, case, tile_n, stages, streamk, dtype):
+    """Four position tiles share B by multicast (a quarter of its rows each); position tiles
+    are rounded up to fours, so some of a cluster's tiles lie past the batch."""
+    shape, cout, k, pads, causal = case
+    one = (1, 1, 1)
+    x, w, b, ref = _conv_inputs((shape, cout, k, pads, one, one, causal), True, dtype, gen)
+    out = _poisoned(tuple(ref.shape), dtype)
+    harness.conv3d(
+        x, w, b, pads, causal_time=causal, layout="NDHWC", out=out, tma=True,
+        tile_n=tile_n, stages=stages, tile_m=128, streamk=streamk, cluster=4,
     )  # fmt: skip
     _check(out, ref, dtype)
 

@@ -220,6 +220,11 @@ def test_tma_plan_boxes_tiles_and_streamk():
     p = harness.conv3d_tma_plan("float16", 1, 384, 384, (3, 3, 3), (5, 60, 104), 132)
     assert (p.sub_log2, p.bw_log2, p.tiles_h, p.tiles_w, p.tiles_m) == (2, 3, 15, 13, 244)
     assert (p.cluster, p.dp_tiles, p.sk_tiles) == (2, 0, 244)
+    # 256-position tiles there: eight 4 x 8 boxes each (one 32 x 8 box would leave 6.7% idle).
+    p = harness.conv3d_tma_plan(
+        "float16", 1, 384, 384, (3, 3, 3), (5, 60, 104), 132, 128, 4, 256, 0, cluster=1
+    )
+    assert (p.sub_log2, p.bw_log2, p.tiles_h, p.tiles_w, p.tiles_m) == (3, 3, 15, 13, 122)
     # Without stream-K (the C launcher): one CTA per tile.
     p = harness.conv3d_tma_plan("float16", 1, 256, 256, (3, 3, 3), (9, 64, 64), 132, streamk=0)
     assert p.kernel.endswith("_m128_n256_s4") and (p.cluster, p.dp_tiles) == (1, 288)
@@ -250,6 +255,12 @@ def test_tma_plan_boxes_tiles_and_streamk():
     assert p.sk_ctas == 60 and p.sk_ctas * p.sk_iters >= 144 * p.nk
     with pytest.raises(InputError, match="cluster"):
         harness.conv3d_tma_plan("float16", 1, 64, 64, (3, 3, 3), (4, 9, 33), 132, cluster=4)
+    # Clusters of four (n192, n256): position tiles rounded up to fours, 33 units per wave.
+    p = harness.conv3d_tma_plan("float16", 1, 384, 384, (3, 3, 3), (5, 60, 104), 132, cluster=4)
+    assert p.kernel == "latentrt_conv3d_tma_ndhwc_f16_m128_n192_s5_c4"
+    assert (p.tiles_m, p.dp_tiles + p.sk_tiles) == (244, 122)
+    with pytest.raises(InputError, match="cluster"):
+        harness.conv3d_tma_plan("float16", 1, 384, 384, (3, 3, 3), (5, 60, 104), 132, cluster=3)
 
 
 def test_groupnorm_plan_unet_and_fallback():

@@ -1296,13 +1296,13 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
       // thread's dependent integer chain slower than the tensor cores' step.
       int unit = static_cast<int>(g0 / nk);
       int ks = static_cast<int>(g0 - static_cast<long long>(unit) * nk);
-      // The tile's boxes (up to 4): one TMA load of 64 channels each per K step.
+      // The tile's boxes (up to 8): one TMA load of 64 channels each per K step.
       const int bh = (BM >> s.sub_log2) >> s.bw_log2;
       const int nbox = 1 << s.sub_log2;
       TmaTile t = tma_tile(s, unit * CL + rank, BN);
-      TmaBox bx[4];
+      TmaBox bx[8];
 #pragma unroll
-      for (int q = 0; q < 4; ++q)
+      for (int q = 0; q < 8; ++q)
         if (q < nbox) bx[q] = tma_box_at(s, t.box + q, bh);
       const int tap0 = ks / chunks;
       int ci = (ks - tap0 * chunks) << 6;
@@ -1317,7 +1317,7 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
         mbar_expect_tx(full, Tiles::STAGE_BYTES);  // own A, and B from every CTA of the cluster
         const unsigned as = base + stage * Tiles::STAGE_BYTES;
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < 8; ++q) {
           if (q >= nbox) break;
           int ti = bx[q].to - s.pt + kt;
           if (ti < 0 && s.replicate) ti = 0;
@@ -1333,7 +1333,7 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
           ks = ci = kt = kh = kw = 0;
           t = tma_tile(s, ++unit * CL + rank, BN);
 #pragma unroll
-          for (int q = 0; q < 4; ++q)
+          for (int q = 0; q < 8; ++q)
             if (q < nbox) bx[q] = tma_box_at(s, t.box + q, bh);
         } else if ((ci += 64) == s.Cin) {
           ci = 0;
@@ -1499,6 +1499,8 @@ __device__ __forceinline__ void transpose_2b(const unsigned short* __restrict__ 
 //                                          tensor maps by value; sm_90a only
 //   latentrt_conv3d_tma_ndhwc_{f16|bf16}_m{BM}_n{BN}_s{S}_c2 the same in clusters of two CTAs
 //                                          sharing B by multicast (B's box: BN / 2 rows)
+//   latentrt_conv3d_tma_ndhwc_{f16|bf16}_m128_n{192|256}_s{5|4}_c4 in clusters of four (B's
+//                                          box: BN / 4 rows)
 #define LRT_CONV_PARAMS                                                                         \
   int Cin, int D, int H, int W, int Cout, int kT, int kH, int kW, int Do, int Ho, int Wo, int st, \
       int sh, int sw, int dt, int dh, int dw, int pt, int ph, int pw, int replicate
@@ -1580,6 +1582,14 @@ __device__ __forceinline__ void transpose_2b(const unsigned short* __restrict__ 
           LRT_TMA_PARAMS) {                                                                    \
     latentrt::conv3d_tma<T, BM, BN, S, 2>(ta, tb, bias, y, ws, LRT_CONV_TMA_SHAPE);            \
   }
+#define LRT_CONV_TMA_C4(T, SUF, BM, BN, S)                                                     \
+  extern "C" __global__ void __cluster_dims__(4, 1, 1) __launch_bounds__(288, 1)               \
+      latentrt_conv3d_tma_ndhwc_##SUF##_m##BM##_n##BN##_s##S##_c4(                             \
+          const __grid_constant__ latentrt::TmaDesc ta,                                        \
+          const __grid_constant__ latentrt::TmaDesc tb, const T* bias, T* y, float* ws,        \
+          LRT_TMA_PARAMS) {                                                                    \
+    latentrt::conv3d_tma<T, BM, BN, S, 4>(ta, tb, bias, y, ws, LRT_CONV_TMA_SHAPE);            \
+  }
 #define LRT_CONV_DTYPE(T, SUF)                                       \
   LRT_CONV_PACK(T, SUF)                                              \
   LRT_CONV_DIRECT(T, SUF, latentrt::kLayoutChannelsFirst, ncdhw)     \
@@ -1601,7 +1611,9 @@ __device__ __forceinline__ void transpose_2b(const unsigned short* __restrict__ 
   LRT_CONV_TMA(T, SUF, 128, 128, 3, 2)                               \
   LRT_CONV_TMA(T, SUF, 128, 192, 5, 1)                               \
   LRT_CONV_TMA(T, SUF, 128, 256, 4, 1)                               \
-  LRT_CONV_TMA(T, SUF, 256, 128, 4, 1)
+  LRT_CONV_TMA(T, SUF, 256, 128, 4, 1)                               \
+  LRT_CONV_TMA_C4(T, SUF, 128, 192, 5)                               \
+  LRT_CONV_TMA_C4(T, SUF, 128, 256, 4)
 
 extern "C" __global__ void __launch_bounds__(256)
     latentrt_transpose_2b(const unsigned short* in, unsigned short* out, int R, int C) {
@@ -1855,7 +1867,7 @@ TmaLaunchPlan tma_launch_plan(int n, int cout, int frames, int ho, int wo, int s
     p.bm = 128;  // a 128-channel grid under one wave: 128 x 128 tiles, two CTAs per SM
     p.bn = 128;
   }
-  tma_box(ho, wo, p.bm, 2, &p.sub_log2, &p.bw_log2, &p.tiles_h, &p.tiles_w);
+  tma_box(ho, wo, p.bm, p.bm == 256 ? 3 : 2, &p.sub_log2, &p.bw_log2, &p.tiles_h, &p.tiles_w);
   const int cl = p.cluster = p.bn > 128 && streamk ? 2 : 1;
   const long long boxes = static_cast<long long>(n) * frames * p.tiles_h * p.tiles_w;
   const long long tiles_m = (((boxes + (1 << p.sub_log2) - 1) >> p.sub_log2) + cl - 1) / cl * cl;

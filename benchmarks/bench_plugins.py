@@ -184,7 +184,9 @@ def bench_gn_cache(shapes, dtypes) -> list[str]:
 
 
 TRACE = ("LATENTRT_GN_TRACE",)
-TRACE_MARKS = 5  # kTraceMarks: entry, loads issued, slice folded, statistics final, exit
+# kTraceMarks: entry, loads issued, slice folded, statistics final, exit, then inside the
+# statistics phase: peers' barriers initialized, own statistics sent, peers' ones received
+TRACE_MARKS = 8
 TRACE_BLOCKS = 4096  # kTraceBlocks
 
 
@@ -209,9 +211,14 @@ def _phases(tr, blocks: int) -> dict[str, float]:
         out[f"{name} last"] = float(t[:, i].max()) / 1e3
     out["stats - folded p50"] = float(np.median(t[:, 3] - t[:, 2])) / 1e3
     out["exit - stats p50"] = float(np.median(t[:, 4] - t[:, 3])) / 1e3
-    # The same phase in SM clock cycles (clock64 is per SM; a check on the timer's resolution).
+    # The same phase in SM clock cycles (clock64 is per SM; a check on the timer's resolution),
+    # and its steps: folded -> peers' barriers ready (5) -> sent (6) -> received (7) -> final (3).
     clk = tr[:blocks, TRACE_MARKS : 2 * TRACE_MARKS].astype(np.int64)
     out["stats - folded p50 cycles"] = float(np.median(clk[:, 3] - clk[:, 2]))
+    steps = [(2, 5, "ready"), (5, 6, "sent"), (6, 7, "received"), (7, 3, "final")]
+    for a, b, name in steps:
+        if (tr[:blocks, TRACE_MARKS + b] != 0).all():  # marks 7 only in clusters
+            out[f"{name} cycles p50"] = float(np.median(clk[:, b] - clk[:, a]))
     out["SMs"] = len(set(tr[:blocks, 2 * TRACE_MARKS].tolist()))
     return out
 
@@ -234,6 +241,7 @@ def bench_gn_trace(shapes, dtype: str = "float16") -> list[str]:
         t_copy = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
         runs = []
         for i in range(k):  # each input last touched k launches ago: not in L2
+            tr.fill(0)
             harness.groupnorm_silu(xs[i], g, b, 32, 1e-5, 1, "NCHW", out=ys[i], defines=TRACE)
             torch.cuda.synchronize()
             runs.append(_phases(tr.get(), min(blocks, tr.shape[0])))
@@ -398,6 +406,10 @@ TMA_TILES = [(128, 128, 3), (128, 192, 5), (128, 256, 4), (256, 128, 4)]
 # (cluster, stream-K share) per tile variant. Shares: none (one cluster per unit of tiles), the
 # partial last wave, that and one full wave before it, or all units.
 TMA_MODES = [(1, "dp"), (1, "all"), (2, "dp"), (2, "tail"), (2, "tail+wave"), (2, "all")]
+TMA_MODES += [(4, "dp"), (4, "all")]  # clusters of four: n192 and n256 tiles only
+
+
+C4_TILES = ((128, 192), (128, 256))
 
 
 def _streamk_share(mode: str, units: int, slots: int) -> int:
@@ -425,7 +437,7 @@ def sweep_conv_tma(cases, dtype: str = "float16") -> list[str]:
         ws = torch.empty(ws_elems, device="cuda", dtype=torch.float32)
         cells, best = [], float("inf")
         for (bm, bn, st), (cl, mode) in cols:
-            if bn == 192 and cout % 192:
+            if (bn == 192 and cout % 192) or (cl == 4 and (bm, bn) not in C4_TILES):
                 cells.append("-")
                 continue
             geo = (dtype, n, cin, cout, (3, 3, 3), (d, h, w), sms)
@@ -517,11 +529,42 @@ def profile_once() -> None:
     torch.cuda.synchronize()
 
 
+def profile_conv(only: str) -> None:
+    """The channels-last Conv3d case matching `only`, once each inside cudaProfilerStart/Stop
+    (ncu --profile-from-start off): pad + cuDNN after its autotuning, our planner's launch, and the
+    TMA kernel's 256 x 128 tiles one CTA per tile (cuDNN's tile there, on H100)."""
+    torch.backends.cudnn.benchmark = True
+    shape, cout = next(c for c in CONV_CASES + TMA_EXTRA_CASES if only in "x".join(map(str, c[0])))
+    xs, xin, outs, wt, packed, bias = _conv_inputs(shape, cout, torch.float16, True)
+    ws = torch.empty(132 * (256 * 256 + 1), device="cuda", dtype=torch.float32)
+    calls = [
+        partial(_pad_conv_torch, xs[0], wt, bias),
+        _fused_calls(xin, outs, packed, bias, "NDHWC", workspace=ws)[0],
+        _fused_calls(
+            xin, outs, packed, bias, "NDHWC", 128, 4, tile_m=256, cluster=1, streamk=0, tma=True
+        )[0],
+    ]
+    for fn in calls:  # autotuning, module loads and compiles outside the profiled range
+        fn()
+        fn()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    for fn in calls:
+        fn()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
+
+
 def main() -> None:
     """Run both benchmarks and print markdown tables."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer shapes")
     ap.add_argument("--profile", action="store_true", help="one launch per kernel, for ncu")
+    ap.add_argument(
+        "--profile-conv",
+        metavar="SHAPE",
+        help="one channels-last Conv3d (pad+cuDNN, ours) inside cudaProfilerStart/Stop, for ncu",
+    )
     ap.add_argument("--gn-only", action="store_true", help="GroupNorm+SiLU tables only")
     ap.add_argument(
         "--gn-cache", action="store_true", help="GroupNorm+SiLU: how the slice is cached, only"
@@ -549,6 +592,9 @@ def main() -> None:
     if args.profile:
         profile_once()
         return
+    if args.profile_conv:
+        profile_conv(args.profile_conv)
+        return
     props = torch.cuda.get_device_properties(0)
     print(
         f"# {datetime.date.today()} {props.name}, {props.multi_processor_count} SMs, "
@@ -562,14 +608,7 @@ def main() -> None:
         (8, 320, 64, 64),
         (1, 256, 256, 256),
     ]
-    conv_cases = [
-        ((1, 96, 9, 64, 64), 96),
-        ((1, 384, 5, 32, 32), 384),
-        ((1, 3, 17, 64, 64), 128),
-        ((1, 128, 9, 128, 128), 128),
-        ((1, 256, 9, 64, 64), 256),
-        ((1, 512, 5, 32, 32), 512),
-    ]
+    conv_cases = list(CONV_CASES)
     if args.quick:
         gn_shapes, conv_cases = gn_shapes[:2], conv_cases[:2]
     if args.gn_cache:
@@ -676,6 +715,14 @@ SMALL_CHANNEL_CASES = [
 ]
 
 # Wider frames for the TMA sweep (non-power-of-two widths: 104 and 208 positions).
+CONV_CASES = [
+    ((1, 96, 9, 64, 64), 96),
+    ((1, 384, 5, 32, 32), 384),
+    ((1, 3, 17, 64, 64), 128),
+    ((1, 128, 9, 128, 128), 128),
+    ((1, 256, 9, 64, 64), 256),
+    ((1, 512, 5, 32, 32), 512),
+]
 TMA_EXTRA_CASES = [((1, 384, 5, 60, 104), 384), ((1, 192, 9, 120, 208), 192)]
 
 

@@ -2,7 +2,8 @@
 # GPU run for the plugin kernels: environment, nvcc resource report, gpu tests, benchmarks.
 # Usage (repository root, on the GPU machine): bash benchmarks/gpu_plugins.sh [--quick]
 # SKIP_NCU=1 skips the Nsight Compute pass, SKIP_PTXAS=1 the resource report; NCU_KERNELS
-# picks the kernels ncu captures (a regex), PYTEST_K the GPU tests (pytest -k) and PYTEST_FILES
+# picks the kernels ncu captures (a regex), NCU_OPTS adds ncu options, NCU_BENCH_ARGS replaces
+# the profiled benchmark's arguments (--profile), PYTEST_K the GPU tests (pytest -k) and PYTEST_FILES
 # their files, BENCH_TIMEOUT the benchmark's time limit in seconds (240), BENCH_MODES several
 # benchmark modes in turn.
 # Logs go to $OUT (default /tmp/latentrt_plugins_out).
@@ -45,9 +46,10 @@ fi
 # One launch of each hot kernel under Nsight Compute, when it is installed.
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -n "$NCU" ] && [ -z "${SKIP_NCU:-}" ]; then
+  # shellcheck disable=SC2086
   timeout 120 "$NCU" -k "regex:${NCU_KERNELS:-latentrt_(gn_silu|conv3d_igemm|conv3d_wgmma|conv3d_tma)}" -c 8 \
     --section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats \
-    --section MemoryWorkloadAnalysis \
-    python3 -P benchmarks/bench_plugins.py --profile > "$OUT/ncu.txt" 2>&1
+    --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis ${NCU_OPTS:-} \
+    python3 -P benchmarks/bench_plugins.py ${NCU_BENCH_ARGS:---profile} > "$OUT/ncu.txt" 2>&1
   grep -E "latentrt_|Duration|Memory Throughput|Compute \(SM\)|Achieved Occupancy|Registers Per|Stall|DRAM Throughput" "$OUT/ncu.txt" | head -60
 fi

@@ -66,23 +66,16 @@ __device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
                : "memory");
 }
-// Spins until the phase of the given parity has completed. CLUSTER: acquire at cluster scope,
-// for phases completed by other blocks' arrivals (which release their stores into this block).
-template <bool CLUSTER = false>
+// Spins until the phase of the given parity has completed.
 __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
   unsigned done = 0;
   do {
-#define LRT_TRY_WAIT(SEM) \
-  asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity" SEM ".shared::cta.b64 p, [%1], %2;\n" \
-               "selp.u32 %0, 1, 0, p;\n}\n"                                                   \
-               : "=r"(done)                                                                     \
-               : "r"(bar), "r"(parity)                                                          \
-               : "memory")
-    if constexpr (CLUSTER)
-      LRT_TRY_WAIT(".acquire.cluster");
-    else
-      LRT_TRY_WAIT("");
-#undef LRT_TRY_WAIT
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
   } while (!done);
 }
 // `bytes` (a multiple of 16; both addresses 16-byte aligned) from global memory into this block's

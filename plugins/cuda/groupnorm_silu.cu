@@ -103,20 +103,21 @@ __device__ __forceinline__ void cluster_wait() {
   asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
-// The exchange of one-group statistics: each block stores its (n, mean, M2) into every peer's
-// shared memory and arrives on the peer's mbarrier (release, cluster scope); a block waits only
-// on its own mbarrier. One one-way trip, where a cluster barrier and remote loads took two.
+// The exchange of one-group statistics: each block writes its (n, mean, M2) into every peer's
+// shared memory by st.async, which completes 16 bytes of the peer's mbarrier transaction count
+// (no release fence, no arrival); a block waits only on its own mbarrier. One one-way trip, where
+// a cluster barrier and remote loads took two.
 __device__ __forceinline__ unsigned cluster_addr(unsigned local, unsigned rank) {
   unsigned remote;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
   return remote;
 }
-__device__ __forceinline__ void store_cluster(unsigned remote, float v) {
-  asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(v) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive_remote(unsigned remote_bar) {
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(remote_bar)
-               : "memory");
+__device__ __forceinline__ void store_async_cluster(unsigned remote, float4 v, unsigned remote_bar) {
+  asm volatile(
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];" ::
+          "r"(remote),
+      "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(remote_bar)
+      : "memory");
 }
 __device__ __forceinline__ void cluster_arrive_relaxed() {
   asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
@@ -220,9 +221,8 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ float s_warp[16][3];  // per warp; at most 512 threads (__launch_bounds__)
   __shared__ float s_final[2];
-  __shared__ float s_block[3];     // this block's (n, mean, M2), read by the peers
-  __shared__ float s_peer[CS][3];  // (n, mean, M2) of every block of the cluster, by rank
-  __shared__ __align__(8) unsigned long long s_xbar;  // completes when all CS have arrived
+  __shared__ float4 s_peer[CS];  // (n, mean, M2, -) of every block of the cluster, by rank
+  __shared__ __align__(8) unsigned long long s_xbar;  // completes once all CS have written
 
   const unsigned Cg = static_cast<unsigned>(C / G);
   const unsigned group = blockIdx.x / CS;
@@ -253,15 +253,12 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
   const unsigned bs = blockDim.x;
   constexpr int U = 4;  // more spills registers under the 64-register bound
   LRT_GN_MARK(0);
-  // The cluster's statistics travel one way (each block stores its own into every peer and
-  // arrives on the peer's mbarrier), 3-6% faster on H100 at clusters of 2 and fp32 clusters of 8;
-  // except with bulk stores, where the one-way exchange measured slower (1x512x128x128 fp16:
-  // 0.0237 against 0.0201 ms; the cause was not found) and a cluster barrier and remote loads
-  // stay.
-  const bool oneway = CS > 1 && cached != kCacheBulkStore;
-  if (oneway) {  // the exchange's mbarrier, initialized before any peer arrives on it
+  // The cluster's statistics travel one way: each block writes its own into every peer (H100:
+  // 3-11% faster than a cluster barrier and remote loads).
+  if constexpr (CS > 1) {  // the exchange's mbarrier, initialized before any peer writes to it
     if (tid == 0) {
-      mbar_init(smem_addr(&s_xbar), CS);
+      mbar_init(smem_addr(&s_xbar), 1);
+      mbar_expect_tx(smem_addr(&s_xbar), CS * 16u);  // the phase completes on the CS writes
       asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     cluster_arrive_relaxed();  // the matching wait comes before this block's first remote arrive
@@ -346,7 +343,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
   }
   __syncthreads();
   LRT_GN_MARK(2);
-  if (oneway) cluster_wait();  // every peer's s_xbar is initialized
+  if constexpr (CS > 1) cluster_wait();  // every peer's s_xbar is initialized
   LRT_GN_MARK(5);
   if (warp == 0) {
     const unsigned nw = bs >> 5;
@@ -358,36 +355,22 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
         s_final[0] = w.mean;
         s_final[1] = rsqrtf(w.m2 / w.n + eps);
       }
-    } else if (oneway) {
-      if (lane < CS) {  // lane r sends them to block r
-        store_cluster(cluster_addr(smem_addr(&s_peer[rank][0]), lane), w.n);
-        store_cluster(cluster_addr(smem_addr(&s_peer[rank][1]), lane), w.mean);
-        store_cluster(cluster_addr(smem_addr(&s_peer[rank][2]), lane), w.m2);
-        mbar_arrive_remote(cluster_addr(smem_addr(&s_xbar), lane));
-      }
-    } else if (lane == 0) {
-      s_block[0] = w.n;
-      s_block[1] = w.mean;
-      s_block[2] = w.m2;
+    } else if (lane < CS) {  // lane r sends them to block r
+      store_async_cluster(cluster_addr(smem_addr(&s_peer[rank]), lane),
+                          make_float4(w.n, w.mean, w.m2, 0.0f),
+                          cluster_addr(smem_addr(&s_xbar), lane));
     }
   }
   LRT_GN_MARK(6);
 
   // The cluster's statistics, merged in rank order (every block gets bit-identical ones). Once
   // s_xbar completes, no peer touches this block's shared memory again, so blocks may exit
-  // without a closing cluster barrier; the barrier exchange waits for its peers before exit.
+  // without a closing cluster barrier.
   if constexpr (CS > 1) {
-    if (!oneway) cluster_sync_all();
     if (warp == 0) {
       WelfordStat w{0.0f, 0.0f, 0.0f};
-      if (oneway) {
-        mbar_wait<true>(smem_addr(&s_xbar), 0);
-        if (lane < CS) w = WelfordStat{s_peer[lane][0], s_peer[lane][1], s_peer[lane][2]};
-      } else if (lane < CS) {
-        w.n = load_cluster_shared(&s_block[0], lane);
-        w.mean = load_cluster_shared(&s_block[1], lane);
-        w.m2 = load_cluster_shared(&s_block[2], lane);
-      }
+      mbar_wait(smem_addr(&s_xbar), 0);  // the writes are visible once the phase completes
+      if (lane < CS) w = WelfordStat{s_peer[lane].x, s_peer[lane].y, s_peer[lane].z};
       LRT_GN_MARK(7);
       stat_warp_reduce<CS>(w);
       if (lane == 0) {
@@ -395,7 +378,6 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
         s_final[1] = rsqrtf(w.m2 / w.n + eps);
       }
     }
-    if (!oneway) cluster_arrive();  // done with the peers' s_block; the wait is before exit
   }
   __syncthreads();
   LRT_GN_MARK(3);
@@ -422,7 +404,6 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
     }
     if (tid == 0) bulk_store_drain();  // the block's shared memory outlives the stores' reads
     LRT_GN_MARK(4);
-    if (CS > 1 && !oneway) cluster_wait();
     return;
   }
   auto emit = [&](unsigned vi, const Pack<T, V>& p) {
@@ -441,7 +422,6 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
       if (v0 + u * bs < end) emit(v0 + u * bs, p[u]);
   }
   LRT_GN_MARK(4);
-  if (CS > 1 && !oneway) cluster_wait();
 }
 
 // Channels-last with small groups: a cluster normalizes a tile of GT consecutive groups of one

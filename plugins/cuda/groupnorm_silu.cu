@@ -5,8 +5,10 @@
 // loads (16 bytes, or 2 elements where 16 bytes do not divide the group's runs), keeps it in
 // shared memory and accumulates statistics in fp32: per batch of loads an exact (count, mean,
 // M2) from sums shifted by a sample of the batch, merged per thread with Welford's update.
-// Blocks merge their statistics through distributed shared memory (Chan's parallel formula, in
-// rank order so every block gets bit-identical results), then scale and shift the slice from
+// Warps, the block and the cluster combine (count, mean, M2) triples by sums (count and weighted
+// mean, then M2 plus the spread of the means); blocks exchange theirs through distributed shared
+// memory (st.async, every block combining them in rank order, so all get bit-identical
+// results), then scale and shift the slice from
 // shared memory and write it once. When a group's slice does not fit in shared memory the same
 // kernel re-reads the slice from global memory instead (the two-pass fallback).
 //

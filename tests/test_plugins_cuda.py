@@ -319,6 +319,16 @@ TMA_CASES = [
 ]
 
 
+def _check_tma_case(harness, gen, case, dtype, **forced) -> None:
+    """One TMA_CASES case through the TMA kernel with a forced plan, against PyTorch."""
+    shape, cout, k, pads, causal = case
+    one = (1, 1, 1)
+    x, w, b, ref = _conv_inputs((shape, cout, k, pads, one, one, causal), True, dtype, gen)
+    out = _poisoned(tuple(ref.shape), dtype)
+    harness.conv3d(x, w, b, pads, causal_time=causal, layout="NDHWC", out=out, tma=True, **forced)
+    _check(out, ref, dtype)
+
+
 @pytest.mark.skipif(not HOPPER, reason="the TMA kernel needs an sm_90 GPU")
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("cluster", [1, 2], ids=["c1", "c2"])
@@ -333,15 +343,8 @@ TMA_CASES = [
 def test_conv3d_tma_every_variant(
     harness, gen, case, tile_m, tile_n, stages, streamk, cluster, dtype
 ):
-    shape, cout, k, pads, causal = case
-    one = (1, 1, 1)
-    x, w, b, ref = _conv_inputs((shape, cout, k, pads, one, one, causal), True, dtype, gen)
-    out = _poisoned(tuple(ref.shape), dtype)
-    harness.conv3d(
-        x, w, b, pads, causal_time=causal, layout="NDHWC", out=out, tma=True,
-        tile_n=tile_n, stages=stages, tile_m=tile_m, streamk=streamk, cluster=cluster,
-    )  # fmt: skip
-    _check(out, ref, dtype)
+    _check_tma_case(harness, gen, case, dtype, tile_n=tile_n, stages=stages, tile_m=tile_m,
+                    streamk=streamk, cluster=cluster)  # fmt: skip
 
 
 @pytest.mark.skipif(not HOPPER, reason="the TMA kernel needs an sm_90 GPU")
@@ -354,15 +357,8 @@ def test_conv3d_tma_every_variant(
 def test_conv3d_tma_clusters_of_four(harness, gen, case, tile_n, stages, streamk, dtype):
     """Four position tiles share B by multicast (a quarter of its rows each); position tiles
     are rounded up to fours, so some of a cluster's tiles lie past the batch."""
-    shape, cout, k, pads, causal = case
-    one = (1, 1, 1)
-    x, w, b, ref = _conv_inputs((shape, cout, k, pads, one, one, causal), True, dtype, gen)
-    out = _poisoned(tuple(ref.shape), dtype)
-    harness.conv3d(
-        x, w, b, pads, causal_time=causal, layout="NDHWC", out=out, tma=True,
-        tile_n=tile_n, stages=stages, tile_m=128, streamk=streamk, cluster=4,
-    )  # fmt: skip
-    _check(out, ref, dtype)
+    _check_tma_case(harness, gen, case, dtype, tile_n=tile_n, stages=stages, tile_m=128,
+                    streamk=streamk, cluster=4)  # fmt: skip
 
 
 @pytest.mark.skipif(not HOPPER, reason="the TMA kernel needs an sm_90 GPU")

@@ -650,8 +650,9 @@ def tma_smem_bytes(tile_m: int, tile_n: int, stages: int) -> int:
 def tma_boxes(ho: int, wo: int, tile_m: int = 128, max_sub_log2: int = 2) -> tuple[int, ...]:
     """(log2 boxes per tile, log2 BW, tiles_h, tiles_w): the BH x BW boxes that cover an Ho x Wo
     frame with the fewest idle positions, a tile of `tile_m` positions being 1, 2, 4 or 8 boxes
-    (up to 1 << max_sub_log2; the TMA kernel takes up to 4 at 128 positions, 8 at 256); on a tie the fewest boxes, then the widest. Smaller boxes fit frames
-    like 60 x 104 (4 x 8 boxes, none idle, against 6.7% idle in 16 x 8 ones)."""
+    (up to 1 << max_sub_log2; the TMA kernel takes up to 4 at 128 positions, 8 at 256); on a
+    tie the fewest boxes, then the widest. Smaller boxes fit frames like 60 x 104 (4 x 8 boxes,
+    none idle, against 6.7% idle in 16 x 8 ones)."""
     best = None
     for sub in range(max_sub_log2 + 1):
         pb = tile_m >> sub

@@ -7,10 +7,10 @@
 // M2) from sums shifted by a sample of the batch, merged per thread with Welford's update.
 // Warps, the block and the cluster combine (count, mean, M2) triples by sums (count and weighted
 // mean, then M2 plus the spread of the means); blocks exchange theirs through distributed shared
-// memory (st.async, every block combining them in rank order, so all get bit-identical
-// results), then scale and shift the slice from
-// shared memory and write it once. When a group's slice does not fit in shared memory the same
-// kernel re-reads the slice from global memory instead (the two-pass fallback).
+// memory (st.async; every block combines them in rank order, so all get bit-identical results),
+// then scale and shift the slice from shared memory and write it once. When a group's slice does
+// not fit in shared memory the same kernel re-reads the slice from global memory instead (the
+// two-pass fallback).
 //
 // Layouts: channels-first (N, C, *spatial), where a group is one contiguous run of
 // C/G * S elements, and channels-last (N, *spatial, C), where a group is C/G consecutive
@@ -255,15 +255,16 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
   const unsigned bs = blockDim.x;
   constexpr int U = 4;  // more spills registers under the 64-register bound
   LRT_GN_MARK(0);
-  // The cluster's statistics travel one way: each block writes its own into every peer (H100:
-  // 3-11% faster than a cluster barrier and remote loads).
+  // The cluster's statistics travel one way: each block writes its own into every peer by
+  // st.async (H100: 0-7% faster than a cluster barrier and remote loads, or than remote
+  // stores and a release arrival; BENCHMARKS.md, twelfth session).
   if constexpr (CS > 1) {  // the exchange's mbarrier, initialized before any peer writes to it
     if (tid == 0) {
       mbar_init(smem_addr(&s_xbar), 1);
       mbar_expect_tx(smem_addr(&s_xbar), CS * 16u);  // the phase completes on the CS writes
       asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    cluster_arrive_relaxed();  // the matching wait comes before this block's first remote arrive
+    cluster_arrive_relaxed();  // the matching wait comes before this block's first remote write
   }
 
   // gamma and beta first: their loads are in flight together with the first data loads.

@@ -225,10 +225,25 @@ class GroupNormPlan:
     # bulk copies in and bulk stores out (channels-first 16-byte vectors; kCache* in the .cu)
     smem: int
     tile: int = 1  # channels-last groups per cluster (1: one group, the general body)
+    cap: int = 0  # vectors of a block's slice in the cache (fewer than the slice: partial)
 
 
 MAX_TILE_GROUPS = 32  # kMaxTileGroups
 STATIC_SMEM_RESERVE = 8192  # both bodies' static shared memory (7.5 KB)
+BLOCK_SMEM_RESERVE = 1024  # shared memory the GPU reserves per resident block (sm_80, sm_90)
+
+
+def resident_clusters(cs: int, per_sm: int, sms: int) -> int:
+    """Clusters of `cs` blocks resident at once at `per_sm` blocks per SM: all slots for single
+    blocks and pairs, ~90% of them for larger clusters, whose placement is bound to GPCs (H100:
+    30 of 8 at two per SM)."""
+    return sms * per_sm // cs if cs <= 2 else sms * per_sm * 9 // 10 // cs
+
+
+def one_wave_blocks(units: int, cs: int, sms: int) -> int:
+    """The fewest blocks per SM (1-4) at which all `units` clusters of `cs` are resident at
+    once, or 2 where none is (the clusters then run in waves)."""
+    return next((b for b in (1, 2, 3, 4) if units <= resident_clusters(cs, b, sms)), 2)
 
 
 def groupnorm_plan(
@@ -244,11 +259,13 @@ def groupnorm_plan(
     cluster: int | None = None,
     threads: int | None = None,
     cache: int | None = None,
+    per_sm: int | None = None,
 ) -> GroupNormPlan:
     """Cluster size, block size, vector width, caching and tiling of one GroupNormSiLU launch.
 
-    `cluster` (1, 2, 4 or 8), `threads` (256 or 512; not for tiles) and `cache` (GroupNormPlan
-    .cached) override the planner, for benchmark sweeps.
+    `cluster` (1, 2, 4 or 8), `threads` (256 or 512; not for tiles), `cache` (GroupNormPlan
+    .cached; 1-3 cache whole slices where they fit) and `per_sm` (blocks per SM a partial cache
+    is sized for) override the planner, for benchmark sweeps.
     """
     cg = c // num_groups
     vmax = 16 // itemsize
@@ -285,28 +302,55 @@ def groupnorm_plan(
         if cluster not in (1, 2, 4, 8):
             raise InputError(f"cluster must be 1, 2, 4 or 8, got {cluster}")
         cs = cluster
+    if per_sm is not None and per_sm not in (1, 2, 3, 4):
+        raise InputError(f"per_sm must be 1, 2, 3 or 4, got {per_sm}")
+    # Blocks per SM that run all clusters in one wave, and the head of a slice each can cache.
+    b = per_sm or one_wave_blocks(units, cs, sms)
+    share = (smem_optin + BLOCK_SMEM_RESERVE) // b - BLOCK_SMEM_RESERVE - STATIC_SMEM_RESERVE
+    cap = min(slice_(cs), max(0, share - affine) // (v * itemsize))
+    cap = cap // row_vectors * row_vectors if tile > 1 else cap  # tiles cache whole rows
+    # Whole slices where they fit, unless their clusters would run in uneven waves (under 90%
+    # full; 256-thread blocks let three of a cluster of 8 share an SM, see the .cu).
     fits = affine + cache_bytes(cs) <= budget
+    threads_whole = 256 if cs == 8 and 3 * (affine + cache_bytes(cs)) <= smem_optin else 512
+    fit = (smem_optin + BLOCK_SMEM_RESERVE) // (
+        affine + cache_bytes(cs) + BLOCK_SMEM_RESERVE + STATIC_SMEM_RESERVE
+    )
+    resident = resident_clusters(cs, max(1, min(fit, 2 if threads_whole == 512 else 4)), sms)
+    waves = -(-units // resident)
+    uneven = waves > 1 and 10 * units < 9 * waves * resident
+    # Channels-first slices are cached in part, all clusters in one wave, where whole slices do
+    # not fit or run in uneven waves and half a slice or more fits (H100: 1.02-1.11x; two reads
+    # of all of it measured faster below half, channels-last re-reads 11-21% slower).
+    partial = per_sm is not None or (
+        cache is None and not channels_last and (not fits or uneven) and 2 * cap >= slice_(cs)
+    )
+    whole = fits and not partial
     # Clusters of 8 over 16-bit slices: bulk copies in and bulk stores out (6-10% faster on H100
     # at 1x512x128x128 and 1x256x256x256; slower for smaller clusters, even for fp32).
     bulk = not channels_last and v == vmax
-    cached = 3 if fits and bulk and cs == 8 and itemsize == 2 else int(fits)
+    cached = (3 if bulk and cs == 8 and itemsize == 2 else 1) if whole else int(partial and cap > 0)
+    cap = slice_(cs) if whole else cap
     if cache is not None:
-        if cache not in (0, 1, 2, 3) or (cache and not fits) or (cache >= 2 and not bulk):
+        if cache not in (0, 1, 2, 3) or (cache >= 2 and not (whole and bulk)):
             raise InputError(
-                f"cache {cache} does not apply: 0 or 1 where the slice fits (it does: {fits}), "
-                "2 and 3 also need channels-first 16-byte vectors"
+                f"cache {cache} does not apply: 0 or 1, or 2 and 3 where a slice of channels-first "
+                f"16-byte vectors is cached whole (it is: {whole and bulk})"
             )
         cached = cache
-    smem = affine + (cache_bytes(cs) if cached else 0)
+    cap = cap if cached else 0
+    smem = affine + cap * v * itemsize
     if tile > 1:  # whole rows per pass
         if threads is not None:
             raise InputError("threads cannot be forced for a channels-last tile")
-        return GroupNormPlan(cs, 512 // row_vectors * row_vectors, v, cached, smem, tile)
-    if threads is None:  # 256: three blocks of a cluster of 8 share an SM (see the .cu)
-        threads = 256 if cs == 8 and cached and 3 * smem <= smem_optin else 512
+        t = (256 if partial and b >= 3 else 512) // row_vectors * row_vectors
+        return GroupNormPlan(cs, t, v, cached, smem, tile, cap)
+    if threads is None:  # channels-first clusters in one wave: as many blocks as it takes
+        small = b >= 3 and (partial or not channels_last)
+        threads = threads_whole if whole else 256 if small else 512
     elif threads not in (256, 512):
         raise InputError(f"threads must be 256 or 512, got {threads}")
-    return GroupNormPlan(cs, threads, v, cached, smem, tile)
+    return GroupNormPlan(cs, threads, v, cached, smem, tile, cap)
 
 
 def groupnorm_silu(
@@ -322,6 +366,7 @@ def groupnorm_silu(
     cluster: int | None = None,
     threads: int | None = None,
     cache: int | None = None,
+    per_sm: int | None = None,
     defines: tuple[str, ...] = (),
 ) -> Any:
     """Fused GroupNorm + optional SiLU on the GPU; returns `out` (allocated when None).
@@ -366,6 +411,7 @@ def groupnorm_silu(
         cluster,
         threads,
         cache,
+        per_sm,
     )
     name = f"latentrt_gn_silu_{'nhwc' if last else 'nchw'}_{_SUFFIX[xd.dtype]}_c{plan.cluster}"
     kern = _module("groupnorm_silu.cu", tuple(defines)).get_function(name)
@@ -381,6 +427,7 @@ def groupnorm_silu(
         np.float32(eps),
         _i(activation),
         _i(plan.cached),
+        np.uint32(plan.cap),
         _i(plan.vec),
         _i(plan.tile),
     )

@@ -106,6 +106,38 @@ def test_groupnorm_silu_edge_cases(harness, gen, shape, groups, layout, act, dty
     _check(out, _gn_ref(x, gamma, beta, groups, 1e-6, act, layout == "NHWC"), dtype)
 
 
+@pytest.mark.parametrize(
+    ("shape", "layout", "cluster", "per_sm", "dtype"),
+    [
+        ((1, 512, 128, 128), "NCHW", 8, 4, "float16"),  # 3072 of 4096 vectors cached
+        ((1, 256, 64, 64), "NCHW", 1, 4, "float32"),
+        ((1, 96, 65, 129), "NCHW", 1, 4, "float16"),  # scalars: all but ~600 of 25155 cached
+        ((1, 128, 128, 128), "NHWC", 2, 4, "bfloat16"),  # tiles of 8 groups: whole rows cached
+        ((1, 512, 128, 128), "NHWC", 4, 3, "float32"),
+        ((1, 256, 64, 64), "NCHW", 2, None, "float16"),  # cache=0: everything read twice
+    ],
+    ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v),
+)
+def test_groupnorm_silu_partial_cache(harness, gen, shape, layout, cluster, per_sm, dtype):
+    """Slices larger than their cache: the head cached, the tail read again after the statistics
+    (or, with no cache, all of it)."""
+    last = layout == "NHWC"
+    n, c = shape[0], shape[-1] if last else shape[1]
+    spatial = shape[1] * shape[2] if last else shape[2] * shape[3]
+    props = torch.cuda.get_device_properties(0)
+    forced = {"per_sm": per_sm} if per_sm else {"cache": 0}
+    plan = harness.groupnorm_plan(n, c, spatial, 32, last, DTYPES[dtype].itemsize, True,
+                                  props.multi_processor_count,
+                                  props.shared_memory_per_block_optin, cluster=cluster, **forced)  # fmt: skip
+    slice_ = -(-(c // 32 * spatial // plan.vec) // cluster)
+    assert plan.cap < slice_ and (plan.cap > 0) == bool(per_sm)
+    x = _rand(shape, dtype, gen, 1.5, 0.3)
+    gamma, beta = _rand((c,), dtype, gen), _rand((c,), dtype, gen)
+    out = _poisoned(shape, dtype)
+    harness.groupnorm_silu(x, gamma, beta, 32, 1e-5, 1, layout, out=out, cluster=cluster, **forced)
+    _check(out, _gn_ref(x, gamma, beta, 32, 1e-5, 1, last), dtype)
+
+
 @pytest.mark.parametrize("cache", [2, 3], ids=["bulk-in", "bulk-in-out"])
 @pytest.mark.parametrize(
     ("shape", "cluster", "dtype"),

@@ -202,6 +202,7 @@ def test_c_launcher_groupnorm_plan_matches_the_harness(sm90_lib):
         (1, 512, 128 * 128, 32),
         (1, 256, 256 * 256, 32),
         (1, 32, 512 * 512, 2),  # does not fit on chip: two reads
+        (1, 512, 80 * 256, 32),  # clusters in one wave: the slice's head cached
         (1, 96, 9 * 33 * 33, 32),  # odd spatial size, 3 channels a group
         (3, 6, 35, 3),
     ]
@@ -209,15 +210,17 @@ def test_c_launcher_groupnorm_plan_matches_the_harness(sm90_lib):
     for (n, c, spatial, groups), layout, elem, aligned, (sms, optin) in itertools.product(
         shapes, (0, 1), (2, 4), (1, 0), ((132, 232448), (108, 166912))
     ):
-        out = (ctypes.c_int * 6)()
+        out = (ctypes.c_int * 7)()
         assert plan(n, c, spatial, groups, layout, elem, aligned, sms, optin, out) == 0
         p = harness.groupnorm_plan(
             n, c, spatial, groups, layout == 1, elem, bool(aligned), sms, optin
         )
-        assert list(out) == [p.cluster, p.threads, p.vec, p.cached, p.smem, p.tile], (
+        assert list(out) == [p.cluster, p.threads, p.vec, p.cached, p.smem, p.tile, p.cap], (
             n, c, spatial, groups, layout, elem, aligned, sms
         )  # fmt: skip
-        checked.add(p.cached)
-    assert checked == {0, 1, 3}  # two reads, the threads' loads, bulk copies in and out
-    out = (ctypes.c_int * 6)()
+        if p.tile == 1:
+            checked.add((p.cached, p.cap < -(-(c // groups * spatial // p.vec) // p.cluster)))
+    # two reads, the threads' loads filling whole and partial caches, bulk copies in and out
+    assert checked == {(0, True), (1, False), (1, True), (3, False)}
+    out = (ctypes.c_int * 7)()
     assert plan(1, 30, 64, 32, 0, 2, 1, 132, 232448, out) != 0  # 30 channels, 32 groups

@@ -275,16 +275,34 @@ def test_groupnorm_plan_unet_and_fallback():
     assert harness.groupnorm_plan(8, 320, 4096, 32, False, 2, True, sms, optin).cluster == 1
     # A small group (40 x 16 x 16, 1280 vectors): one block.
     assert harness.groupnorm_plan(2, 1280, 256, 32, False, 2, True, sms, optin).cluster == 1
-    # A VAE group (16 x 128 x 128 fp32, 65536 vectors): clusters of 8, still one read.
+    # A VAE group (16 x 128 x 128 fp32, 65536 vectors): clusters of 8, whose 128 KB slices fit
+    # one to an SM, where 14 of the 32 clusters are resident (three waves). Instead three blocks
+    # share an SM (one wave), each caching the head of its slice and reading the rest twice.
     p = harness.groupnorm_plan(1, 512, 128 * 128, 32, False, 4, True, sms, optin)
-    assert p.cached and p.cluster == 8 and p.smem <= optin - 2048 and p.threads == 512
-    assert p.cached == 1  # fp32: the threads' loads fill the cache
+    assert (p.cluster, p.threads, p.cached) == (8, 256, 1)  # fp32: the threads' loads fill it
+    assert p.cap == ((optin + 1024) // 3 - 1024 - 8192 - 2 * 16 * 4) // 16 < 8192
     # In fp16 its 64 KB slices fit three to an SM: 256-thread blocks, bulk copies in and out.
     p = harness.groupnorm_plan(1, 512, 128 * 128, 32, False, 2, True, sms, optin)
     assert (p.threads, p.cached) == (256, 3)
-    # A group of 16 x 512 x 512 fp32 (16 MB) cannot sit on chip: two reads instead.
+    # The same in fp16 at 1 x 256 x 256 x 256 (1 MB groups).
+    p = harness.groupnorm_plan(1, 256, 256 * 256, 32, False, 2, True, sms, optin)
+    assert (p.cluster, p.threads, p.cached) == (8, 256, 1)
+    assert p.cap == ((optin + 1024) // 3 - 1024 - 8192 - 64) // 16 and p.smem == 64 + p.cap * 16
+    # A group of 16 x 512 x 512 fp32 (16 MB): less than half of a slice would fit, so all of it
+    # is read twice.
     p = harness.groupnorm_plan(1, 32, 512 * 512, 2, False, 4, True, sms, optin)
-    assert (p.cluster, p.cached) == (8, False)
+    assert (p.cluster, p.threads, p.cached, p.cap) == (8, 512, 0, 0)
+    # Forced: a partial cache sized for four blocks an SM; tiles cache whole rows.
+    p = harness.groupnorm_plan(1, 512, 128 * 128, 32, False, 2, True, sms, optin, per_sm=4)
+    assert (p.cached, p.cap) == (1, ((optin + 1024) // 4 - 1024 - 8192 - 128) // 16)
+    p = harness.groupnorm_plan(1, 128, 128 * 128, 32, True, 2, True, sms, optin, per_sm=4)
+    assert (p.tile, p.vec, p.cluster) == (8, 2, 8)  # rows of 8 x 4 channels = 16 vectors
+    assert p.cap % 16 == 0 and p.cap < 128 * 128 // 8 * 16 and p.threads == 256
+    assert (
+        harness.groupnorm_plan(1, 512, 128 * 128, 32, False, 2, True, sms, optin, cache=0).cap == 0
+    )
+    with pytest.raises(InputError, match="per_sm"):
+        harness.groupnorm_plan(2, 320, 4096, 32, False, 2, True, sms, optin, per_sm=5)
     # Channels-last with 10 channels per group: pairs of fp16 channels instead of 16 bytes, in
     # tiles of 4 groups (80-byte rows) whose 20 vectors a row 500 threads cover 25 times.
     p = harness.groupnorm_plan(2, 320, 4096, 32, True, 2, True, sms, optin)
@@ -302,9 +320,9 @@ def test_groupnorm_plan_unet_and_fallback():
         harness.groupnorm_plan(2, 320, 4096, 32, False, 2, True, sms, optin, threads=1024)
     # The cache filled by bulk copies: channels-first 16-byte vectors only, where the slice fits.
     assert harness.groupnorm_plan(2, 320, 4096, 32, False, 2, True, sms, optin, cache=3).cached == 3
-    for args, cache in [((True, 2, True), 2), ((False, 2, False), 2), ((False, 4, True), 1)]:
-        shape = (1, 32, 512 * 512, 2) if cache == 1 else (2, 320, 4096, 32)
-        with pytest.raises(InputError, match="cache"):
+    for args, cache in [((True, 2, True), 2), ((False, 2, False), 2), ((False, 4, True), 3)]:
+        shape = (1, 32, 512 * 512, 2) if args[1] == 4 else (2, 320, 4096, 32)
+        with pytest.raises(InputError, match="cache"):  # bulk copies of a partial cache
             harness.groupnorm_plan(*shape, *args, sms, optin, cache=cache)
 
 

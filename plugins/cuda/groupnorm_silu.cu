@@ -210,7 +210,9 @@ struct GroupIndexer {
 
 // `cached`: 0 reads the slice twice from global memory, kCacheRegisters caches it through the
 // threads' loads, kCacheBulk through bulk copies (channels-first, 16-byte vectors), and
-// kCacheBulkStore also writes it out by bulk stores.
+// kCacheBulkStore also writes it out by bulk stores. `cap`: the vectors of a slice the cache
+// holds (kCacheRegisters only may hold fewer than the slice: the rest is read again, from L2
+// where it still is).
 enum : int { kCacheRegisters = 1, kCacheBulk = 2, kCacheBulkStore = 3 };
 constexpr unsigned kBulkPieces = 4;
 
@@ -219,7 +221,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
                                                     const T* __restrict__ gamma,
                                                     const T* __restrict__ beta, T* __restrict__ y,
                                                     int C, int S, int G, float eps, int act,
-                                                    int cached) {
+                                                    int cached, unsigned cap) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ float s_warp[16][3];  // per warp; at most 512 threads (__launch_bounds__)
   __shared__ float s_final[2];
@@ -328,7 +330,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
 #pragma unroll
       for (int u = 0; u < U; ++u)
         if (v0 + u * bs < end) {
-          if (cached) cache[v0 + u * bs - start] = p[u];
+          if (cached && v0 + u * bs - start < cap) cache[v0 + u * bs - start] = p[u];
           ++valid;
         }
       fold_batch(st, p, valid);
@@ -409,21 +411,29 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
     LRT_GN_MARK(4);
     return;
   }
-  auto emit = [&](unsigned vi, const Pack<T, V>& p) {
-    *reinterpret_cast<Pack<T, V>*>(yg + ix.offset(vi)) =
-        scale_shift<T, V, LAYOUT == kLayoutChannelsLast>(p, s_a, s_b, ix.channel(vi), act);
+  // Vectors [start, split) come from the cache, [split, end) from global memory: first, as the
+  // slice's tail was read last in pass 1 and is the likeliest still in L2.
+  const unsigned split = start + (cached ? min(cap, nv) : 0u);
+  auto emit = [&](unsigned a, unsigned b, bool from_cache) {
+    for (unsigned v0 = a + tid; v0 < b; v0 += U * bs) {
+      Pack<T, V> p[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (v0 + u * bs < b)
+          p[u] = from_cache ? cache[v0 + u * bs - start]
+                            : *reinterpret_cast<const Pack<T, V>*>(xg + ix.offset(v0 + u * bs));
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (v0 + u * bs < b) {
+          const unsigned vi = v0 + u * bs;
+          *reinterpret_cast<Pack<T, V>*>(yg + ix.offset(vi)) =
+              scale_shift<T, V, LAYOUT == kLayoutChannelsLast>(p[u], s_a, s_b, ix.channel(vi),
+                                                               act);
+        }
+    }
   };
-  for (unsigned v0 = start + tid; v0 < end; v0 += U * bs) {
-    Pack<T, V> p[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (v0 + u * bs < end)
-        p[u] = cached ? cache[v0 + u * bs - start]
-                      : *reinterpret_cast<const Pack<T, V>*>(xg + ix.offset(v0 + u * bs));
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (v0 + u * bs < end) emit(v0 + u * bs, p[u]);
-  }
+  emit(split, end, false);
+  emit(start, split, true);
   LRT_GN_MARK(4);
 }
 
@@ -447,8 +457,8 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
                                                          const T* __restrict__ gamma,
                                                          const T* __restrict__ beta,
                                                          T* __restrict__ y, int C, int S, int G,
-                                                         float eps, int act, int cached, int GT,
-                                                         TileShared& sh) {
+                                                         float eps, int act, int cached,
+                                                         unsigned cap, int GT, TileShared& sh) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto& s_stat = sh.stat;
   auto& s_block = sh.block;
@@ -482,6 +492,7 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
   const unsigned col = tid % VR;
   const unsigned r0 = tid / VR;
   constexpr int U = 4;
+  const unsigned cap_rows = cached ? cap / VR : 0u;  // the cache holds whole rows
 
   for (unsigned c = tid; c < RW; c += bs) {
     s_a[c] = to_f32(gamma[tile * RW + c]);
@@ -499,7 +510,7 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
 #pragma unroll
     for (int u = 0; u < U; ++u)
       if (rr + u * R < end) {
-        if (cached) cache[(rr + u * R - start) * VR + col] = p[u];
+        if (rr + u * R - start < cap_rows) cache[(rr + u * R - start) * VR + col] = p[u];
         ++valid;
       }
     fold_batch(st, p, valid);
@@ -557,45 +568,52 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
   }
   __syncthreads();
 
-  for (unsigned rr = start + r0; rr < end; rr += U * R) {
-    Pack<T, V> p[U];
+  // Uncached rows first (read last in pass 1, the likeliest still in L2), then cached ones.
+  const unsigned split = min(end, start + cap_rows);
+  auto emit = [&](unsigned a, unsigned b, bool from_cache) {
+    for (unsigned rr = a + r0; rr < b; rr += U * R) {
+      Pack<T, V> p[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (rr + u * R < end)
-        p[u] = cached ? cache[(rr + u * R - start) * VR + col]
-                      : *reinterpret_cast<const Pack<T, V>*>(xg + at(rr + u * R));
+      for (int u = 0; u < U; ++u)
+        if (rr + u * R < b)
+          p[u] = from_cache ? cache[(rr + u * R - start) * VR + col]
+                            : *reinterpret_cast<const Pack<T, V>*>(xg + at(rr + u * R));
 #pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (rr + u * R < end)
-        *reinterpret_cast<Pack<T, V>*>(yg + at(rr + u * R)) =
-            scale_shift<T, V, true>(p[u], s_a, s_b, col * V, act);
-  }
+      for (int u = 0; u < U; ++u)
+        if (rr + u * R < b)
+          *reinterpret_cast<Pack<T, V>*>(yg + at(rr + u * R)) =
+              scale_shift<T, V, true>(p[u], s_a, s_b, col * V, act);
+    }
+  };
+  emit(split, end, false);
+  emit(start, split, true);
   if constexpr (CS > 1) cluster_wait();
 }
 
 template <typename T, int LAYOUT, int CS>
 __device__ __forceinline__ void groupnorm_silu_kernel(const T* x, const T* gamma, const T* beta,
                                                       T* y, int C, int S, int G, float eps,
-                                                      int act, int cached, int vec, int gt) {
+                                                      int act, int cached, unsigned cap, int vec,
+                                                      int gt) {
   constexpr int VMAX = 16 / static_cast<int>(sizeof(T));
   if constexpr (LAYOUT == kLayoutChannelsLast) {
     if (gt > 1) {
       __shared__ TileShared sh;
       if (vec == VMAX)
-        groupnorm_silu_tile_body<T, CS, VMAX>(x, gamma, beta, y, C, S, G, eps, act, cached, gt, sh);
+        groupnorm_silu_tile_body<T, CS, VMAX>(x, gamma, beta, y, C, S, G, eps, act, cached, cap, gt, sh);
       else if (vec == 2)
-        groupnorm_silu_tile_body<T, CS, 2>(x, gamma, beta, y, C, S, G, eps, act, cached, gt, sh);
+        groupnorm_silu_tile_body<T, CS, 2>(x, gamma, beta, y, C, S, G, eps, act, cached, cap, gt, sh);
       else
-        groupnorm_silu_tile_body<T, CS, 1>(x, gamma, beta, y, C, S, G, eps, act, cached, gt, sh);
+        groupnorm_silu_tile_body<T, CS, 1>(x, gamma, beta, y, C, S, G, eps, act, cached, cap, gt, sh);
       return;
     }
   }
   if (vec == VMAX)
-    groupnorm_silu_body<T, LAYOUT, CS, VMAX>(x, gamma, beta, y, C, S, G, eps, act, cached);
+    groupnorm_silu_body<T, LAYOUT, CS, VMAX>(x, gamma, beta, y, C, S, G, eps, act, cached, cap);
   else if (vec == 2)
-    groupnorm_silu_body<T, LAYOUT, CS, 2>(x, gamma, beta, y, C, S, G, eps, act, cached);
+    groupnorm_silu_body<T, LAYOUT, CS, 2>(x, gamma, beta, y, C, S, G, eps, act, cached, cap);
   else
-    groupnorm_silu_body<T, LAYOUT, CS, 1>(x, gamma, beta, y, C, S, G, eps, act, cached);
+    groupnorm_silu_body<T, LAYOUT, CS, 1>(x, gamma, beta, y, C, S, G, eps, act, cached, cap);
 }
 
 }  // namespace latentrt
@@ -607,9 +625,9 @@ __device__ __forceinline__ void groupnorm_silu_kernel(const T* x, const T* gamma
   extern "C" __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(512, 2)                  \
       latentrt_gn_silu_##LNAME##_##SUF##_c##CS(const T* x, const T* gamma, const T* beta, T* y,   \
                                                int C, int S, int G, float eps, int act,           \
-                                               int cached, int vec, int gt) {                     \
+                                               int cached, unsigned cap, int vec, int gt) {       \
     latentrt::groupnorm_silu_kernel<T, LAYOUT, CS>(x, gamma, beta, y, C, S, G, eps, act, cached, \
-                                                   vec, gt);                                      \
+                                                   cap, vec, gt);                                 \
   }
 #define LRT_GN_LAYOUT(T, SUF, LAYOUT, LNAME) \
   LRT_GN_KERNEL(T, SUF, LAYOUT, LNAME, 1)    \
@@ -634,8 +652,28 @@ struct GnPlan {
   int vec;  // elements per vector access: 16 bytes' worth, 2 or 1
   int cached;
   size_t smem;
-  int tile;  // channels-last groups per cluster (1: one group, the general body)
+  int tile;      // channels-last groups per cluster (1: one group, the general body)
+  unsigned cap;  // vectors of a block's slice in the cache (fewer than the slice: partial)
 };
+
+constexpr long long kStaticSmemReserve = 8192;  // static shared memory of both bodies: 7.5 KB
+constexpr long long kBlockSmemReserve = 1024;   // reserved by the GPU per resident block
+
+// Clusters of `cs` blocks resident at once at `per_sm` blocks per SM: all slots for single
+// blocks and pairs, ~90% of them for larger clusters, whose placement is bound to GPCs (H100:
+// 30 of 8 at two per SM).
+long long resident_clusters(int cs, int per_sm, int sms) {
+  return cs <= 2 ? static_cast<long long>(sms) * per_sm / cs
+                 : static_cast<long long>(sms) * per_sm * 9 / 10 / cs;
+}
+
+// The fewest blocks per SM (1-4) at which all `units` clusters of `cs` are resident at once, or
+// 2 where none is (the clusters then run in waves).
+int one_wave_blocks(long long units, int cs, int sms) {
+  for (int b = 1; b <= 4; ++b)
+    if (units <= resident_clusters(cs, b, sms)) return b;
+  return 2;
+}
 
 // The launch plan; plugins/harness.py mirrors this function (keep the two in step).
 GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, size_t elem,
@@ -670,29 +708,57 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   while (cs < 8 && slice(cs) > 2048 && units * cs * 2 <= sms) cs *= 2;
   while (cs < 8 && slice(cs) >= 8192 && units * cs * 2 <= 2LL * sms) cs *= 2;
   const long long affine = (2 * p.tile * cg * 4 + 15) / 16 * 16;
-  const long long budget = smem_optin - 8192;  // static shared memory of both bodies: 7.5 KB
+  const long long budget = smem_optin - kStaticSmemReserve;
   auto cache_bytes = [&](int k) { return slice(k) * v * static_cast<long long>(elem); };
   while (cs < 8 && affine + cache_bytes(cs) > budget) cs *= 2;
   p.cluster = cs;
-  p.cached = affine + cache_bytes(cs) <= budget ? latentrt::kCacheRegisters : 0;
+  // Blocks per SM that run all clusters in one wave, and the head of a slice each can cache.
+  const int b = one_wave_blocks(units, cs, sms);
+  const long long share =
+      (smem_optin + kBlockSmemReserve) / b - kBlockSmemReserve - kStaticSmemReserve;
+  long long cap =
+      std::min(slice(cs), std::max(0LL, share - affine) / (v * static_cast<long long>(elem)));
+  if (p.tile > 1) cap = cap / row_vectors * row_vectors;  // tiles cache whole rows
+  // Whole slices where they fit, unless their clusters would run in uneven waves (under 90%
+  // full; 256-thread blocks let three of a cluster of 8 share an SM: 30 of 8 are resident at two
+  // per SM on an H100).
+  const long long whole_bytes = affine + cache_bytes(cs);
+  const bool fits = whole_bytes <= budget;
+  const int threads_whole = cs == 8 && 3 * whole_bytes <= smem_optin ? 256 : 512;
+  const long long fit =
+      (smem_optin + kBlockSmemReserve) / (whole_bytes + kBlockSmemReserve + kStaticSmemReserve);
+  const long long resident = resident_clusters(
+      cs, static_cast<int>(std::max(1LL, std::min(fit, threads_whole == 512 ? 2LL : 4LL))), sms);
+  const long long waves = (units + resident - 1) / resident;
+  const bool uneven = waves > 1 && 10 * units < 9 * waves * resident;
+  // Channels-first slices are cached in part, all clusters in one wave, where whole slices do not
+  // fit or run in uneven waves and half a slice or more fits (H100: 1.02-1.11x; two reads of all
+  // of it measured faster below half, channels-last re-reads 11-21% slower).
+  const bool channels_last = layout == latentrt::kLayoutChannelsLast;
+  const bool partial = !channels_last && (!fits || uneven) && 2 * cap >= slice(cs);
+  const bool whole = fits && !partial;
   // Clusters of 8 over 16-bit slices: bulk copies in and bulk stores out (6-10% faster on H100
   // at 1x512x128x128 and 1x256x256x256; slower for smaller clusters, even for fp32).
-  const bool bulk = layout == latentrt::kLayoutChannelsFirst && p.vec == vmax;
-  if (p.cached && bulk && cs == 8 && elem == 2) p.cached = latentrt::kCacheBulkStore;
-  p.smem = static_cast<size_t>(affine + (p.cached ? cache_bytes(cs) : 0));
+  const bool bulk = !channels_last && p.vec == vmax;
+  if (whole)
+    p.cached = bulk && cs == 8 && elem == 2 ? latentrt::kCacheBulkStore : latentrt::kCacheRegisters;
+  else
+    p.cached = partial && cap > 0 ? latentrt::kCacheRegisters : 0;
+  p.cap = !p.cached ? 0u : static_cast<unsigned>(whole ? slice(cs) : cap);
+  p.smem = static_cast<size_t>(affine + p.cap * v * static_cast<long long>(elem));
   if (p.tile > 1) {  // whole rows per pass
-    p.threads = static_cast<int>(512 / row_vectors * row_vectors);
+    p.threads = static_cast<int>((partial && b >= 3 ? 256 : 512) / row_vectors * row_vectors);
     return p;
   }
-  // Clusters of 8 two-per-SM do not all fit at once (30 of 8 resident on an H100); 256-thread
-  // blocks let three share an SM when their slices fit three times in shared memory.
-  p.threads = cs == 8 && p.cached && 3 * static_cast<long long>(p.smem) <= smem_optin ? 256 : 512;
+  // Channels-first clusters in one wave: as many blocks per SM as it takes.
+  const bool small = b >= 3 && (partial || !channels_last);
+  p.threads = whole ? threads_whole : small ? 256 : 512;
   return p;
 }
 
 template <typename T>
-using GnKernel = void (*)(const T*, const T*, const T*, T*, int, int, int, float, int, int, int,
-                          int);
+using GnKernel = void (*)(const T*, const T*, const T*, T*, int, int, int, float, int, int,
+                          unsigned, int, int);
 
 #define LRT_GN_TABLE(SUF)                                                                        \
   {{latentrt_gn_silu_nchw_##SUF##_c1, latentrt_gn_silu_nchw_##SUF##_c2,                          \
@@ -745,7 +811,7 @@ int launch_groupnorm_silu(const T* x, const T* gamma, const T* beta, T* y, int n
   if (err != cudaSuccess) return err;
   const unsigned grid = static_cast<unsigned>(n) * groups / p.tile * p.cluster;
   k<<<grid, p.threads, p.smem, stream>>>(x, gamma, beta, y, c, static_cast<int>(spatial), groups,
-                                         eps, activation, p.cached, p.vec, p.tile);
+                                         eps, activation, p.cached, p.cap, p.vec, p.tile);
   return cudaGetLastError();
 }
 
@@ -779,18 +845,19 @@ extern "C" int latentrt_groupnorm_silu_bf16(const __nv_bfloat16* x, const __nv_b
 
 // The launch plan of a shape on a GPU of `sms` SMs and `smem_optin` bytes of opt-in shared
 // memory per block, host-only (the CPU tests hold it to plugins/harness.py's groupnorm_plan):
-// out6 = cluster, threads, vec, cached, smem, tile. Returns 0, or cudaErrorInvalidValue.
+// out7 = cluster, threads, vec, cached, smem, tile, cap. Returns 0, or cudaErrorInvalidValue.
 extern "C" int latentrt_groupnorm_silu_plan(int n, int c, long long spatial, int num_groups,
                                             int layout, int elem_bytes, int aligned, int sms,
-                                            int smem_optin, int* out6) {
+                                            int smem_optin, int* out7) {
   if (n <= 0 || c <= 0 || spatial <= 0 || num_groups <= 0 || c % num_groups != 0 ||
       (layout != latentrt::kLayoutChannelsFirst && layout != latentrt::kLayoutChannelsLast) ||
       (elem_bytes != 2 && elem_bytes != 4))
     return cudaErrorInvalidValue;
   const GnPlan p = plan_groupnorm(n, c, spatial, num_groups, layout,
                                   static_cast<size_t>(elem_bytes), aligned != 0, sms, smem_optin);
-  const int v[6] = {p.cluster, p.threads, p.vec, p.cached, static_cast<int>(p.smem), p.tile};
-  for (int i = 0; i < 6; ++i) out6[i] = v[i];
+  const int v[7] = {p.cluster,  p.threads, p.vec, p.cached, static_cast<int>(p.smem),
+                    p.tile, static_cast<int>(p.cap)};
+  for (int i = 0; i < 7; ++i) out7[i] = v[i];
   return 0;
 }
 

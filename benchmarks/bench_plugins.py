@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import statistics
 from functools import partial
 
@@ -177,6 +178,105 @@ def bench_gn_cache(shapes, dtypes) -> list[str]:
                 f"| {'x'.join(map(str, shape))} | {dt} | cs{plan.cluster}/{plan.threads}t "
                 f"| {times[0]:.4f} | {times[1]:.4f} | {times[2]:.4f} | {t_c:.4f} "
                 f"| {100 * t_c / min(times):.0f}% |"
+            )
+            print(rows[-1], flush=True)
+            torch.cuda.empty_cache()
+    return rows
+
+
+# (cluster, threads, blocks per SM the cache is sized for); None: the planner's choice
+PARTIAL_PLANS = [
+    (1, 512, 2),
+    (1, 256, 3),
+    (2, 512, 2),
+    (2, 256, 3),
+    (4, 512, 1),
+    (4, 512, 2),
+    (4, 256, 3),
+    (8, 512, 2),
+    (8, 256, 3),
+    (8, 256, 4),
+]
+
+
+def bench_gn_partial(shapes, dtypes) -> list[str]:
+    """Channels-first GroupNorm+SiLU whose slices outgrow shared memory: the slice's head cached
+    for a given count of blocks per SM, its tail read again (from L2 where it still is), beside
+    two reads of everything, the planner's plan and a copy."""
+    rows = [
+        "| shape | dtype | planner | "
+        + " | ".join(f"cs{cs}/{t}t/{b}" for cs, t, b in PARTIAL_PLANS)
+        + " | two reads | copy | planner % of copy |",
+        "| --- |" + " --- |" * (len(PARTIAL_PLANS) + 6),
+    ]
+    for shape in shapes:
+        for dt in dtypes:
+            dtype = getattr(torch, dt)
+            itemsize = torch.finfo(dtype).bits // 8
+            k = _sets(2 * torch.Size(shape).numel() * itemsize)
+            xs, ys, g, b = _gn_inputs(shape, dtype, "NCHW", k)
+            plan = _gn_plan(shape, itemsize, "NCHW")
+            t_plan = _time_graph(_gn_calls(xs, ys, g, b))[0]
+            cells = []
+            for cs, threads, per_sm in PARTIAL_PLANS:
+                calls = _gn_calls(xs, ys, g, b, cluster=cs, threads=threads, per_sm=per_sm)
+                cells.append(f"{_time_graph(calls)[0]:.4f}")
+            t_two = _time_graph(_gn_calls(xs, ys, g, b, cluster=8, cache=0))[0]
+            t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
+            n, c, h, w = shape
+            slice_ = -(-(c // 32 * h * w // plan.vec) // plan.cluster)
+            rows.append(
+                f"| {'x'.join(map(str, shape))} | {dt} | cs{plan.cluster}/{plan.threads}t "
+                f"cache {plan.cached} {plan.cap}/{slice_} {t_plan:.4f} | {' | '.join(cells)} "
+                f"| {t_two:.4f} "
+                f"| {t_c:.4f} | {100 * t_c / t_plan:.0f}% |"
+            )
+            print(rows[-1], flush=True)
+            torch.cuda.empty_cache()
+    return rows
+
+
+def bench_gn_waves(shapes, dtypes) -> list[str]:
+    """The planner against whole-slice caches (or two reads where a slice does not fit), at the
+    shapes where the planner caches part of each slice to run its clusters in one wave."""
+    rows = [
+        "| shape | layout | dtype | planner | ms | whole or two reads | ms | ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for shape, layout in itertools.product(shapes, ("NCHW", "NHWC")):
+        for dt in dtypes:
+            dtype = getattr(torch, dt)
+            itemsize = torch.finfo(dtype).bits // 8
+            plan = _gn_plan(shape, itemsize, layout)
+            props = torch.cuda.get_device_properties(0)
+            n, c, h, w = shape
+            limits = (props.multi_processor_count, props.shared_memory_per_block_optin)
+            args = (n, c, h * w, 32, layout == "NHWC", itemsize, True, *limits)
+            cache = 1
+            other = harness.groupnorm_plan(*args, cluster=plan.cluster, cache=1)
+            rows_ = -(-h * w // plan.cluster)
+            whole = rows_ * plan.tile * (c // 32) // plan.vec if plan.tile > 1 else None
+            whole = whole or -(-(c // 32 * h * w // plan.vec) // plan.cluster)
+            threads = None
+            if other.cap < whole:
+                cache, threads = 0, None if plan.tile > 1 else 512  # no fit: two reads
+            elif layout == "NCHW" and plan.vec == 16 // itemsize and plan.cluster == 8:
+                cache = 3 if itemsize == 2 else 1  # the planner's whole-slice modes
+            forced = {"cluster": plan.cluster, "cache": cache, "threads": threads}
+            other = harness.groupnorm_plan(*args, **forced)
+            if other == plan:
+                continue
+            k = _sets(2 * torch.Size(shape).numel() * itemsize)
+            xs, ys, g, b = _gn_inputs(shape, dtype, layout, k)
+            t_plan = _time_graph(_gn_calls(xs, ys, g, b, layout))[0]
+            t_other = _time_graph(_gn_calls(xs, ys, g, b, layout, **forced))[0]
+
+            def desc(p):
+                return f"cs{p.cluster}/{p.threads}t/tile{p.tile} cache {p.cached} {p.cap}"
+
+            rows.append(
+                f"| {'x'.join(map(str, shape))} | {layout} | {dt} | {desc(plan)} | {t_plan:.4f} "
+                f"| {desc(other)} | {t_other:.4f} | {t_other / t_plan:.2f}x |"
             )
             print(rows[-1], flush=True)
             torch.cuda.empty_cache()
@@ -570,6 +670,21 @@ def main() -> None:
         "--gn-cache", action="store_true", help="GroupNorm+SiLU: how the slice is cached, only"
     )
     ap.add_argument(
+        "--gn-partial",
+        action="store_true",
+        help="GroupNorm+SiLU: slices larger than shared memory, partly cached, only",
+    )
+    ap.add_argument(
+        "--gn-sweep",
+        action="store_true",
+        help="GroupNorm+SiLU: forced cluster and block sizes only",
+    )
+    ap.add_argument(
+        "--gn-waves",
+        action="store_true",
+        help="GroupNorm+SiLU: partial caches in one wave against whole ones in waves, only",
+    )
+    ap.add_argument(
         "--gn-trace", action="store_true", help="GroupNorm+SiLU: where a launch spends its time"
     )
     ap.add_argument("--conv-only", action="store_true", help="Conv3d tables only")
@@ -614,6 +729,24 @@ def main() -> None:
     if args.gn_cache:
         rows = bench_gn_cache(gn_shapes, ["float16", "float32"])
         print("\n# GroupNorm+SiLU NCHW: slice caching\n")
+        print("\n".join(rows))
+        return
+    if args.gn_partial:
+        shapes = [(1, 512, 128, 128), (1, 256, 256, 256), (1, 128, 512, 512), (8, 320, 64, 64)]
+        rows = bench_gn_partial(shapes, ["float16", "float32"])
+        print("\n# GroupNorm+SiLU NCHW: partial caches\n")
+        print("\n".join(rows))
+        return
+    if args.gn_sweep:
+        rows = sweep_plans(gn_shapes)
+        print("\n# GroupNorm+SiLU fp16: forced cluster and block sizes\n")
+        print("\n".join(rows))
+        return
+    if args.gn_waves:
+        shapes = [(2, 320, 64, 64), (4, 320, 64, 64), (8, 320, 64, 64), (1, 512, 128, 128)]
+        shapes += [(1, 512, 80, 256), (1, 256, 256, 256), (1, 128, 512, 512)]
+        rows = bench_gn_waves(shapes, ["float16", "float32"])
+        print("\n# GroupNorm+SiLU: one wave of partial caches\n")
         print("\n".join(rows))
         return
     if args.gn_trace:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from latentrt.errors import BackendError
 
-__all__ = ["TensorMap", "encode_tiled", "launch", "max_active_clusters"]
+__all__ = ["TensorMap", "encode_im2col", "encode_tiled", "launch", "max_active_clusters"]
 
 # CUtensorMapDataType / Swizzle / L2promotion values (cuda.h); 16-bit elements move as UINT16,
 # whose out-of-range fill (zero bits) is +0.0 in fp16 and bf16 alike.
@@ -52,6 +52,13 @@ def _libcuda() -> ctypes.CDLL:
         ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
     ]  # fmt: skip
     lib.cuTensorMapEncodeTiled.restype = ctypes.c_int
+    ip = ctypes.POINTER(ctypes.c_int)
+    lib.cuTensorMapEncodeIm2col.argtypes = [
+        ctypes.POINTER(TensorMap), ctypes.c_int, u32, vp, ctypes.POINTER(u64),
+        ctypes.POINTER(u64), ip, ip, u32, u32, ctypes.POINTER(u32),
+        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+    ]  # fmt: skip
+    lib.cuTensorMapEncodeIm2col.restype = ctypes.c_int
     lib.cuLaunchKernel.argtypes = [vp, u32, u32, u32, u32, u32, u32, u32, vp, vp, vp]
     lib.cuLaunchKernel.restype = ctypes.c_int
     lib.cuOccupancyMaxActiveClusters.argtypes = [
@@ -63,14 +70,20 @@ def _libcuda() -> ctypes.CDLL:
     return lib
 
 
-def encode_tiled(ptr: int, dims: Sequence[int], box: Sequence[int]) -> TensorMap:
-    """Tensor map of a dense 16-bit tensor, `dims` innermost first, loaded in `box` tiles with
-    128-byte swizzling (the layout wgmma reads); coordinates outside `dims` read as zeros."""
-    rank = len(dims)
+def _strides(dims: Sequence[int]) -> list[int]:
+    """Byte strides of a dense 16-bit tensor's outer dimensions, `dims` innermost first."""
     strides, acc = [], 2
     for d in dims[:-1]:
         acc *= int(d)
         strides.append(acc)
+    return strides
+
+
+def encode_tiled(ptr: int, dims: Sequence[int], box: Sequence[int]) -> TensorMap:
+    """Tensor map of a dense 16-bit tensor, `dims` innermost first, loaded in `box` tiles with
+    128-byte swizzling (the layout wgmma reads); coordinates outside `dims` read as zeros."""
+    rank = len(dims)
+    strides = _strides(dims)
     tmap = TensorMap()
     err = _libcuda().cuTensorMapEncodeTiled(
         ctypes.byref(tmap),
@@ -89,6 +102,46 @@ def encode_tiled(ptr: int, dims: Sequence[int], box: Sequence[int]) -> TensorMap
     if err:
         raise BackendError(
             f"cuTensorMapEncodeTiled failed (CUresult {err}) for dims {list(dims)}, box {list(box)}"
+        )
+    return tmap
+
+
+def encode_im2col(
+    ptr: int,
+    dims: Sequence[int],
+    lower: Sequence[int],
+    upper: Sequence[int],
+    channels: int,
+    pixels: int,
+) -> TensorMap:
+    """Im2col tensor map of a dense 16-bit channels-last tensor, `dims` innermost first (C, W,
+    H, D, N): a load takes `channels` channels of `pixels` consecutive positions of the bounding
+    box whose corners, innermost first, are `lower` and `upper` (offsets from the tensor's first
+    and last positions), 128-byte swizzled; positions outside the tensor read as zeros."""
+    rank = len(dims)
+    spatial = rank - 2
+    tmap = TensorMap()
+    err = _libcuda().cuTensorMapEncodeIm2col(
+        ctypes.byref(tmap),
+        _U16,
+        rank,
+        ctypes.c_void_p(ptr),
+        (ctypes.c_uint64 * rank)(*dims),
+        (ctypes.c_uint64 * (rank - 1))(*_strides(dims)),
+        (ctypes.c_int * spatial)(*lower),
+        (ctypes.c_int * spatial)(*upper),
+        channels,
+        pixels,
+        (ctypes.c_uint32 * rank)(*([1] * rank)),
+        0,
+        _SWIZZLE_128B,
+        _L2_PROMOTION_128B,
+        0,
+    )
+    if err:
+        raise BackendError(
+            f"cuTensorMapEncodeIm2col failed (CUresult {err}) for dims {list(dims)}, corners "
+            f"{list(lower)} / {list(upper)}, {channels} x {pixels}"
         )
     return tmap
 

@@ -682,6 +682,7 @@ class TmaPlan:
     sk_iters: int
     cluster: int = 1
     sub_log2: int = 0  # a tile is 1 << sub_log2 boxes of tile_m >> sub_log2 positions
+    im2col: bool = False  # A by one im2col load of tile_m consecutive positions (no boxes)
 
     @property
     def workspace_elems(self) -> int:
@@ -736,6 +737,13 @@ def tma_supported(
     )
 
 
+def tma_im2col_supported(kernel: Sequence[int], pads: Sequence[int], causal_time: int) -> bool:
+    """Whether TMA's im2col mode can load the TMA kernel's input tiles: zero padding (not
+    replicate), bounding-box corners in [-16, 15] (pads <= 15) and at most 16 taps a dimension.
+    Mirrors tma_im2col_supported in conv3d.cu."""
+    return causal_time != 2 and max(pads) <= 15 and max(kernel) <= 16
+
+
 def tma_tiles_for(cout: int, tiles_m: int, sms: int) -> tuple[int, int, int]:
     """The (tile_m, tile_n, stages) variant with the fewest idle output channels; on a tie the
     one whose CTA does the most work per byte of shared memory read (n256, n192, then m256).
@@ -764,6 +772,7 @@ def conv3d_tma_plan(
     streamk: int | None = None,
     cluster: int | None = None,
     resident: int | None = None,
+    im2col: bool | None = None,
 ) -> TmaPlan:
     """Tile variant, cluster size and stream-K split of the TMA kernel.
 
@@ -775,7 +784,11 @@ def conv3d_tma_plan(
     for 128 x 192 and 128 x 256 tiles: B shared by four position tiles) and
     `streamk` (how many of the last units stream-K shares) force the plan (tests and sweeps).
     `resident` bounds the stream-K clusters to those the GPU holds at once (their hand-over
-    waits on each other); sms // cluster by default.
+    waits on each other); sms // cluster by default. `im2col` loads A by TMA's im2col mode:
+    a tile is `tile_m` consecutive output positions, across rows and frames (zero padding only;
+    the caller says False where it does not apply). By default it does where the boxes would
+    leave idle positions or split a tile (H100, 60 x 104 frames: 1.22x over four 4 x 8 boxes;
+    frames boxes tile exactly ran 0-4% faster in boxes).
     """
     do, ho, wo = out_shape
     sub, _, th, tw = tma_boxes(ho, wo)
@@ -795,6 +808,11 @@ def conv3d_tma_plan(
         )
     sub, lg, th, tw = tma_boxes(ho, wo, bm, 3 if bm == 256 else 2)  # boxes >= 32 positions
     tiles = -(-n * do * th * tw // (1 << sub))  # the last tile's boxes may lie past the batch
+    if im2col is None:
+        im2col = sub > 0 or th * tw * bm != ho * wo << sub
+    if im2col:
+        sub, lg, th, tw = 0, 0, 1, 1
+        tiles = -(-n * do * ho * wo // bm)
     tiles_m = -(-tiles // cl) * cl
     units = tiles_m * -(-cout // bn) // cl
     slots = sms // cl  # clusters one wave holds
@@ -824,6 +842,7 @@ def conv3d_tma_plan(
         iters,
         cl,
         sub,
+        im2col,
     )
 
 
@@ -853,8 +872,12 @@ def _conv3d_tma(
 
     n, cin, d, h, w, cout, kt, kh, kw, do, ho, wo, pt, ph, pw, replicate = geometry
     cl = plan.cluster
-    box = (64, 1 << plan.bw_log2, (plan.tile_m >> plan.sub_log2) >> plan.bw_log2, 1, 1)
-    ta = driver.encode_tiled(xd.ptr, (cin, w, h, d, n), box)
+    if plan.im2col:  # the box of positions of tap (0, 0, 0): front pads to back ones
+        corners = (-pw, -ph, -pt), (wo - w - pw, ho - h - ph, do - d - pt)
+        ta = driver.encode_im2col(xd.ptr, (cin, w, h, d, n), *corners, 64, plan.tile_m)
+    else:
+        box = (64, 1 << plan.bw_log2, (plan.tile_m >> plan.sub_log2) >> plan.bw_log2, 1, 1)
+        ta = driver.encode_tiled(xd.ptr, (cin, w, h, d, n), box)
     tb = driver.encode_tiled(pd.ptr, (kt * kh * kw * cin, cout), (64, plan.tile_n // cl))
     kern = _module_sm90a("conv3d.cu").get_function(plan.kernel)
     kern.max_dynamic_shared_size_bytes = plan.smem
@@ -866,7 +889,7 @@ def _conv3d_tma(
     with st:
         if plan.dp_tiles:
             args = [ta, tb, c64(bptr), c64(yd.ptr), c64(0)]
-            args += [c32(v) for v in (*ints, 0, plan.dp_tiles, plan.nk)]
+            args += [c32(v) for v in (*ints, 0, plan.dp_tiles, plan.nk, plan.im2col)]
             grid = (plan.dp_tiles * cl, 1, 1)
             driver.launch(kern.kernel.ptr, grid, 288, plan.smem, st.ptr, args)
         if plan.sk_tiles:
@@ -874,7 +897,7 @@ def _conv3d_tma(
             ctas = plan.sk_ctas * cl
             flags = ctas * plan.tile_m * plan.tile_n * 4
             cupy.cuda.runtime.memsetAsync(wsd.ptr + flags, 0, ctas * 4, st.ptr)
-            sk = (plan.dp_tiles, plan.sk_tiles, plan.sk_iters)
+            sk = (plan.dp_tiles, plan.sk_tiles, plan.sk_iters, plan.im2col)
             args = [ta, tb, c64(bptr), c64(yd.ptr), c64(wsd.ptr)] + [c32(v) for v in (*ints, *sk)]
             driver.launch(kern.kernel.ptr, (ctas, 1, 1), 288, plan.smem, st.ptr, args)
 
@@ -962,6 +985,7 @@ def conv3d(
     cluster: int | None = None,
     layout_change: bool | None = None,
     narrow_ctas: int | None = None,
+    im2col: bool | None = None,
 ) -> Any:
     """Conv3d with fused causal padding on the GPU; returns `out` (allocated when None).
 
@@ -975,6 +999,8 @@ def conv3d(
     through channels-last copies where layout_change_bytes says a channels-last kernel is faster
     (`layout_change` False keeps the channels-first kernels, True demands the copies).
     `narrow_ctas` forces the narrow-output kernel's CTA count (stream-K below one per box).
+    `im2col` True has the TMA kernel load its input tiles in TMA's im2col mode (zero padding of
+    at most 15 a side, kernels up to 16 taps a dimension), False in boxes of output frames.
     """
     cupy = _cupy()
     if layout not in ("NCDHW", "NDHWC"):
@@ -1021,7 +1047,7 @@ def conv3d(
             _transpose_2b(xd, xl, n, cin, d * h * wd_, stream)
             forced = dict(tile_n=tile_n, stages=stages, tma=tma, streamk=streamk)
             forced.update(workspace=workspace, tile_m=tile_m, cluster=cluster)
-            forced.update(narrow_ctas=narrow_ctas)
+            forced.update(narrow_ctas=narrow_ctas, im2col=im2col)
             conv3d(xl.obj, packed, b, pads, strides, dilations, causal_time, "NDHWC", yl.obj,
                    stream, weights_packed=True, **forced)  # fmt: skip
             _transpose_2b(yl, yd, n, positions, cout, stream)
@@ -1036,14 +1062,20 @@ def conv3d(
             "the TMA kernel needs a Hopper GPU, fp16/bf16 NDHWC, Cin % 64 == 0, Cout % 8 == 0, "
             "stride and dilation 1 and 16-byte-aligned buffers"
         )
+    fits = use_tma and tma_im2col_supported((kt, kh, kw), p, causal_time)
+    if im2col and not fits:
+        raise InputError(
+            "im2col loads need the TMA kernel, zero padding of at most 15 and at most 16 taps a "
+            "dimension"
+        )
+    im2col = im2col if im2col is not None or fits else False
     if use_tma and tma is not False:
         forced = (tile_n, stages, tile_m, streamk, cluster)
-        tplan = conv3d_tma_plan(xd.dtype, n, cin, cout, (kt, kh, kw), (do, ho, wo), sms, *forced)
+        shape = (xd.dtype, n, cin, cout, (kt, kh, kw), (do, ho, wo), sms)
+        tplan = conv3d_tma_plan(*shape, *forced, im2col=im2col)
         if tplan.sk_tiles and tplan.cluster > 1:  # stream-K's clusters must all be resident
             resident = _resident_clusters(dev, tplan.kernel, tplan.cluster, tplan.smem)
-            tplan = conv3d_tma_plan(
-                xd.dtype, n, cin, cout, (kt, kh, kw), (do, ho, wo), sms, *forced, resident
-            )
+            tplan = conv3d_tma_plan(*shape, *forced, resident, im2col=im2col)
         geometry = (n, cin, d, h, wd_, cout, kt, kh, kw, do, ho, wo, p[0], p[1], p[2])
         rep = 1 if causal_time == 2 else 0
         _conv3d_tma(xd, pd, bptr, yd, (*geometry, rep), tplan, workspace, stream)

@@ -352,7 +352,9 @@ TMA_CASES = [
 
 
 def _check_tma_case(harness, gen, case, dtype, **forced) -> None:
-    """One TMA_CASES case through the TMA kernel with a forced plan, against PyTorch."""
+    """One TMA_CASES case through the TMA kernel with a forced plan (A in boxes unless im2col is
+    forced), against PyTorch."""
+    forced.setdefault("im2col", False)
     shape, cout, k, pads, causal = case
     one = (1, 1, 1)
     x, w, b, ref = _conv_inputs((shape, cout, k, pads, one, one, causal), True, dtype, gen)
@@ -391,6 +393,32 @@ def test_conv3d_tma_clusters_of_four(harness, gen, case, tile_n, stages, streamk
     are rounded up to fours, so some of a cluster's tiles lie past the batch."""
     _check_tma_case(harness, gen, case, dtype, tile_n=tile_n, stages=stages, tile_m=128,
                     streamk=streamk, cluster=4)  # fmt: skip
+
+
+IM2COL_CASES = [TMA_CASES[i] for i in (0, 2, 3, 4)] + [
+    ((1, 64, 4, 9, 33), 128, (3, 3, 3), (1, 1, 1, 1, 1, 1), 0),  # time padded both sides
+]
+
+
+@pytest.mark.skipif(not HOPPER, reason="the TMA kernel needs an sm_90 GPU")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(
+    ("tile_m", "tile_n", "stages", "cluster", "streamk"),
+    [(128, 128, 3, 1, 0), (128, 192, 5, 2, 10**6), (128, 256, 4, 2, 0), (256, 128, 4, 1, 7)],
+    ids=["m128n128-dp", "m128n192-c2-sk", "m128n256-c2-dp", "m256n128-dp+sk7"],
+)
+@pytest.mark.parametrize("case", IM2COL_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-c{c[4]}")
+def test_conv3d_tma_im2col(harness, gen, case, tile_m, tile_n, stages, cluster, streamk, dtype):
+    """A tiles loaded by TMA's im2col mode: each tile is tile_m consecutive output positions,
+    across rows, frames and the batch (the last tile and a cluster partner's past the end)."""
+    _check_tma_case(harness, gen, case, dtype, tile_n=tile_n, stages=stages, tile_m=tile_m,
+                    streamk=streamk, cluster=cluster, im2col=True)  # fmt: skip
+
+
+@pytest.mark.skipif(not HOPPER, reason="the TMA kernel needs an sm_90 GPU")
+def test_conv3d_tma_im2col_needs_zero_padding(harness, gen):
+    with pytest.raises(InputError, match="im2col"):
+        _check_tma_case(harness, gen, TMA_CASES[1], "float16", im2col=True)  # replicate
 
 
 @pytest.mark.skipif(not HOPPER, reason="the TMA kernel needs an sm_90 GPU")
@@ -501,6 +529,11 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
     _check(out, _gn_ref(x, gamma, beta, groups, 1e-5, 1, last), dtype)
 
 
+# 12 x 40 frames would take tiles of four boxes: on Hopper the TMA kernel's im2col loads.
+IM2COL_LAUNCHER_CASE = ((2, 128, 3, 12, 40), 192, (3, 3, 3), (0, 1, 1, 0, 1, 1), (1, 1, 1),
+                        (1, 1, 1), 1)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("case", "layout", "dtype", "ws_mode"),
     [
@@ -519,6 +552,8 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
         (NARROW_CASES[4], "NDHWC", "float16", "streamk"),
         (NARROW_CASES[4], "NCDHW", "bfloat16", "full"),
         (NARROW_CASES[4], "NDHWC", "bfloat16", None),
+        (IM2COL_LAUNCHER_CASE, "NDHWC", "float16", "streamk"),
+        (IM2COL_LAUNCHER_CASE, "NDHWC", "bfloat16", None),
     ],
     # On Hopper (sm_90a library): 384 channels run the TMA kernel (with a workspace in clusters
     # of two with stream-K, without one CTA per tile), 96 the cp.async wgmma one. A "full"
@@ -541,6 +576,8 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
         "narrow-ndhwc-streamk",
         "ncdhw-via-narrow-streamk",
         "narrow-ndhwc-no-workspace",
+        "tma-im2col-streamk-ndhwc",
+        "tma-im2col-ndhwc-no-workspace",
     ],  # fmt: skip
 )
 def test_c_launcher_conv3d(launcher_lib, gen, case, layout, dtype, ws_mode):

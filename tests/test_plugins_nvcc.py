@@ -49,7 +49,7 @@ def test_c_launcher_tma_plan_matches_the_harness(tmp_path):
     # tile variant, box, cluster size and stream-K split each in their own code; host-only, so no GPU is needed.
     lib = ctypes.CDLL(str(harness.build_shared_library(tmp_path / "lib.so", arch="sm_90a")))
     plan = lib.latentrt_conv3d_tma_plan
-    plan.argtypes = [ctypes.c_int] * 9 + [ctypes.POINTER(ctypes.c_int)]
+    plan.argtypes = [ctypes.c_int] * 10 + [ctypes.POINTER(ctypes.c_int)]
     plan.restype = ctypes.c_int
     shapes = [  # (N, Cout, Do, Ho, Wo): the benchmark's video-VAE shapes and odd ones
         (1, 384, 5, 32, 32), (1, 128, 9, 128, 128), (1, 256, 9, 64, 64), (1, 512, 5, 32, 32),
@@ -57,19 +57,24 @@ def test_c_launcher_tma_plan_matches_the_harness(tmp_path):
         (1, 96, 17, 90, 160), (4, 1024, 2, 8, 8), (1, 128, 9, 64, 64), (1, 64, 3, 12, 40),
         (1, 128, 5, 60, 104), (3, 256, 1, 90, 160),
     ]  # fmt: skip
+    im2col = set()
     for n, cout, d, h, w in shapes:
-        for streamk, resident in ((None, 66), (None, 40), (0, 132)):
-            out = (ctypes.c_int * 11)()
+        for (streamk, resident), ok in itertools.product(
+            ((None, 66), (None, 40), (0, 132)), (1, 0)
+        ):
+            out = (ctypes.c_int * 12)()
             flag = 1 if streamk is None else 0
-            assert plan(n, cout, d, h, w, 132, 54, flag, resident, out) == 0
+            assert plan(n, cout, d, h, w, 132, 54, flag, resident, ok, out) == 0
             p = harness.conv3d_tma_plan(
                 "float16", n, 128, cout, (3, 3, 3), (d, h, w), 132, streamk=streamk,
-                resident=resident,
+                resident=resident, im2col=None if ok else False,
             )  # fmt: skip
             want = [p.tile_m, p.tile_n, p.bw_log2, p.sub_log2, p.tiles_h, p.tiles_w, p.cluster]
-            want += [p.tiles_m, p.dp_tiles, p.sk_tiles, p.sk_ctas]
-            assert list(out) == want, (n, cout, d, h, w, streamk, resident)
-    assert plan(1, 0, 1, 1, 1, 132, 54, 1, 66, (ctypes.c_int * 11)()) != 0
+            want += [p.tiles_m, p.dp_tiles, p.sk_tiles, p.sk_ctas, p.im2col]
+            assert list(out) == want, (n, cout, d, h, w, streamk, resident, ok)
+            im2col.add(p.im2col)
+    assert im2col == {False, True}  # 60 x 104 frames (four 4 x 8 boxes a tile) take im2col loads
+    assert plan(1, 0, 1, 1, 1, 132, 54, 1, 66, 1, (ctypes.c_int * 12)()) != 0
 
 
 @pytest.fixture(scope="module")

@@ -215,16 +215,27 @@ def test_tma_plan_boxes_tiles_and_streamk():
     # A last wave at least 90% full (62 of 66): one cluster per unit (single 16 x 8 boxes here).
     p = harness.conv3d_tma_plan("float16", 1, 384, 384, (3, 3, 3), (5, 64, 104), 132)
     assert p.kernel.endswith("_m128_n192_s5_c2") and (p.dp_tiles, p.sk_tiles) == (260, 0)
-    # 60 x 104 frames: 975 boxes of 4 x 8 in 244 tiles (the last one box short), 2 x 122 units
-    # of two tiles: stream-K over all of them.
+    # 60 x 104 frames would take tiles of four 4 x 8 boxes: im2col loads instead, tiles of 128
+    # consecutive positions (31200 in 244 tiles), 2 x 122 units of two tiles, stream-K over all.
     p = harness.conv3d_tma_plan("float16", 1, 384, 384, (3, 3, 3), (5, 60, 104), 132)
-    assert (p.sub_log2, p.bw_log2, p.tiles_h, p.tiles_w, p.tiles_m) == (2, 3, 15, 13, 244)
+    assert p.im2col and (p.sub_log2, p.tiles_m) == (0, 244)
     assert (p.cluster, p.dp_tiles, p.sk_tiles) == (2, 0, 244)
+    # In boxes: 975 boxes of 4 x 8 in 244 tiles (the last one box short).
+    p = harness.conv3d_tma_plan("float16", 1, 384, 384, (3, 3, 3), (5, 60, 104), 132, im2col=False)
+    assert (p.sub_log2, p.bw_log2, p.tiles_h, p.tiles_w, p.tiles_m) == (2, 3, 15, 13, 244)
+    assert not p.im2col and (p.cluster, p.dp_tiles, p.sk_tiles) == (2, 0, 244)
     # 256-position tiles there: eight 4 x 8 boxes each (one 32 x 8 box would leave 6.7% idle).
     p = harness.conv3d_tma_plan(
-        "float16", 1, 384, 384, (3, 3, 3), (5, 60, 104), 132, 128, 4, 256, 0, cluster=1
-    )
+        "float16", 1, 384, 384, (3, 3, 3), (5, 60, 104), 132, 128, 4, 256, 0, cluster=1,
+        im2col=False,
+    )  # fmt: skip
     assert (p.sub_log2, p.bw_log2, p.tiles_h, p.tiles_w, p.tiles_m) == (3, 3, 15, 13, 122)
+    # Frames single boxes tile exactly stay in boxes.
+    assert not harness.conv3d_tma_plan("float16", 1, 256, 256, (3, 3, 3), (9, 64, 64), 132).im2col
+    assert harness.tma_im2col_supported((3, 3, 3), (2, 1, 1, 0, 1, 1), 1)
+    assert not harness.tma_im2col_supported((3, 3, 3), (2, 1, 1, 0, 1, 1), 2)  # replicate
+    assert not harness.tma_im2col_supported((3, 3, 3), (16, 1, 1, 0, 1, 1), 0)
+    assert not harness.tma_im2col_supported((17, 1, 1), (0, 0, 0, 0, 0, 0), 0)
     # Without stream-K (the C launcher): one CTA per tile.
     p = harness.conv3d_tma_plan("float16", 1, 256, 256, (3, 3, 3), (9, 64, 64), 132, streamk=0)
     assert p.kernel.endswith("_m128_n256_s4") and (p.cluster, p.dp_tiles) == (1, 288)

@@ -564,6 +564,59 @@ def sweep_conv_tma(cases, dtype: str = "float16") -> list[str]:
     return rows
 
 
+# (tile_m, tile_n, stages, cluster, stream-K mode) of the im2col sweep
+IM2COL_MODES = [(128, 192, 5, 2, "all"), (128, 256, 4, 2, "all"), (256, 128, 4, 2, "all")]
+IM2COL_MODES += [(256, 128, 4, 1, "dp"), (128, 128, 3, 1, "dp")]
+
+
+def sweep_conv_im2col(cases, dtype: str = "float16") -> list[str]:
+    """Channels-last Conv3d through the TMA kernel: the planner's launch, its tiles with A in
+    boxes of output frames and by TMA's im2col mode, then forced im2col variants, beside pad +
+    cuDNN on the same tensors (Hopper only)."""
+    cols = [f"m{bm}n{bn} c{cl} {m} im2col ms" for bm, bn, _, cl, m in IM2COL_MODES]
+    rows = [
+        "| x | Cout | pad+cuDNN ms | planner | planner ms | boxes ms | im2col ms | "
+        + " | ".join(cols) + " | best / pad+cuDNN |",
+        "| --- | --- | --- | --- | --- | --- | --- |" + " --- |" * (len(cols) + 1),
+    ]  # fmt: skip
+    for shape, cout, sms, xin, outs, packed, bias, t_ref in _channels_last_cases(cases, 64, dtype):
+        n, cin, d, h, w = shape
+        ws = torch.empty(sms * (256 * 256 + 1), device="cuda", dtype=torch.float32)
+        geo = (dtype, n, cin, cout, (3, 3, 3), (d, h, w), sms)
+        plan = harness.conv3d_tma_plan(*geo)
+        forced = dict(tile_n=plan.tile_n, tile_m=plan.tile_m, cluster=plan.cluster)
+        forced.update(streamk=plan.sk_tiles, workspace=ws, tma=True)
+        t_plan = _time_graph(_fused_calls(xin, outs, packed, bias, "NDHWC", workspace=ws))[0]
+        t_box, t_i2c = (
+            _time_graph(_fused_calls(xin, outs, packed, bias, "NDHWC", im2col=i2c, **forced))[0]
+            for i2c in (False, True)
+        )
+        cells, best = [], min(t_plan, t_box, t_i2c)
+        for bm, bn, st, cl, mode in IM2COL_MODES:
+            if cout % bn and bn == 192:
+                cells.append("-")
+                continue
+            one = harness.conv3d_tma_plan(*geo, bn, st, bm, 0, cl, im2col=True)
+            sk = _streamk_share(mode, one.dp_tiles, sms // cl)
+            calls = _fused_calls(
+                xin, outs, packed, bias, "NDHWC", bn, st, tma=True, streamk=sk, workspace=ws,
+                tile_m=bm, cluster=cl, im2col=True,
+            )  # fmt: skip
+            t = _time_graph(calls)[0]
+            best = min(best, t)
+            cells.append(f"{t:.4f}")
+        rows.append(
+            f"| {'x'.join(map(str, shape))} | {cout} | {t_ref:.4f} "
+            f"| {plan.kernel.split('_ndhwc_')[1]} dp{plan.dp_tiles}+sk{plan.sk_tiles}"
+            f"{' im2col' if plan.im2col else ''} | {t_plan:.4f} ({t_ref / t_plan:.2f}x) "
+            f"| {t_box:.4f} ({t_ref / t_box:.2f}x) | {t_i2c:.4f} ({t_ref / t_i2c:.2f}x) "
+            f"| {' | '.join(cells)} | {t_ref / best:.2f}x |"
+        )
+        print(rows[-1], flush=True)
+        del ws
+    return rows
+
+
 def sweep_plans(shapes) -> list[str]:
     """Fused GroupNorm+SiLU fp16 NCHW time per forced cluster size and block size."""
     plans = [(cs, t) for cs in (1, 2, 4, 8) for t in (256, 512)]
@@ -693,6 +746,9 @@ def main() -> None:
     )
     ap.add_argument("--conv-tma", action="store_true", help="the TMA Conv3d kernel sweep only")
     ap.add_argument(
+        "--conv-im2col", action="store_true", help="TMA Conv3d: boxes against im2col loads only"
+    )
+    ap.add_argument(
         "--conv-small", action="store_true", help="Conv3d with few input or output channels only"
     )
     ap.add_argument(
@@ -758,6 +814,10 @@ def main() -> None:
     if args.conv_tma:
         cases = [c for c in conv_cases + TMA_EXTRA_CASES if args.only in "x".join(map(str, c[0]))]
         print("\n".join(sweep_conv_tma(cases)))
+        return
+    if args.conv_im2col:
+        cases = [c for c in conv_cases + TMA_EXTRA_CASES if args.only in "x".join(map(str, c[0]))]
+        print("\n".join(sweep_conv_im2col(cases)))
         return
     if args.conv_layouts:
         cases = conv_cases + TMA_EXTRA_CASES + SMALL_CHANNEL_CASES[3:]

@@ -1136,8 +1136,11 @@ __device__ __forceinline__ void conv3d_wgmma(const T* __restrict__ x, const T* _
 // are a BH x BW box of one output frame, so one tap's A tile is the same box of the input shifted
 // by the tap: a 5-D TMA tile (C, W, H, T, N) of 64 channels. Coordinates outside the input
 // (spatial and causal zero padding) arrive as zeros; replicate padding clamps the frame
-// coordinate, which is uniform over the box. B (packed weights, a [Cout, K] matrix) is a 2-D TMA
-// tile. One producer thread issues both loads of a K step onto an mbarrier ring of STAGES; two
+// coordinate, which is uniform over the box. Frames that boxes do not tile whole take TMA's
+// im2col mode instead (zero padding only, `im2col`): a tile is BM consecutive output positions
+// across rows, frames and the batch, one load per K step whose bounding box runs from the front
+// pads to the back ones, the tap its im2col offsets. B (packed weights, a [Cout, K] matrix) is a
+// 2-D TMA tile. One producer thread issues both loads of a K step onto an mbarrier ring of STAGES; two
 // consumer warpgroups (BM / 2 positions each, in m64 slabs) wait for a stage, issue wgmma, keep
 // one group in flight and release the stage before it. No thread computes a gather address and
 // no barrier spans the CTA inside the loop.
@@ -1284,6 +1287,61 @@ __device__ __forceinline__ void stream_k_gather(float* acc, const float* ws, int
       acc[4 * e + 1] += v.y;
       acc[4 * e + 2] += v.z;
       acc[4 * e + 3] += v.w;
+    }
+  }
+}
+
+// Two values as one 32-bit pair of T.
+template <typename T>
+__device__ __forceinline__ unsigned pack_pair(float a, float b) {
+  Pack<T, 2> v;
+  v.v[0] = from_f32<T>(a);
+  v.v[1] = from_f32<T>(b);
+  return *reinterpret_cast<const unsigned*>(&v);
+}
+
+// Transposes a 4 x 4 matrix held by a quad of lanes (lane q's v[k] is entry (q, k)): two rounds of
+// exchanges with the lane whose index differs in bit 0, then bit 1.
+__device__ __forceinline__ void quad_transpose(unsigned (&v)[4], int q) {
+#pragma unroll
+  for (int bit = 1; bit <= 2; bit <<= 1) {
+    const bool hi = q & bit;
+    // entries (q, k) with bit of k != bit of q go to the partner, which sends its (q ^ bit, k ^ bit)
+    const int a = hi ? 0 : bit, b = hi ? (bit == 1 ? 2 : 1) : 3;
+    const unsigned ra = __shfl_xor_sync(0xffffffffu, v[a], bit);
+    const unsigned rb = __shfl_xor_sync(0xffffffffu, v[b], bit);
+    v[a] = ra;
+    v[b] = rb;
+  }
+}
+
+// The epilogue of one m64 slab (accumulator layout as in conv3d_wgmma): the lane's rows r0 and
+// r0 + 8 of the tile (positions of its boxes, or consecutive ones under im2col), bias added. A
+// quad of lanes holds one row's 32 columns of four n8 slices, a pair per lane and slice; a 4 x 4
+// transpose of the pairs across the quad gives each lane one slice's 8 columns, one 16-byte
+// store (pairs made 4-byte stores, half a sector each). Every lane takes part in the shuffles.
+template <typename T, int BM, int BN>
+__device__ __forceinline__ void tma_store_quads(const TmaConvShape& s, const TmaTile& t,
+                                                const float (&acc)[BN / 2],
+                                                const T* __restrict__ bias, T* __restrict__ y,
+                                                int r0, int q) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const long long p = tma_row<BM>(s, t, r0 + 8 * half);
+#pragma unroll
+    for (int jg = 0; jg < BN / 32; ++jg) {
+      unsigned v[4];  // v[k]: columns 8 (4 jg + k) + 2 q, + 1
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int jn = 4 * jg + k, co = min(t.co0 + 8 * jn + 2 * q, s.Cout - 2);
+        const float b0 = bias != nullptr ? to_f32(bias[co]) : 0.0f;
+        const float b1 = bias != nullptr ? to_f32(bias[co + 1]) : 0.0f;
+        v[k] = pack_pair<T>(acc[4 * jn + 2 * half] + b0, acc[4 * jn + 2 * half + 1] + b1);
+      }
+      quad_transpose(v, q);  // v[k]: columns 8 (4 jg + q) + 2 k, + 1
+      const int co = t.co0 + 8 * (4 * jg + q);
+      if (p >= 0 && co < s.Cout)
+        *reinterpret_cast<uint4*>(y + p * s.Cout + co) = make_uint4(v[0], v[1], v[2], v[3]);
     }
   }
 }
@@ -1440,23 +1498,32 @@ __device__ __forceinline__ void conv3d_tma(const TmaDesc& ta, const TmaDesc& tb,
         stream_k_gather<MW * BN / 2>(acc[0], ws, tid, (cl + 1) * CL + rank, last * CL + rank, CL);
       }
 
-      // Accumulator layout as in conv3d_wgmma; row r of the tile is a position of one of its boxes.
+      // The tile out, bias added: this thread's rows r0 and r0 + 8 of each m64 slab.
       const TmaTile t = tma_tile(s, unit * CL + rank, BN);
+      if constexpr (BN == 128) {
+        // Pairs, 4 bytes each (half a sector): with the quads' transpose 128-channel tiles spill
+        // (m128: two CTAs per SM under 96 registers; m256 ran 2.4% slower on H100).
 #pragma unroll
-      for (int mh = 0; mh < 2 * MW; ++mh) {
-        const int m = mh >> 1, half = mh & 1;
-        const int r = wg * (BM / 2) + m * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2) + 8 * half;
-        const long long p = tma_row<BM>(s, t, r);
-        if (p < 0) continue;
+        for (int mh = 0; mh < 2 * MW; ++mh) {
+          const int m = mh >> 1, half = mh & 1;
+          const int r = wg * (BM / 2) + m * 64 + ((tid >> 5) & 3) * 16 + (lane >> 2) + 8 * half;
+          const long long p = tma_row<BM>(s, t, r);
+          if (p < 0) continue;
 #pragma unroll
-        for (int jn = 0; jn < BN / 8; ++jn) {
-          const int co = t.co0 + 8 * jn + 2 * (lane & 3);
-          if (co >= s.Cout) continue;
-          const float b0 = bias != nullptr ? to_f32(bias[co]) : 0.0f;
-          const float b1 = bias != nullptr ? to_f32(bias[co + 1]) : 0.0f;
-          store_pair(y + p * s.Cout + co, acc[m][4 * jn + 2 * half] + b0,
-                     acc[m][4 * jn + 2 * half + 1] + b1);
+          for (int jn = 0; jn < BN / 8; ++jn) {
+            const int co = t.co0 + 8 * jn + 2 * (lane & 3);
+            if (co >= s.Cout) continue;
+            const float b0 = bias != nullptr ? to_f32(bias[co]) : 0.0f;
+            const float b1 = bias != nullptr ? to_f32(bias[co + 1]) : 0.0f;
+            store_pair(y + p * s.Cout + co, acc[m][4 * jn + 2 * half] + b0,
+                       acc[m][4 * jn + 2 * half + 1] + b1);
+          }
         }
+      } else {
+        const int r0 = wg * (BM / 2) + ((tid >> 5) & 3) * 16 + (lane >> 2);
+#pragma unroll
+        for (int m = 0; m < MW; ++m)
+          tma_store_quads<T, BM, BN>(s, t, acc[m], bias, y, r0 + m * 64, lane & 3);
       }
     }
   }

@@ -98,6 +98,18 @@ def _gn_inputs(shape, dtype, layout: str, k: int):
     return xs, ys, g, b
 
 
+def _gn_cases(shapes, dtypes, layout: str = "NCHW"):
+    """Yields (shape, dtype name, itemsize, k, xs, ys, gamma, beta) per shape and dtype: k
+    rotating input/output pairs in `layout` (_gn_inputs), freed before the next case."""
+    for shape in shapes:
+        for dt in dtypes:
+            dtype = getattr(torch, dt)
+            itemsize = torch.finfo(dtype).bits // 8
+            k = _sets(2 * torch.Size(shape).numel() * itemsize)
+            yield shape, dt, itemsize, k, *_gn_inputs(shape, dtype, layout, k)
+            torch.cuda.empty_cache()
+
+
 def _gn_calls(xs, ys, g, b, layout: str = "NCHW", **forced) -> list:
     """One harness.groupnorm_silu call per input/output pair (32 groups, SiLU), plan overrides
     in `forced`."""
@@ -122,32 +134,26 @@ def bench_groupnorm(shapes, dtypes, layout: str = "NCHW") -> list[str]:
         "| copy TB/s | % of copy | plan | timing |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for shape in shapes:
-        for dt in dtypes:
-            dtype = getattr(torch, dt)
-            nbytes = torch.Size(shape).numel() * torch.finfo(dtype).bits // 8
-            k = _sets(2 * nbytes)
-            xs, ys, g, b = _gn_inputs(shape, dtype, layout, k)
-
-            fused = _gn_calls(xs, ys, g, b, layout)
-            # PyTorch on the same memory: NHWC as channels_last NCHW views.
-            views = [x.permute(0, 3, 1, 2) for x in xs] if layout == "NHWC" else xs
-            unfused = [partial(_gn_silu_torch, views[i], g, b) for i in range(k)]
-            copy = [partial(ys[i].copy_, xs[i]) for i in range(k)]
-            t_f, mode_f = _time_graph(fused)
-            t_u, _ = _time_graph(unfused)
-            t_c, _ = _time_graph(copy)
-            bw = 2 * nbytes / (t_f * 1e-3) / 1e12
-            bw_c = 2 * nbytes / (t_c * 1e-3) / 1e12
-            plan = _gn_plan(shape, nbytes // torch.Size(shape).numel(), layout)
-            rows.append(
-                f"| {'x'.join(map(str, shape))} | {layout} | {dt} | {t_f:.4f} | {t_u:.4f} | {t_u / t_f:.2f}x "
-                f"| {bw:.2f} | {100 * bw / SPEC_TBPS:.0f}% | {bw_c:.2f} | {100 * bw / bw_c:.0f}% "
-                f"| cs{plan.cluster}/{plan.threads}t/{('2-read', 'cached', 'bulk', 'bulk+store')[plan.cached]} "
-                f"| {mode_f} |"
-            )
-            print(rows[-1], flush=True)
-            torch.cuda.empty_cache()
+    for shape, dt, itemsize, k, xs, ys, g, b in _gn_cases(shapes, dtypes, layout):
+        nbytes = torch.Size(shape).numel() * itemsize
+        fused = _gn_calls(xs, ys, g, b, layout)
+        # PyTorch on the same memory: NHWC as channels_last NCHW views.
+        views = [x.permute(0, 3, 1, 2) for x in xs] if layout == "NHWC" else xs
+        unfused = [partial(_gn_silu_torch, views[i], g, b) for i in range(k)]
+        copy = [partial(ys[i].copy_, xs[i]) for i in range(k)]
+        t_f, mode_f = _time_graph(fused)
+        t_u, _ = _time_graph(unfused)
+        t_c, _ = _time_graph(copy)
+        bw = 2 * nbytes / (t_f * 1e-3) / 1e12
+        bw_c = 2 * nbytes / (t_c * 1e-3) / 1e12
+        plan = _gn_plan(shape, itemsize, layout)
+        rows.append(
+            f"| {'x'.join(map(str, shape))} | {layout} | {dt} | {t_f:.4f} | {t_u:.4f} | {t_u / t_f:.2f}x "
+            f"| {bw:.2f} | {100 * bw / SPEC_TBPS:.0f}% | {bw_c:.2f} | {100 * bw / bw_c:.0f}% "
+            f"| cs{plan.cluster}/{plan.threads}t/{('2-read', 'cached', 'bulk', 'bulk+store')[plan.cached]} "
+            f"| {mode_f} |"
+        )
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -159,32 +165,26 @@ def bench_gn_cache(shapes, dtypes) -> list[str]:
         "| shape | dtype | plan | loads ms | bulk ms | bulk+store ms | copy ms | best % of copy |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for shape in shapes:
-        for dt in dtypes:
-            dtype = getattr(torch, dt)
-            itemsize = torch.finfo(dtype).bits // 8
-            k = _sets(2 * torch.Size(shape).numel() * itemsize)
-            xs, ys, g, b = _gn_inputs(shape, dtype, "NCHW", k)
-            plan = _gn_plan(shape, itemsize, "NCHW")
-            times = []
-            for cache in (1, 2, 3):
-                if not plan.cached:
-                    times.append(float("nan"))
-                    continue
-                calls = _gn_calls(xs, ys, g, b, cache=cache)
-                times.append(_time_graph(calls)[0])
-            t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
-            rows.append(
-                f"| {'x'.join(map(str, shape))} | {dt} | cs{plan.cluster}/{plan.threads}t "
-                f"| {times[0]:.4f} | {times[1]:.4f} | {times[2]:.4f} | {t_c:.4f} "
-                f"| {100 * t_c / min(times):.0f}% |"
-            )
-            print(rows[-1], flush=True)
-            torch.cuda.empty_cache()
+    for shape, dt, itemsize, k, xs, ys, g, b in _gn_cases(shapes, dtypes):
+        plan = _gn_plan(shape, itemsize, "NCHW")
+        times = []
+        for cache in (1, 2, 3):
+            if not plan.cached:
+                times.append(float("nan"))
+                continue
+            calls = _gn_calls(xs, ys, g, b, cache=cache)
+            times.append(_time_graph(calls)[0])
+        t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
+        rows.append(
+            f"| {'x'.join(map(str, shape))} | {dt} | cs{plan.cluster}/{plan.threads}t "
+            f"| {times[0]:.4f} | {times[1]:.4f} | {times[2]:.4f} | {t_c:.4f} "
+            f"| {100 * t_c / min(times):.0f}% |"
+        )
+        print(rows[-1], flush=True)
     return rows
 
 
-# (cluster, threads, blocks per SM the cache is sized for); None: the planner's choice
+# (cluster, threads, blocks per SM the cache is sized for) of the partial-cache sweep
 PARTIAL_PLANS = [
     (1, 512, 2),
     (1, 256, 3),
@@ -209,30 +209,24 @@ def bench_gn_partial(shapes, dtypes) -> list[str]:
         + " | two reads | copy | planner % of copy |",
         "| --- |" + " --- |" * (len(PARTIAL_PLANS) + 6),
     ]
-    for shape in shapes:
-        for dt in dtypes:
-            dtype = getattr(torch, dt)
-            itemsize = torch.finfo(dtype).bits // 8
-            k = _sets(2 * torch.Size(shape).numel() * itemsize)
-            xs, ys, g, b = _gn_inputs(shape, dtype, "NCHW", k)
-            plan = _gn_plan(shape, itemsize, "NCHW")
-            t_plan = _time_graph(_gn_calls(xs, ys, g, b))[0]
-            cells = []
-            for cs, threads, per_sm in PARTIAL_PLANS:
-                calls = _gn_calls(xs, ys, g, b, cluster=cs, threads=threads, per_sm=per_sm)
-                cells.append(f"{_time_graph(calls)[0]:.4f}")
-            t_two = _time_graph(_gn_calls(xs, ys, g, b, cluster=8, cache=0))[0]
-            t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
-            n, c, h, w = shape
-            slice_ = -(-(c // 32 * h * w // plan.vec) // plan.cluster)
-            rows.append(
-                f"| {'x'.join(map(str, shape))} | {dt} | cs{plan.cluster}/{plan.threads}t "
-                f"cache {plan.cached} {plan.cap}/{slice_} {t_plan:.4f} | {' | '.join(cells)} "
-                f"| {t_two:.4f} "
-                f"| {t_c:.4f} | {100 * t_c / t_plan:.0f}% |"
-            )
-            print(rows[-1], flush=True)
-            torch.cuda.empty_cache()
+    for shape, dt, itemsize, k, xs, ys, g, b in _gn_cases(shapes, dtypes):
+        plan = _gn_plan(shape, itemsize, "NCHW")
+        t_plan = _time_graph(_gn_calls(xs, ys, g, b))[0]
+        cells = []
+        for cs, threads, per_sm in PARTIAL_PLANS:
+            calls = _gn_calls(xs, ys, g, b, cluster=cs, threads=threads, per_sm=per_sm)
+            cells.append(f"{_time_graph(calls)[0]:.4f}")
+        t_two = _time_graph(_gn_calls(xs, ys, g, b, cluster=8, cache=0))[0]
+        t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
+        n, c, h, w = shape
+        slice_ = -(-(c // 32 * h * w // plan.vec) // plan.cluster)
+        rows.append(
+            f"| {'x'.join(map(str, shape))} | {dt} | cs{plan.cluster}/{plan.threads}t "
+            f"cache {plan.cached} {plan.cap}/{slice_} {t_plan:.4f} | {' | '.join(cells)} "
+            f"| {t_two:.4f} "
+            f"| {t_c:.4f} | {100 * t_c / t_plan:.0f}% |"
+        )
+        print(rows[-1], flush=True)
     return rows
 
 

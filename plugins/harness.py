@@ -320,7 +320,7 @@ def groupnorm_plan(
     waves = -(-units // resident)
     uneven = waves > 1 and 10 * units < 9 * waves * resident
     # Channels-first slices are cached in part, all clusters in one wave, where whole slices do
-    # not fit or run in uneven waves and half a slice or more fits (H100: 1.02-1.11x; two reads
+    # not fit or run in uneven waves and half a slice or more fits (H100: 1.02-1.12x; two reads
     # of all of it measured faster below half, channels-last re-reads 11-21% slower).
     partial = per_sm is not None or (
         cache is None and not channels_last and (not fits or uneven) and 2 * cap >= slice_(cs)
@@ -787,7 +787,7 @@ def conv3d_tma_plan(
     waits on each other); sms // cluster by default. `im2col` loads A by TMA's im2col mode:
     a tile is `tile_m` consecutive output positions, across rows and frames (zero padding only;
     the caller says False where it does not apply). By default it does where the boxes would
-    leave idle positions or split a tile (H100, 60 x 104 frames: 1.22x over four 4 x 8 boxes;
+    leave idle positions or split a tile (H100, 60 x 104 frames: 1.14-1.22x over four 4 x 8 boxes;
     frames boxes tile exactly ran 0-4% faster in boxes).
     """
     do, ho, wo = out_shape

@@ -600,11 +600,14 @@ __device__ __forceinline__ void groupnorm_silu_kernel(const T* x, const T* gamma
     if (gt > 1) {
       __shared__ TileShared sh;
       if (vec == VMAX)
-        groupnorm_silu_tile_body<T, CS, VMAX>(x, gamma, beta, y, C, S, G, eps, act, cached, cap, gt, sh);
+        groupnorm_silu_tile_body<T, CS, VMAX>(x, gamma, beta, y, C, S, G, eps, act, cached, cap, gt,
+                                              sh);
       else if (vec == 2)
-        groupnorm_silu_tile_body<T, CS, 2>(x, gamma, beta, y, C, S, G, eps, act, cached, cap, gt, sh);
+        groupnorm_silu_tile_body<T, CS, 2>(x, gamma, beta, y, C, S, G, eps, act, cached, cap, gt,
+                                           sh);
       else
-        groupnorm_silu_tile_body<T, CS, 1>(x, gamma, beta, y, C, S, G, eps, act, cached, cap, gt, sh);
+        groupnorm_silu_tile_body<T, CS, 1>(x, gamma, beta, y, C, S, G, eps, act, cached, cap, gt,
+                                           sh);
       return;
     }
   }
@@ -732,7 +735,7 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   const long long waves = (units + resident - 1) / resident;
   const bool uneven = waves > 1 && 10 * units < 9 * waves * resident;
   // Channels-first slices are cached in part, all clusters in one wave, where whole slices do not
-  // fit or run in uneven waves and half a slice or more fits (H100: 1.02-1.11x; two reads of all
+  // fit or run in uneven waves and half a slice or more fits (H100: 1.02-1.12x; two reads of all
   // of it measured faster below half, channels-last re-reads 11-21% slower).
   const bool channels_last = layout == latentrt::kLayoutChannelsLast;
   const bool partial = !channels_last && (!fits || uneven) && 2 * cap >= slice(cs);

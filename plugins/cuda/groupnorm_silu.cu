@@ -8,9 +8,9 @@
 // Warps, the block and the cluster combine (count, mean, M2) triples by sums (count and weighted
 // mean, then M2 plus the spread of the means); blocks exchange theirs through distributed shared
 // memory (st.async; every block combines them in rank order, so all get bit-identical results),
-// then scale and shift the slice from shared memory and write it once. When a group's slice does
-// not fit in shared memory the same kernel re-reads the slice from global memory instead (the
-// two-pass fallback).
+// then scale and shift the slice from shared memory and write it once. Where slices outgrow the
+// shared memory that keeps all clusters resident at once, a block caches the head of its slice
+// and reads the tail again (`cap`), or, below half a slice, re-reads all of it (two passes).
 //
 // Layouts: channels-first (N, C, *spatial), where a group is one contiguous run of
 // C/G * S elements, and channels-last (N, *spatial, C), where a group is C/G consecutive

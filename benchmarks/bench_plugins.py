@@ -277,6 +277,33 @@ def bench_gn_waves(shapes, dtypes) -> list[str]:
     return rows
 
 
+NO_L2_HINTS = ("LATENTRT_GN_NO_L2_HINTS",)
+
+
+def bench_gn_l2(shapes, dtypes) -> list[str]:
+    """Partial caches with and without L2 eviction priorities (the cached head evict-first,
+    the re-read tail evict-last): the planner's plans, three alternating rounds, medians."""
+    rows = [
+        "| shape | dtype | plan | no hints ms | hints ms | no hints / hints | copy ms | % of copy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for shape, dt, itemsize, k, xs, ys, g, b in _gn_cases(shapes, dtypes):
+        plan = _gn_plan(shape, itemsize, "NCHW")
+        runs = {NO_L2_HINTS: [], (): []}
+        for _ in range(3):
+            for defines, times in runs.items():
+                times.append(_time_graph(_gn_calls(xs, ys, g, b, defines=defines))[0])
+        t_off, t_on = (statistics.median(v) for v in runs.values())
+        t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
+        rows.append(
+            f"| {'x'.join(map(str, shape))} | {dt} | cs{plan.cluster}/{plan.threads}t cache "
+            f"{plan.cached} cap {plan.cap} | {t_off:.4f} | {t_on:.4f} | {t_off / t_on:.3f} "
+            f"| {t_c:.4f} | {100 * t_c / t_on:.0f}% |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 TRACE = ("LATENTRT_GN_TRACE",)
 # kTraceMarks: entry, loads issued, slice folded, statistics final, exit, then inside the
 # statistics phase: peers' barriers initialized, own statistics sent, peers' ones received
@@ -732,6 +759,9 @@ def main() -> None:
         help="GroupNorm+SiLU: partial caches in one wave against whole ones in waves, only",
     )
     ap.add_argument(
+        "--gn-l2", action="store_true", help="GroupNorm+SiLU: L2 hints for partial caches, only"
+    )
+    ap.add_argument(
         "--gn-trace", action="store_true", help="GroupNorm+SiLU: where a launch spends its time"
     )
     ap.add_argument("--conv-only", action="store_true", help="Conv3d tables only")
@@ -797,6 +827,12 @@ def main() -> None:
         shapes += [(1, 512, 80, 256), (1, 256, 256, 256), (1, 128, 512, 512)]
         rows = bench_gn_waves(shapes, ["float16", "float32"])
         print("\n# GroupNorm+SiLU: one wave of partial caches\n")
+        print("\n".join(rows))
+        return
+    if args.gn_l2:
+        shapes = [(1, 512, 128, 128), (1, 512, 80, 256), (1, 256, 256, 256)]
+        rows = bench_gn_l2(shapes, ["float16", "float32", "bfloat16"])
+        print("\n# GroupNorm+SiLU NCHW: L2 hints for partial caches\n")
         print("\n".join(rows))
         return
     if args.gn_trace:

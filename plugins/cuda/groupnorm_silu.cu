@@ -189,6 +189,44 @@ __device__ __forceinline__ Pack<T, V> scale_shift(const Pack<T, V>& p, const flo
   return o;
 }
 
+// L2 eviction priorities for fp32 partial caches (not in LATENTRT_GN_NO_L2_HINTS builds, the
+// A/B baseline of benchmarks/bench_plugins.py --gn-l2): a slice's cached head is read once, so
+// it goes first; its tail, read again after the statistics, stays. H100: 1.10x at
+// 1x512x128x128 fp32; 16-bit partial caches ran 14-15% slower with the same hints, so they
+// load without them.
+__device__ __forceinline__ unsigned long long l2_policy(bool keep) {
+  unsigned long long pol;
+  if (keep)
+    asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+  else
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+  return pol;
+}
+
+// One vector load with an L2 eviction policy.
+template <typename T, int V>
+__device__ __forceinline__ Pack<T, V> load_l2(const T* p, unsigned long long pol) {
+  constexpr int B = static_cast<int>(sizeof(Pack<T, V>));
+  union {
+    Pack<T, V> v;
+    unsigned u[B >= 4 ? B / 4 : 1];
+    unsigned short h;
+  } r;
+  if constexpr (B == 16)
+    asm volatile("ld.global.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+                 : "=r"(r.u[0]), "=r"(r.u[1]), "=r"(r.u[2]), "=r"(r.u[3])
+                 : "l"(p), "l"(pol));
+  else if constexpr (B == 8)
+    asm volatile("ld.global.L2::cache_hint.v2.u32 {%0, %1}, [%2], %3;"
+                 : "=r"(r.u[0]), "=r"(r.u[1])
+                 : "l"(p), "l"(pol));
+  else if constexpr (B == 4)
+    asm volatile("ld.global.L2::cache_hint.u32 %0, [%1], %2;" : "=r"(r.u[0]) : "l"(p), "l"(pol));
+  else
+    asm volatile("ld.global.L2::cache_hint.u16 %0, [%1], %2;" : "=h"(r.h) : "l"(p), "l"(pol));
+  return r.v;
+}
+
 template <int LAYOUT, int V>
 struct GroupIndexer {
   unsigned S;    // spatial size
@@ -320,12 +358,24 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
     }
   } else {
     LRT_GN_MARK(1);
+    // An fp32 partial cache (channels-first only, as the planners choose them): its tail is read
+    // again.
+#ifndef LATENTRT_GN_NO_L2_HINTS
+    const bool hints = sizeof(T) == 4 && LAYOUT == kLayoutChannelsFirst && cached && cap < nv;
+#else
+    constexpr bool hints = false;
+#endif
     for (unsigned v0 = start + tid; v0 < end; v0 += U * bs) {
       Pack<T, V> p[U];
 #pragma unroll
       for (int u = 0; u < U; ++u)
-        if (v0 + u * bs < end)
-          p[u] = *reinterpret_cast<const Pack<T, V>*>(xg + ix.offset(v0 + u * bs));
+        if (v0 + u * bs < end) {
+          const T* src = xg + ix.offset(v0 + u * bs);
+          if (hints)
+            p[u] = load_l2<T, V>(src, l2_policy(v0 + u * bs - start >= cap));
+          else
+            p[u] = *reinterpret_cast<const Pack<T, V>*>(src);
+        }
       int valid = 0;
 #pragma unroll
       for (int u = 0; u < U; ++u)
@@ -414,14 +464,22 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
   // Vectors [start, split) come from the cache, [split, end) from global memory: first, as the
   // slice's tail was read last in pass 1 and is the likeliest still in L2.
   const unsigned split = start + (cached ? min(cap, nv) : 0u);
+#ifndef LATENTRT_GN_NO_L2_HINTS  // a partial cache's tail, read the second time
+  const bool last_use = sizeof(T) == 4 && LAYOUT == kLayoutChannelsFirst && cached && split < end;
+#else
+  constexpr bool last_use = false;
+#endif
   auto emit = [&](unsigned a, unsigned b, bool from_cache) {
     for (unsigned v0 = a + tid; v0 < b; v0 += U * bs) {
       Pack<T, V> p[U];
 #pragma unroll
       for (int u = 0; u < U; ++u)
-        if (v0 + u * bs < b)
+        if (v0 + u * bs < b) {
+          const T* src = xg + ix.offset(v0 + u * bs);
           p[u] = from_cache ? cache[v0 + u * bs - start]
-                            : *reinterpret_cast<const Pack<T, V>*>(xg + ix.offset(v0 + u * bs));
+                 : last_use ? load_l2<T, V>(src, l2_policy(false))
+                            : *reinterpret_cast<const Pack<T, V>*>(src);
+        }
 #pragma unroll
       for (int u = 0; u < U; ++u)
         if (v0 + u * bs < b) {

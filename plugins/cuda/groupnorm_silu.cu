@@ -121,6 +121,13 @@ __device__ __forceinline__ void store_async_cluster(unsigned remote, float4 v, u
       "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(remote_bar)
       : "memory");
 }
+__device__ __forceinline__ void store_async_cluster(unsigned remote, float2 v, unsigned remote_bar) {
+  asm volatile(
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];" ::"r"(
+          remote),
+      "f"(v.x), "f"(v.y), "r"(remote_bar)
+      : "memory");
+}
 __device__ __forceinline__ void cluster_arrive_relaxed() {
   asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
 }
@@ -227,6 +234,15 @@ __device__ __forceinline__ Pack<T, V> load_l2(const T* p, unsigned long long pol
   return r.v;
 }
 
+// Vector loads a thread keeps in flight per batch: four 16-byte vectors (more spills registers
+// under the 64-register bound), eight narrower ones. Channels-last groups read in 4-byte vectors
+// are latency-bound: eight in flight ran 1.09-1.10x faster than four on H100 (tiles of
+// 2x320x64x64 and 8x320x64x64, fp16 and bf16; BENCHMARKS.md, fourteenth session).
+template <typename T, int V>
+__host__ __device__ constexpr int loads_in_flight() {
+  return sizeof(Pack<T, V>) >= 16 ? 4 : 8;
+}
+
 template <int LAYOUT, int V>
 struct GroupIndexer {
   unsigned S;    // spatial size
@@ -293,7 +309,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
 
   const unsigned tid = threadIdx.x;
   const unsigned bs = blockDim.x;
-  constexpr int U = 4;  // more spills registers under the 64-register bound
+  constexpr int U = loads_in_flight<T, V>();
   LRT_GN_MARK(0);
   // The cluster's statistics travel one way: each block writes its own into every peer by
   // st.async (H100: 0-7% faster than a cluster barrier and remote loads, or than remote
@@ -505,9 +521,10 @@ constexpr int kMaxTileGroups = 32;
 
 // The tile body's static shared memory, declared once per kernel (not per vector width).
 struct TileShared {
-  float stat[3][512];               // every thread's (n, mean, M2)
-  float block[kMaxTileGroups][3];   // per group, this block
-  float final[kMaxTileGroups][2];   // per group, (mean, rstd) of the cluster
+  float stat[2][512];              // every thread's (mean, M2); counts follow from the geometry
+  float2 peer[kMaxTileGroups][8];  // per group, (mean, M2) of every block, by rank
+  float final[kMaxTileGroups][2];  // per group, (mean, rstd) of the cluster
+  unsigned long long xbar;         // completes once all peers have written theirs
 };
 
 template <typename T, int CS, int V>
@@ -519,7 +536,6 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
                                                          unsigned cap, int GT, TileShared& sh) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   auto& s_stat = sh.stat;
-  auto& s_block = sh.block;
   auto& s_final = sh.final;
 
   const unsigned Cg = static_cast<unsigned>(C / G);
@@ -535,9 +551,10 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
   const T* xg = x + base;
   T* yg = y + base;
 
-  const unsigned per = (static_cast<unsigned>(S) + CS - 1) / CS;  // rows of this block
-  const unsigned start = min(static_cast<unsigned>(S), rank * per);
-  const unsigned end = min(static_cast<unsigned>(S), start + per);
+  const unsigned Su = static_cast<unsigned>(S);
+  const unsigned per = (Su + CS - 1) / CS;  // rows of this block
+  const unsigned start = min(Su, rank * per);
+  const unsigned end = min(Su, start + per);
 
   float* s_a = reinterpret_cast<float*>(smem_raw);
   float* s_b = s_a + RW;
@@ -549,9 +566,17 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
   const unsigned R = bs / VR;  // rows per pass (blockDim is a multiple of VR)
   const unsigned col = tid % VR;
   const unsigned r0 = tid / VR;
-  constexpr int U = 4;
+  constexpr int U = loads_in_flight<T, V>();
   const unsigned cap_rows = cached ? cap / VR : 0u;  // the cache holds whole rows
 
+  if constexpr (CS > 1) {  // the exchange's mbarrier, as in the one-group body
+    if (tid == 0) {
+      mbar_init(smem_addr(&sh.xbar), 1);
+      mbar_expect_tx(smem_addr(&sh.xbar), static_cast<unsigned>(GT) * CS * 8u);
+      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    cluster_arrive_relaxed();
+  }
   for (unsigned c = tid; c < RW; c += bs) {
     s_a[c] = to_f32(gamma[tile * RW + c]);
     s_b[c] = to_f32(beta[tile * RW + c]);
@@ -573,41 +598,67 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
       }
     fold_batch(st, p, valid);
   }
-  s_stat[0][tid] = st.n;
-  s_stat[1][tid] = st.mean;
-  s_stat[2][tid] = st.m2;
+  s_stat[0][tid] = st.mean;
+  s_stat[1][tid] = st.m2;
   __syncthreads();
 
-  // Per group: its threads are the VPG columns of the group in each of the R row slots.
-  // blockDim need not be a multiple of 32: only whole warps (warp < nw) reduce.
+  // Per group: its threads are the VPG columns of the group in each of the R row slots. A warp
+  // sums their counts and count-weighted means, then M2 plus the spread of their means (as
+  // stat_warp_reduce, over several entries per lane). blockDim need not be a multiple of 32:
+  // only whole warps (warp < nw) reduce.
   const unsigned lane = tid & 31u;
   const unsigned warp = tid >> 5;
   const unsigned nw = bs >> 5;
+  auto entry = [&](unsigned gi, unsigned m) { return (m / VPG) * VR + gi * VPG + m % VPG; };
+  auto count = [&](unsigned t) {  // elements thread t folded: V per row it read
+    const unsigned first = start + t / VR;
+    return static_cast<float>(first < end ? (end - first + R - 1) / R * V : 0u);
+  };
   for (unsigned gi = warp; warp < nw && gi < static_cast<unsigned>(GT); gi += nw) {
-    WelfordStat w{0.0f, 0.0f, 0.0f};
+    float cnt = 0.0f, sum = 0.0f;
     for (unsigned m = lane; m < VPG * R; m += 32) {
-      const unsigned t = (m / VPG) * VR + gi * VPG + m % VPG;
-      welford_merge(w, s_stat[0][t], s_stat[1][t], s_stat[2][t]);
+      const unsigned t = entry(gi, m);
+      const float k = count(t);
+      cnt += k;
+      sum = fmaf(k, s_stat[0][t], sum);
     }
-    stat_warp_reduce(w);
-    if (lane == 0) {
-      s_block[gi][0] = w.n;
-      s_block[gi][1] = w.mean;
-      s_block[gi][2] = w.m2;
-      if constexpr (CS == 1) {
-        s_final[gi][0] = w.mean;
-        s_final[gi][1] = rsqrtf(w.m2 / w.n + eps);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      cnt += __shfl_xor_sync(0xffffffffu, cnt, off);
+      sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    }
+    const float mean = cnt > 0.0f ? sum / cnt : 0.0f;
+    float m2 = 0.0f;
+    for (unsigned m = lane; m < VPG * R; m += 32) {
+      const unsigned t = entry(gi, m);
+      const float d = s_stat[0][t] - mean;
+      m2 += fmaf(count(t) * d, d, s_stat[1][t]);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) m2 += __shfl_xor_sync(0xffffffffu, m2, off);
+    if constexpr (CS == 1) {
+      if (lane == 0) {
+        s_final[gi][0] = mean;
+        s_final[gi][1] = rsqrtf(m2 / cnt + eps);
       }
+    } else {
+      // Lane r sends the block's statistics of this group to block r (st.async, as in the
+      // one-group body); the peers' barriers are initialized once the cluster wait returns.
+      if (gi == warp) cluster_wait();
+      if (lane < CS)
+        store_async_cluster(cluster_addr(smem_addr(&sh.peer[gi][rank]), lane),
+                            make_float2(mean, m2),
+                            cluster_addr(smem_addr(&sh.xbar), lane));
     }
   }
   if constexpr (CS > 1) {
-    cluster_sync_all();
+    if (warp >= nw || warp >= static_cast<unsigned>(GT)) cluster_wait();  // every thread waits once
+    mbar_wait(smem_addr(&sh.xbar), 0);  // all peers' statistics have landed
     for (unsigned gi = warp; warp < nw && gi < static_cast<unsigned>(GT); gi += nw) {
       WelfordStat w{0.0f, 0.0f, 0.0f};
-      if (lane < CS) {
-        w.n = load_cluster_shared(&s_block[gi][0], lane);
-        w.mean = load_cluster_shared(&s_block[gi][1], lane);
-        w.m2 = load_cluster_shared(&s_block[gi][2], lane);
+      if (lane < CS) {  // block `lane` normalized rows [lane * per, lane * per + per) of S
+        const unsigned rows = min(Su, (lane + 1) * per) - min(Su, lane * per);
+        w = WelfordStat{static_cast<float>(rows * Cg), sh.peer[gi][lane].x, sh.peer[gi][lane].y};
       }
       stat_warp_reduce<CS>(w);
       if (lane == 0) {
@@ -615,7 +666,6 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
         s_final[gi][1] = rsqrtf(w.m2 / w.n + eps);
       }
     }
-    cluster_arrive();
   }
   __syncthreads();
   for (unsigned c = tid; c < RW; c += bs) {
@@ -645,7 +695,6 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
   };
   emit(split, end, false);
   emit(start, split, true);
-  if constexpr (CS > 1) cluster_wait();
 }
 
 template <typename T, int LAYOUT, int CS>

@@ -229,6 +229,7 @@ class GroupNormPlan:
 
 
 MAX_TILE_GROUPS = 32  # kMaxTileGroups
+SPLIT_STAT_BYTES = 2 * 512 * 4  # kSplitStatBytes: a straddling tile's second statistics
 STATIC_SMEM_RESERVE = 8192  # both bodies' static shared memory (7.5 KB)
 BLOCK_SMEM_RESERVE = 1024  # shared memory the GPU reserves per resident block (sm_80, sm_90)
 
@@ -244,6 +245,56 @@ def one_wave_blocks(units: int, cs: int, sms: int) -> int:
     """The fewest blocks per SM (1-4) at which all `units` clusters of `cs` are resident at
     once, or 2 where none is (the clusters then run in waves)."""
     return next((b for b in (1, 2, 3, 4) if units <= resident_clusters(cs, b, sms)), 2)
+
+
+@dataclass(frozen=True)
+class _GnUnits:
+    """The units of one GroupNormSiLU launch: `tile` groups (1: one group) read in vectors of
+    `v` elements (mirrors GnUnits in groupnorm_silu.cu)."""
+
+    n: int
+    groups: int
+    cg: int
+    spatial: int
+    tile: int
+    v: int
+    itemsize: int
+
+    @property
+    def count(self) -> int:
+        return self.n * self.groups // self.tile
+
+    @property
+    def row_vectors(self) -> int:
+        return self.tile * self.cg // self.v
+
+    @property
+    def affine(self) -> int:
+        """Dynamic shared memory ahead of the cache: per-channel scale and shift, and a
+        straddling tile's second statistics."""
+        split = self.tile > 1 and self.cg % self.v != 0
+        return (2 * self.tile * self.cg * 4 + 15) // 16 * 16 + (SPLIT_STAT_BYTES if split else 0)
+
+    def slice(self, k: int) -> int:
+        """Vectors of a block's slice in a cluster of k (a tile's blocks split its rows)."""
+        if self.tile > 1:
+            return -(-self.spatial // k) * self.row_vectors
+        return -(-(self.cg * self.spatial // self.v) // k)
+
+    def cache_bytes(self, k: int) -> int:
+        return self.slice(k) * self.v * self.itemsize
+
+    def cluster(self, sms: int, smem_optin: int) -> int:
+        """Cluster size: the rule of GnUnits::cluster in the .cu."""
+        cs = 1
+        while cs < 8 and self.slice(cs) > 2048 and self.count * cs * 2 <= sms:
+            cs *= 2
+        while cs < 8 and self.slice(cs) >= 8192 and self.count * cs * 2 <= 2 * sms:
+            cs *= 2
+        budget = smem_optin - STATIC_SMEM_RESERVE
+        while cs < 8 and self.affine + self.cache_bytes(cs) > budget:
+            cs *= 2
+        return cs
 
 
 def groupnorm_plan(
@@ -279,25 +330,23 @@ def groupnorm_plan(
             and tile * cg * itemsize < 64
         ):
             tile *= 2
-    row_vectors = tile * cg // v
-    units = n * num_groups // tile
-
-    def slice_(k: int) -> int:
-        return -(-spatial // k) * row_vectors if tile > 1 else -(-(cg * spatial // v) // k)
-
-    cs = 1
-    while cs < 8 and slice_(cs) > 2048 and units * cs * 2 <= sms:
-        cs *= 2
-    while cs < 8 and slice_(cs) >= 8192 and units * cs * 2 <= 2 * sms:
-        cs *= 2
-    affine = (2 * tile * cg * 4 + 15) // 16 * 16
+    # 16-byte vectors straddling groups, in tiles of whole 16-byte vectors of 64 bytes a row or
+    # more, unless the clusters grow beyond two blocks and the plan above (see the .cu).
+    if channels_last and aligned and cg % vmax and (vmax <= cg or 2 * cg == vmax):
+        t = 2
+        while t <= MAX_TILE_GROUPS and num_groups % t == 0:
+            if t * cg % vmax == 0 and t * cg * itemsize >= 64:
+                before = _GnUnits(n, num_groups, cg, spatial, tile, v, itemsize)
+                after = _GnUnits(n, num_groups, cg, spatial, t, vmax, itemsize)
+                if after.cluster(sms, smem_optin) <= max(2, before.cluster(sms, smem_optin)):
+                    tile, v = t, vmax
+                break
+            t *= 2
+    u = _GnUnits(n, num_groups, cg, spatial, tile, v, itemsize)
+    row_vectors, units, affine = u.row_vectors, u.count, u.affine
+    slice_, cache_bytes = u.slice, u.cache_bytes
     budget = smem_optin - STATIC_SMEM_RESERVE
-
-    def cache_bytes(k: int) -> int:
-        return slice_(k) * v * itemsize
-
-    while cs < 8 and affine + cache_bytes(cs) > budget:
-        cs *= 2
+    cs = u.cluster(sms, smem_optin)
     if cluster is not None:
         if cluster not in (1, 2, 4, 8):
             raise InputError(f"cluster must be 1, 2, 4 or 8, got {cluster}")

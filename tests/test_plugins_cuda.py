@@ -107,6 +107,40 @@ def test_groupnorm_silu_edge_cases(harness, gen, shape, groups, layout, act, dty
 
 
 @pytest.mark.parametrize(
+    ("shape", "dtype", "cluster"),
+    [
+        ((2, 9, 31, 320), "float32", None),  # 10 fp32 channels: tiles of 2 groups, 5 vectors a row
+        ((1, 17, 23, 960), "float16", None),  # 30 channels: tiles of 4 groups, 15 vectors a row
+        ((2, 16, 16, 1920), "bfloat16", None),  # 60 channels: tiles of 2 groups
+        ((1, 33, 33, 128), "bfloat16", 2),  # 4 channels: every vector holds two groups
+        ((1, 9, 11, 64), "float32", 4),  # 2 channels: two fp32 groups a vector
+        ((2, 7, 13, 320), "float16", 1),
+        ((2, 7, 13, 320), "float16", 2),
+        ((2, 7, 13, 320), "bfloat16", 4),
+        ((2, 7, 13, 320), "float16", 8),  # 91 rows over 8 blocks
+        ((1, 3, 1, 640), "float16", 8),  # 3 rows: five blocks of the cluster have none
+    ],
+    ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v),
+)
+def test_groupnorm_silu_straddling_vectors(harness, gen, shape, dtype, cluster):
+    """Channels-last tiles read in 16-byte vectors that straddle two groups; the groups' means
+    differ (a per-channel offset), so a part folded into the wrong group's statistics shows."""
+    c = shape[-1]
+    itemsize = DTYPES[dtype].itemsize
+    props = torch.cuda.get_device_properties(0)
+    plan = harness.groupnorm_plan(shape[0], c, shape[1] * shape[2], 32, True, itemsize, True,
+                                  props.multi_processor_count,
+                                  props.shared_memory_per_block_optin, cluster=cluster)  # fmt: skip
+    assert plan.vec == 16 // itemsize and (c // 32) % plan.vec and plan.tile > 1
+    offset = (torch.arange(c, device="cuda") // (c // 32) % 5).to(torch.float32) * 3.0
+    x = (_rand(shape, "float32", gen, 1.5) + offset).to(DTYPES[dtype])
+    gamma, beta = _rand((c,), dtype, gen), _rand((c,), dtype, gen)
+    out = _poisoned(shape, dtype)
+    harness.groupnorm_silu(x, gamma, beta, 32, 1e-5, 1, "NHWC", out=out, cluster=cluster)
+    _check(out, _gn_ref(x, gamma, beta, 32, 1e-5, 1, True), dtype)
+
+
+@pytest.mark.parametrize(
     ("shape", "layout", "cluster", "per_sm", "dtype"),
     [
         ((1, 512, 128, 128), "NCHW", 8, 4, "float16"),  # 3072 of 4096 vectors cached

@@ -210,6 +210,10 @@ def test_c_launcher_groupnorm_plan_matches_the_harness(sm90_lib):
         (1, 512, 80 * 256, 32),  # clusters in one wave: the slice's head cached
         (1, 96, 9 * 33 * 33, 32),  # odd spatial size, 3 channels a group
         (3, 6, 35, 3),
+        (2, 640, 32 * 32, 32),  # channels-last: 16-byte vectors straddle 20 fp16 channels
+        (2, 960, 17 * 9, 32),  # 30 fp16 channels: tiles of 4 groups
+        (1, 128, 64 * 64, 32),  # 4 fp16 channels: a 16-byte vector holds two groups
+        (1, 64, 33 * 33, 32),  # 2 channels: two fp32 groups a vector, four fp16 ones (no)
     ]
     checked = set()
     for (n, c, spatial, groups), layout, elem, aligned, (sms, optin) in itertools.product(

@@ -307,20 +307,38 @@ def test_groupnorm_plan_unet_and_fallback():
     p = harness.groupnorm_plan(1, 512, 128 * 128, 32, False, 2, True, sms, optin, per_sm=4)
     assert (p.cached, p.cap) == (1, ((optin + 1024) // 4 - 1024 - 8192 - 128) // 16)
     p = harness.groupnorm_plan(1, 128, 128 * 128, 32, True, 2, True, sms, optin, per_sm=4)
-    assert (p.tile, p.vec, p.cluster) == (8, 2, 8)  # rows of 8 x 4 channels = 16 vectors
-    assert p.cap % 16 == 0 and p.cap < 128 * 128 // 8 * 16 and p.threads == 256
+    assert (p.tile, p.vec, p.cluster) == (8, 8, 8)  # rows of 8 x 4 channels = 4 vectors
+    assert p.cap % 4 == 0 and p.cap < 128 * 128 // 8 * 4 and p.threads == 256
     assert (
         harness.groupnorm_plan(1, 512, 128 * 128, 32, False, 2, True, sms, optin, cache=0).cap == 0
     )
     with pytest.raises(InputError, match="per_sm"):
         harness.groupnorm_plan(2, 320, 4096, 32, False, 2, True, sms, optin, per_sm=5)
-    # Channels-last with 10 channels per group: pairs of fp16 channels instead of 16 bytes, in
-    # tiles of 4 groups (80-byte rows) whose 20 vectors a row 500 threads cover 25 times.
+    # Channels-last with 10 channels per group: 16-byte vectors that straddle groups, in tiles of
+    # 4 groups (80-byte rows) whose 5 vectors a row 510 threads cover 102 times; each thread's
+    # second statistics (for the group its vector ends in) take 4 KB after gamma and beta.
     p = harness.groupnorm_plan(2, 320, 4096, 32, True, 2, True, sms, optin)
-    assert (p.vec, p.tile, p.threads, p.cluster, p.cached) == (2, 4, 500, 8, True)
-    assert p.smem == 2 * 40 * 4 + 4096 // 8 * 40 * 2
-    assert harness.groupnorm_plan(2, 320, 4096, 32, True, 2, False, sms, optin).vec == 1
-    # 3 bf16 channels a group: tiles of 16 groups (96-byte rows), 480 threads.
+    assert (p.vec, p.tile, p.threads, p.cluster, p.cached) == (8, 4, 510, 8, True)
+    assert p.smem == 2 * 40 * 4 + 2 * 512 * 4 + 4096 // 8 * 40 * 2
+    # Unaligned: scalars, tiles by the sector rule (no straddling).
+    p = harness.groupnorm_plan(2, 320, 4096, 32, True, 2, False, sms, optin)
+    assert (p.vec, p.tile, p.smem) == (1, 4, 2 * 40 * 4 + 4096 // 8 * 40 * 2)
+    # 20 and 60 fp16 channels and 10 fp32 ones straddle too (rows of 80 or 240 bytes), where the
+    # clusters stay as large as one group's (or at most two blocks); at 2 x 640 x 32 x 32 they
+    # would grow from 2 to 4 blocks, at 2 x 960 x 64 x 64 (tiles of 4) from 4 to 8.
+    for c, spatial, itemsize, vec, tile, cs in [
+        (640, 4096, 2, 8, 2, 4),
+        (1920, 1024, 2, 8, 2, 4),
+        (320, 4096, 4, 4, 2, 4),
+        (640, 1024, 2, 2, 1, 2),
+        (960, 4096, 2, 2, 1, 4),
+    ]:
+        p = harness.groupnorm_plan(2, c, spatial, 32, True, itemsize, True, sms, optin)
+        assert (p.vec, p.tile, p.cluster) == (vec, tile, cs), (c, spatial)
+    p = harness.groupnorm_plan(8, 320, 4096, 32, True, 4, True, sms, optin)
+    assert (p.vec, p.tile, p.cluster) == (4, 2, 2)  # one block a group before: pairs allowed
+    # 3 bf16 channels a group (a 16-byte vector would span three groups): scalars in tiles of 16
+    # groups (96-byte rows), 480 threads.
     p = harness.groupnorm_plan(1, 96, 9 * 33 * 33, 32, True, 2, True, sms, optin)
     assert (p.vec, p.tile, p.threads) == (1, 16, 480)
     # Runs of a sector (32 bytes) and more stay one group per cluster.

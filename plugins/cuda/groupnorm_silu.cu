@@ -180,6 +180,35 @@ __device__ __forceinline__ void fold_batch(WelfordStat& st, const Pack<T, V> (&p
   welford_merge(st, nb, k + s1 / nb, fmaxf(s2 - s1 * s1 / nb, 0.0f));
 }
 
+// fold_batch for vectors that straddle two groups: elements [0, k) go to `lo`, [k, V) to `hi`
+// (k >= 1; k == V: all to lo), each part shifted by its own first element of the batch.
+template <typename T, int V, int U>
+__device__ __forceinline__ void fold_batch_split(WelfordStat& lo, WelfordStat& hi,
+                                                 const Pack<T, V> (&p)[U], int valid, int k) {
+  const float klo = to_f32(p[0].v[0]);
+  const float khi = to_f32(p[0].v[V - 1]);
+  float l1 = 0.0f, l2 = 0.0f, h1 = 0.0f, h2 = 0.0f;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    if (u < valid) {
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        const bool in_lo = j < k;
+        const float d = to_f32(p[u].v[j]) - (in_lo ? klo : khi);
+        const float dl = in_lo ? d : 0.0f, dh = in_lo ? 0.0f : d;
+        l1 += dl;
+        l2 = fmaf(dl, dl, l2);
+        h1 += dh;
+        h2 = fmaf(dh, dh, h2);
+      }
+    }
+  }
+  const float nl = static_cast<float>(valid * k);
+  welford_merge(lo, nl, klo + l1 / nl, fmaxf(l2 - l1 * l1 / nl, 0.0f));
+  const float nh = static_cast<float>(valid * (V - k));
+  if (nh > 0.0f) welford_merge(hi, nh, khi + h1 / nh, fmaxf(h2 - h1 * h1 / nh, 0.0f));
+}
+
 // y = SiLU?(x * a[c] + b[c]) for one vector; its channels are c0 for every element
 // (channels-first) or c0, c0 + 1, ... (channels-last).
 template <typename T, int V, bool PER_ELEMENT>
@@ -514,10 +543,14 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
 // Channels-last with small groups: a cluster normalizes a tile of GT consecutive groups of one
 // image, so a row of the tile (GT * Cg channels at one spatial position) is one contiguous run
 // that a warp reads coalesced, where one group alone is a 20-80-byte run every C elements. Each
-// thread keeps one column of the tile (one group) for all its rows; statistics are reduced per
-// group in the block and across the cluster as in the one-group body. V divides Cg, so no
-// vector straddles two groups; blockDim is a multiple of the row's vector count.
+// thread keeps one column of the tile for all its rows; statistics are reduced per group in the
+// block and across the cluster as in the one-group body. blockDim is a multiple of the row's
+// vector count. Where V divides Cg a column is one group's; with SPLIT (16-byte vectors over 10
+// fp16 channels a group, say) a column may straddle two groups (V <= Cg, or V == 2 Cg), and each
+// thread keeps statistics for both: the second pair in dynamic shared memory after the affine
+// arrays (kSplitStatBytes, which the planners count).
 constexpr int kMaxTileGroups = 32;
+constexpr unsigned kSplitStatBytes = 2u * 512u * 4u;
 
 // The tile body's static shared memory, declared once per kernel (not per vector width).
 struct TileShared {
@@ -527,7 +560,7 @@ struct TileShared {
   unsigned long long xbar;         // completes once all peers have written theirs
 };
 
-template <typename T, int CS, int V>
+template <typename T, int CS, int V, bool SPLIT>
 __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x,
                                                          const T* __restrict__ gamma,
                                                          const T* __restrict__ beta,
@@ -541,7 +574,6 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
   const unsigned Cg = static_cast<unsigned>(C / G);
   const unsigned RW = static_cast<unsigned>(GT) * Cg;  // channels in a tile row
   const unsigned VR = RW / V;                           // vectors in a tile row
-  const unsigned VPG = Cg / V;                          // vectors of one group in a row
   const unsigned tiles = static_cast<unsigned>(G / GT);
   const unsigned unit = blockIdx.x / CS;
   const unsigned rank = blockIdx.x % CS;
@@ -559,13 +591,18 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
   float* s_a = reinterpret_cast<float*>(smem_raw);
   float* s_b = s_a + RW;
   const unsigned affine_bytes = ((2u * RW * 4u + 15u) / 16u) * 16u;
-  Pack<T, V>* cache = reinterpret_cast<Pack<T, V>*>(smem_raw + affine_bytes);
+  float* s_hi = reinterpret_cast<float*>(smem_raw + affine_bytes);  // SPLIT: [2][blockDim]
+  Pack<T, V>* cache =
+      reinterpret_cast<Pack<T, V>*>(smem_raw + affine_bytes + (SPLIT ? kSplitStatBytes : 0u));
 
   const unsigned tid = threadIdx.x;
   const unsigned bs = blockDim.x;
   const unsigned R = bs / VR;  // rows per pass (blockDim is a multiple of VR)
   const unsigned col = tid % VR;
   const unsigned r0 = tid / VR;
+  // Elements of column c in its first group (V where V divides Cg).
+  constexpr unsigned kV = V;
+  auto lo_elems = [&](unsigned c) { return SPLIT ? min(kV, (c * kV / Cg + 1) * Cg - c * kV) : kV; };
   constexpr int U = loads_in_flight<T, V>();
   const unsigned cap_rows = cached ? cap / VR : 0u;  // the cache holds whole rows
 
@@ -583,7 +620,8 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
   }
 
   auto at = [&](unsigned r) { return static_cast<long long>(r) * C + col * V; };
-  WelfordStat st{0.0f, 0.0f, 0.0f};
+  WelfordStat st{0.0f, 0.0f, 0.0f}, st_hi{0.0f, 0.0f, 0.0f};
+  const int k_lo = static_cast<int>(lo_elems(col));
   for (unsigned rr = start + r0; rr < end; rr += U * R) {
     Pack<T, V> p[U];
 #pragma unroll
@@ -596,31 +634,48 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
         if (rr + u * R - start < cap_rows) cache[(rr + u * R - start) * VR + col] = p[u];
         ++valid;
       }
-    fold_batch(st, p, valid);
+    if constexpr (SPLIT)
+      fold_batch_split(st, st_hi, p, valid, k_lo);
+    else
+      fold_batch(st, p, valid);
   }
   s_stat[0][tid] = st.mean;
   s_stat[1][tid] = st.m2;
+  if constexpr (SPLIT) {
+    s_hi[tid] = st_hi.mean;
+    s_hi[bs + tid] = st_hi.m2;
+  }
   __syncthreads();
 
-  // Per group: its threads are the VPG columns of the group in each of the R row slots. A warp
-  // sums their counts and count-weighted means, then M2 plus the spread of their means (as
-  // stat_warp_reduce, over several entries per lane). blockDim need not be a multiple of 32:
-  // only whole warps (warp < nw) reduce.
+  // Per group: its threads are its columns (c0 .. c0 + nc - 1) in each of the R row slots; a
+  // column whose first group is an earlier one holds this group's part in s_hi. A warp sums
+  // their counts and count-weighted means, then M2 plus the spread of their means (as
+  // stat_warp_reduce, over several entries per lane), column by column with the lanes over the
+  // slots. Slot r read base_rows + (r < extra) rows. blockDim need not be a multiple of 32: only
+  // whole warps (warp < nw) reduce.
   const unsigned lane = tid & 31u;
   const unsigned warp = tid >> 5;
   const unsigned nw = bs >> 5;
-  auto entry = [&](unsigned gi, unsigned m) { return (m / VPG) * VR + gi * VPG + m % VPG; };
-  auto count = [&](unsigned t) {  // elements thread t folded: V per row it read
-    const unsigned first = start + t / VR;
-    return static_cast<float>(first < end ? (end - first + R - 1) / R * V : 0u);
-  };
+  const unsigned base_rows = (end - start) / R, extra = (end - start) % R;
   for (unsigned gi = warp; warp < nw && gi < static_cast<unsigned>(GT); gi += nw) {
+    const unsigned c0 = gi * Cg / V;
+    const unsigned nc = ((gi + 1) * Cg - 1) / V - c0 + 1;
+    // Column c's part of group gi: which statistics hold it and its elements per row.
+    auto part = [&](unsigned c, const float*& mean_a, const float*& m2_a) {
+      const bool hi = SPLIT && c * V / Cg != gi;
+      mean_a = hi ? s_hi : s_stat[0];
+      m2_a = hi ? s_hi + bs : s_stat[1];
+      return static_cast<float>(hi ? V - lo_elems(c) : lo_elems(c));
+    };
     float cnt = 0.0f, sum = 0.0f;
-    for (unsigned m = lane; m < VPG * R; m += 32) {
-      const unsigned t = entry(gi, m);
-      const float k = count(t);
-      cnt += k;
-      sum = fmaf(k, s_stat[0][t], sum);
+    for (unsigned c = c0; c < c0 + nc; ++c) {
+      const float *mean_a, *m2_a;
+      const float kc = part(c, mean_a, m2_a);
+      for (unsigned r = lane; r < R; r += 32) {
+        const float k = kc * static_cast<float>(base_rows + (r < extra));
+        cnt += k;
+        sum = fmaf(k, mean_a[r * VR + c], sum);
+      }
     }
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
@@ -629,10 +684,13 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
     }
     const float mean = cnt > 0.0f ? sum / cnt : 0.0f;
     float m2 = 0.0f;
-    for (unsigned m = lane; m < VPG * R; m += 32) {
-      const unsigned t = entry(gi, m);
-      const float d = s_stat[0][t] - mean;
-      m2 += fmaf(count(t) * d, d, s_stat[1][t]);
+    for (unsigned c = c0; c < c0 + nc; ++c) {
+      const float *mean_a, *m2_a;
+      const float kc = part(c, mean_a, m2_a);
+      for (unsigned r = lane; r < R; r += 32) {
+        const float d = mean_a[r * VR + c] - mean;
+        m2 += fmaf(kc * static_cast<float>(base_rows + (r < extra)) * d, d, m2_a[r * VR + c]);
+      }
     }
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) m2 += __shfl_xor_sync(0xffffffffu, m2, off);
@@ -706,15 +764,18 @@ __device__ __forceinline__ void groupnorm_silu_kernel(const T* x, const T* gamma
   if constexpr (LAYOUT == kLayoutChannelsLast) {
     if (gt > 1) {
       __shared__ TileShared sh;
-      if (vec == VMAX)
-        groupnorm_silu_tile_body<T, CS, VMAX>(x, gamma, beta, y, C, S, G, eps, act, cached, cap, gt,
-                                              sh);
+      if (vec == VMAX && (C / G) % VMAX != 0)  // 16-byte vectors straddling groups
+        groupnorm_silu_tile_body<T, CS, VMAX, true>(x, gamma, beta, y, C, S, G, eps, act, cached,
+                                                    cap, gt, sh);
+      else if (vec == VMAX)
+        groupnorm_silu_tile_body<T, CS, VMAX, false>(x, gamma, beta, y, C, S, G, eps, act, cached,
+                                                     cap, gt, sh);
       else if (vec == 2)
-        groupnorm_silu_tile_body<T, CS, 2>(x, gamma, beta, y, C, S, G, eps, act, cached, cap, gt,
-                                           sh);
+        groupnorm_silu_tile_body<T, CS, 2, false>(x, gamma, beta, y, C, S, G, eps, act, cached,
+                                                  cap, gt, sh);
       else
-        groupnorm_silu_tile_body<T, CS, 1>(x, gamma, beta, y, C, S, G, eps, act, cached, cap, gt,
-                                           sh);
+        groupnorm_silu_tile_body<T, CS, 1, false>(x, gamma, beta, y, C, S, G, eps, act, cached,
+                                                  cap, gt, sh);
       return;
     }
   }
@@ -785,6 +846,36 @@ int one_wave_blocks(long long units, int cs, int sms) {
   return 2;
 }
 
+// The units of one launch: `tile` groups (1: one group) read in vectors of `v` elements.
+struct GnUnits {
+  long long n, groups, cg, spatial, tile, v, elem;
+
+  long long count() const { return n * groups / tile; }
+  long long row_vectors() const { return tile * cg / v; }
+  bool split() const { return tile > 1 && cg % v != 0; }  // vectors straddle groups
+  // Vectors of a block's slice in a cluster of k (a tile's blocks split its rows).
+  long long slice(int k) const {
+    return tile > 1 ? (spatial + k - 1) / k * row_vectors() : (cg * spatial / v + k - 1) / k;
+  }
+  long long cache_bytes(int k) const { return slice(k) * v * elem; }
+  // Dynamic shared memory ahead of the cache: per-channel scale and shift, and a straddling
+  // tile's second statistics.
+  long long affine() const {
+    return (2 * tile * cg * 4 + 15) / 16 * 16 + (split() ? latentrt::kSplitStatBytes : 0);
+  }
+  // Split units over clusters until the grid reaches one block per SM (slices of up to 2048
+  // vectors stay whole: the DSMEM merge costs more than it saves), slices of 128 KB and more
+  // until two blocks per SM; then until a slice fits in shared memory. Tuned on H100
+  // (BENCHMARKS.md, plugin kernels).
+  int cluster(int sms, int smem_optin) const {
+    int cs = 1;
+    while (cs < 8 && slice(cs) > 2048 && count() * cs * 2 <= sms) cs *= 2;
+    while (cs < 8 && slice(cs) >= 8192 && count() * cs * 2 <= 2LL * sms) cs *= 2;
+    while (cs < 8 && affine() + cache_bytes(cs) > smem_optin - kStaticSmemReserve) cs *= 2;
+    return cs;
+  }
+};
+
 // The launch plan; plugins/harness.py mirrors this function (keep the two in step).
 GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, size_t elem,
                       bool aligned, int sms, int smem_optin) {
@@ -794,45 +885,55 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   // 10, 20 or 40 fp16 channels), else scalars.
   const int vmax = static_cast<int>(16 / elem);
   const long long run = layout == latentrt::kLayoutChannelsFirst ? spatial : cg;
+  const long long e = static_cast<long long>(elem);
   GnPlan p{};
   p.vec = !aligned ? 1 : run % vmax == 0 ? vmax : run % 2 == 0 ? 2 : 1;
-  const long long v = p.vec;
+  p.tile = 1;
   // Channels-last groups whose run a row is shorter than a 32-byte sector are normalized in
   // tiles of consecutive groups with rows of 64 bytes or more (groupnorm_silu_tile_body; at 32
-  // and 40 bytes tiles measured no faster on H100).
-  p.tile = 1;
-  if (layout == latentrt::kLayoutChannelsLast && cg * static_cast<long long>(elem) < 32)
+  // and 40 bytes tiles of narrower vectors measured no faster on H100).
+  if (layout == latentrt::kLayoutChannelsLast && cg * e < 32)
     while (p.tile * 2 <= latentrt::kMaxTileGroups && groups % (p.tile * 2) == 0 &&
-           p.tile * cg * static_cast<long long>(elem) < 64)
+           p.tile * cg * e < 64)
       p.tile *= 2;
-  const long long row_vectors = p.tile * cg / v;
-  // Split units (groups or tiles) over clusters until the grid reaches one block per SM (slices
-  // of up to 2048 vectors stay whole: the DSMEM merge costs more than it saves), slices of 128
-  // KB and more until two blocks per SM; then until a slice fits in shared memory. Tuned on
-  // H100 (BENCHMARKS.md, plugin kernels). A tile's blocks split its rows.
-  const long long units = static_cast<long long>(n) * groups / p.tile;
-  auto slice = [&](int k) {
-    return p.tile > 1 ? (spatial + k - 1) / k * row_vectors : (cg * spatial / v + k - 1) / k;
-  };
-  int cs = 1;
-  while (cs < 8 && slice(cs) > 2048 && units * cs * 2 <= sms) cs *= 2;
-  while (cs < 8 && slice(cs) >= 8192 && units * cs * 2 <= 2LL * sms) cs *= 2;
-  const long long affine = (2 * p.tile * cg * 4 + 15) / 16 * 16;
+  // Channels-last groups that 16 bytes do not divide (10, 20 or 30 fp16 channels, 10 fp32
+  // ones), at most two groups a 16-byte vector: tiles whose rows are whole 16-byte vectors of 64
+  // bytes or more, the vectors straddling groups (the tile body's SPLIT), unless that takes
+  // clusters of more than two blocks and larger than the plan above (H100: 1.09-1.70x where
+  // the clusters stay as they were, 0.74-0.91x where they grow from 2 to 4 or 8, or 4 to 8;
+  // BENCHMARKS.md, fifteenth session).
+  if (layout == latentrt::kLayoutChannelsLast && aligned && cg % vmax != 0 &&
+      (vmax <= cg || 2 * cg == vmax)) {
+    for (int t = 2; t <= latentrt::kMaxTileGroups && groups % t == 0; t *= 2) {
+      if (t * cg % vmax != 0 || t * cg * e < 64) continue;
+      const GnUnits before{n, groups, cg, spatial, p.tile, p.vec, e};
+      const GnUnits after{n, groups, cg, spatial, t, vmax, e};
+      if (after.cluster(sms, smem_optin) <= std::max(2, before.cluster(sms, smem_optin))) {
+        p.tile = t;
+        p.vec = vmax;
+      }
+      break;
+    }
+  }
+  const GnUnits u{n, groups, cg, spatial, p.tile, p.vec, e};
+  const long long v = p.vec;
+  const long long row_vectors = u.row_vectors();
+  const long long units = u.count();
+  const long long affine = u.affine();
   const long long budget = smem_optin - kStaticSmemReserve;
-  auto cache_bytes = [&](int k) { return slice(k) * v * static_cast<long long>(elem); };
-  while (cs < 8 && affine + cache_bytes(cs) > budget) cs *= 2;
+  const int cs = u.cluster(sms, smem_optin);
   p.cluster = cs;
   // Blocks per SM that run all clusters in one wave, and the head of a slice each can cache.
   const int b = one_wave_blocks(units, cs, sms);
   const long long share =
       (smem_optin + kBlockSmemReserve) / b - kBlockSmemReserve - kStaticSmemReserve;
   long long cap =
-      std::min(slice(cs), std::max(0LL, share - affine) / (v * static_cast<long long>(elem)));
+      std::min(u.slice(cs), std::max(0LL, share - affine) / (v * static_cast<long long>(elem)));
   if (p.tile > 1) cap = cap / row_vectors * row_vectors;  // tiles cache whole rows
   // Whole slices where they fit, unless their clusters would run in uneven waves (under 90%
   // full; 256-thread blocks let three of a cluster of 8 share an SM: 30 of 8 are resident at two
   // per SM on an H100).
-  const long long whole_bytes = affine + cache_bytes(cs);
+  const long long whole_bytes = affine + u.cache_bytes(cs);
   const bool fits = whole_bytes <= budget;
   const int threads_whole = cs == 8 && 3 * whole_bytes <= smem_optin ? 256 : 512;
   const long long fit =
@@ -845,7 +946,7 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   // fit or run in uneven waves and half a slice or more fits (H100: 1.02-1.12x; two reads of all
   // of it measured faster below half, channels-last re-reads 11-21% slower).
   const bool channels_last = layout == latentrt::kLayoutChannelsLast;
-  const bool partial = !channels_last && (!fits || uneven) && 2 * cap >= slice(cs);
+  const bool partial = !channels_last && (!fits || uneven) && 2 * cap >= u.slice(cs);
   const bool whole = fits && !partial;
   // Clusters of 8 over 16-bit slices: bulk copies in and bulk stores out (6-10% faster on H100
   // at 1x512x128x128 and 1x256x256x256; slower for smaller clusters, even for fp32).
@@ -854,7 +955,7 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
     p.cached = bulk && cs == 8 && elem == 2 ? latentrt::kCacheBulkStore : latentrt::kCacheRegisters;
   else
     p.cached = partial && cap > 0 ? latentrt::kCacheRegisters : 0;
-  p.cap = !p.cached ? 0u : static_cast<unsigned>(whole ? slice(cs) : cap);
+  p.cap = !p.cached ? 0u : static_cast<unsigned>(whole ? u.slice(cs) : cap);
   p.smem = static_cast<size_t>(affine + p.cap * v * static_cast<long long>(elem));
   if (p.tile > 1) {  // whole rows per pass
     p.threads = static_cast<int>((partial && b >= 3 ? 256 : 512) / row_vectors * row_vectors);

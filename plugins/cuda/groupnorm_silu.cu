@@ -2,7 +2,8 @@
 //
 // One (batch, group) pair is normalized by a thread-block cluster of CS blocks (CS in 1, 2, 4,
 // 8). Each block takes a contiguous slice of the group's elements, reads it once with vector
-// loads (16 bytes, or 2 elements where 16 bytes do not divide the group's runs), keeps it in
+// loads (16 bytes, or 2 elements where 16 bytes do not divide the group's runs; channels-last
+// tiles of several groups may read 16 bytes that straddle two groups), keeps it in
 // shared memory and accumulates statistics in fp32: per batch of loads an exact (count, mean,
 // M2) from sums shifted by a sample of the batch, merged per thread with Welford's update.
 // Warps, the block and the cluster combine (count, mean, M2) triples by sums (count and weighted
@@ -14,9 +15,9 @@
 //
 // Layouts: channels-first (N, C, *spatial), where a group is one contiguous run of
 // C/G * S elements, and channels-last (N, *spatial, C), where a group is C/G consecutive
-// channels at every spatial position; channels-last groups narrower than a 32-byte sector are
-// normalized a tile of consecutive groups per cluster (groupnorm_silu_tile_body). x, gamma,
-// beta, y share one dtype (fp32, fp16, bf16).
+// channels at every spatial position; channels-last groups narrower than a 32-byte sector, or
+// that 16 bytes do not divide, are normalized a tile of consecutive groups per cluster
+// (groupnorm_silu_tile_body). x, gamma, beta, y share one dtype (fp32, fp16, bf16).
 #include "common.cuh"
 
 // Phase trace, in profiling builds only (-DLATENTRT_GN_TRACE; benchmarks/bench_plugins.py

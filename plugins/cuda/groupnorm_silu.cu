@@ -900,8 +900,9 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   // Channels-last groups that 16 bytes do not divide (10, 20 or 30 fp16 channels, 10 fp32
   // ones), at most two groups a 16-byte vector: tiles whose rows are whole 16-byte vectors of 64
   // bytes or more, the vectors straddling groups (the tile body's SPLIT), unless that takes
-  // clusters of more than two blocks and larger than the plan above (H100: 1.09-1.70x where
-  // the clusters stay as they were, 0.74-0.91x where they grow from 2 to 4 or 8, or 4 to 8;
+  // clusters of more than two blocks and larger than the plan above (H100: 1.08-1.71x at 8 of
+  // 13 shape-dtype cases where the clusters kept their size or grew from 1 to 2, 0.96-1.02x at
+  // the rest; fp16 and fp32 0.74-0.91x where they grew from 2 to 4 or 8, or 4 to 8;
   // BENCHMARKS.md, fifteenth session).
   if (layout == latentrt::kLayoutChannelsLast && aligned && cg % vmax != 0 &&
       (vmax <= cg || 2 * cg == vmax)) {

@@ -901,7 +901,7 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   // ones), at most two groups a 16-byte vector: tiles whose rows are whole 16-byte vectors of 64
   // bytes or more, the vectors straddling groups (the tile body's SPLIT), unless that takes
   // clusters of more than two blocks and larger than the plan above (H100: 1.08-1.71x at 8 of
-  // 13 shape-dtype cases where the clusters kept their size or grew from 1 to 2, 0.96-1.02x at
+  // 15 shape-dtype cases where the clusters kept their size or grew from 1 to 2, 0.96-1.02x at
   // the rest; fp16 and fp32 0.74-0.91x where they grew from 2 to 4 or 8, or 4 to 8;
   // BENCHMARKS.md, fifteenth session).
   if (layout == latentrt::kLayoutChannelsLast && aligned && cg % vmax != 0 &&

@@ -120,12 +120,17 @@ def _gn_calls(xs, ys, g, b, layout: str = "NCHW", **forced) -> list:
     ]
 
 
-def _gn_plan(shape, itemsize: int, layout: str) -> harness.GroupNormPlan:
-    """The planner's choice for an NCHW `shape` (32 groups) stored in `layout`, on this GPU."""
+def _gn_plan(shape, dt: str, layout: str) -> harness.GroupNormPlan:
+    """The planner's choice for an NCHW `shape` (32 groups) of dtype `dt` stored in `layout`, on
+    this GPU."""
     props = torch.cuda.get_device_properties(0)
     n, c, h, w = shape
     sms, optin = props.multi_processor_count, props.shared_memory_per_block_optin
-    return harness.groupnorm_plan(n, c, h * w, 32, layout == "NHWC", itemsize, True, sms, optin)
+    itemsize = torch.finfo(getattr(torch, dt)).bits // 8
+    last = layout == "NHWC"
+    return harness.groupnorm_plan(
+        n, c, h * w, 32, last, itemsize, True, sms, optin, bf16=dt == "bfloat16"
+    )
 
 
 def bench_groupnorm(shapes, dtypes, layout: str = "NCHW") -> list[str]:
@@ -146,7 +151,7 @@ def bench_groupnorm(shapes, dtypes, layout: str = "NCHW") -> list[str]:
         t_c, _ = _time_graph(copy)
         bw = 2 * nbytes / (t_f * 1e-3) / 1e12
         bw_c = 2 * nbytes / (t_c * 1e-3) / 1e12
-        plan = _gn_plan(shape, itemsize, layout)
+        plan = _gn_plan(shape, dt, layout)
         rows.append(
             f"| {'x'.join(map(str, shape))} | {layout} | {dt} | {t_f:.4f} | {t_u:.4f} | {t_u / t_f:.2f}x "
             f"| {bw:.2f} | {100 * bw / SPEC_TBPS:.0f}% | {bw_c:.2f} | {100 * bw / bw_c:.0f}% "
@@ -165,8 +170,8 @@ def bench_gn_cache(shapes, dtypes) -> list[str]:
         "| shape | dtype | plan | loads ms | bulk ms | bulk+store ms | copy ms | best % of copy |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for shape, dt, itemsize, k, xs, ys, g, b in _gn_cases(shapes, dtypes):
-        plan = _gn_plan(shape, itemsize, "NCHW")
+    for shape, dt, _itemsize, k, xs, ys, g, b in _gn_cases(shapes, dtypes):
+        plan = _gn_plan(shape, dt, "NCHW")
         times = []
         for cache in (1, 2, 3):
             if not plan.cached:
@@ -209,8 +214,8 @@ def bench_gn_partial(shapes, dtypes) -> list[str]:
         + " | two reads | copy | planner % of copy |",
         "| --- |" + " --- |" * (len(PARTIAL_PLANS) + 6),
     ]
-    for shape, dt, itemsize, k, xs, ys, g, b in _gn_cases(shapes, dtypes):
-        plan = _gn_plan(shape, itemsize, "NCHW")
+    for shape, dt, _itemsize, k, xs, ys, g, b in _gn_cases(shapes, dtypes):
+        plan = _gn_plan(shape, dt, "NCHW")
         t_plan = _time_graph(_gn_calls(xs, ys, g, b))[0]
         cells = []
         for cs, threads, per_sm in PARTIAL_PLANS:
@@ -241,13 +246,14 @@ def bench_gn_waves(shapes, dtypes) -> list[str]:
         for dt in dtypes:
             dtype = getattr(torch, dt)
             itemsize = torch.finfo(dtype).bits // 8
-            plan = _gn_plan(shape, itemsize, layout)
+            plan = _gn_plan(shape, dt, layout)
             props = torch.cuda.get_device_properties(0)
             n, c, h, w = shape
             limits = (props.multi_processor_count, props.shared_memory_per_block_optin)
             args = (n, c, h * w, 32, layout == "NHWC", itemsize, True, *limits)
             cache = 1
-            other = harness.groupnorm_plan(*args, cluster=plan.cluster, cache=1)
+            bf16 = dt == "bfloat16"
+            other = harness.groupnorm_plan(*args, cluster=plan.cluster, cache=1, bf16=bf16)
             rows_ = -(-h * w // plan.cluster)
             whole = rows_ * plan.tile * (c // 32) // plan.vec if plan.tile > 1 else None
             whole = whole or -(-(c // 32 * h * w // plan.vec) // plan.cluster)
@@ -257,7 +263,7 @@ def bench_gn_waves(shapes, dtypes) -> list[str]:
             elif layout == "NCHW" and plan.vec == 16 // itemsize and plan.cluster == 8:
                 cache = 3 if itemsize == 2 else 1  # the planner's whole-slice modes
             forced = {"cluster": plan.cluster, "cache": cache, "threads": threads}
-            other = harness.groupnorm_plan(*args, **forced)
+            other = harness.groupnorm_plan(*args, **forced, bf16=bf16)
             if other == plan:
                 continue
             k = _sets(2 * torch.Size(shape).numel() * itemsize)
@@ -287,8 +293,8 @@ def bench_gn_l2(shapes, dtypes) -> list[str]:
         "| shape | dtype | plan | no hints ms | hints ms | no hints / hints | copy ms | % of copy |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for shape, dt, itemsize, k, xs, ys, g, b in _gn_cases(shapes, dtypes):
-        plan = _gn_plan(shape, itemsize, "NCHW")
+    for shape, dt, _itemsize, k, xs, ys, g, b in _gn_cases(shapes, dtypes):
+        plan = _gn_plan(shape, dt, "NCHW")
         runs = {NO_L2_HINTS: [], (): []}
         for _ in range(3):
             for defines, times in runs.items():
@@ -354,7 +360,7 @@ def bench_gn_trace(shapes, dtype: str = "float16") -> list[str]:
         nbytes = torch.Size(shape).numel() * itemsize
         k = _sets(2 * nbytes)
         xs, ys, g, b = _gn_inputs(shape, dt, "NCHW", k)
-        plan = _gn_plan(shape, itemsize, "NCHW")
+        plan = _gn_plan(shape, dt, "NCHW")
         blocks = shape[0] * 32 * plan.cluster
         tr = _trace_array(mod)
         t_plain = _time_graph(_gn_calls(xs, ys, g, b))[0]

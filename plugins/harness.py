@@ -311,12 +311,14 @@ def groupnorm_plan(
     threads: int | None = None,
     cache: int | None = None,
     per_sm: int | None = None,
+    bf16: bool = False,
 ) -> GroupNormPlan:
     """Cluster size, block size, vector width, caching and tiling of one GroupNormSiLU launch.
 
     `cluster` (1, 2, 4 or 8), `threads` (256 or 512; not for tiles), `cache` (GroupNormPlan
     .cached; 1-3 cache whole slices where they fit) and `per_sm` (blocks per SM a partial cache
-    is sized for) override the planner, for benchmark sweeps.
+    is sized for) override the planner, for benchmark sweeps. `bf16`: the 2-byte elements are
+    bfloat16 (they straddle channels-last groups more often).
     """
     cg = c // num_groups
     vmax = 16 // itemsize
@@ -331,14 +333,16 @@ def groupnorm_plan(
         ):
             tile *= 2
     # 16-byte vectors straddling groups, in tiles of whole 16-byte vectors of 64 bytes a row or
-    # more, unless the clusters grow beyond two blocks and the plan above (see the .cu).
+    # more; not for fp16 and fp32 where the clusters grow beyond two blocks and the plan above
+    # (see the .cu).
     if channels_last and aligned and cg % vmax and (vmax <= cg or 2 * cg == vmax):
         t = 2
         while t <= MAX_TILE_GROUPS and num_groups % t == 0:
             if t * cg % vmax == 0 and t * cg * itemsize >= 64:
                 before = _GnUnits(n, num_groups, cg, spatial, tile, v, itemsize)
                 after = _GnUnits(n, num_groups, cg, spatial, t, vmax, itemsize)
-                if after.cluster(sms, smem_optin) <= max(2, before.cluster(sms, smem_optin)):
+                grown = after.cluster(sms, smem_optin) > max(2, before.cluster(sms, smem_optin))
+                if bf16 or not grown:
                     tile, v = t, vmax
                 break
             t *= 2
@@ -461,6 +465,7 @@ def groupnorm_silu(
         threads,
         cache,
         per_sm,
+        xd.dtype == "bfloat16",
     )
     name = f"latentrt_gn_silu_{'nhwc' if last else 'nchw'}_{_SUFFIX[xd.dtype]}_c{plan.cluster}"
     kern = _module("groupnorm_silu.cu", tuple(defines)).get_function(name)

@@ -532,6 +532,7 @@ def launcher_lib(tmp_path_factory, harness):
     [
         ((2, 320, 64, 64), "NCHW", "float16"),
         ((1, 16, 16, 640), "NHWC", "bfloat16"),
+        ((2, 32, 32, 960), "NHWC", "bfloat16"),  # bf16 straddles where its clusters grow (2 to 8)
         ((1, 32, 512, 512), "NCHW", "float32"),
         ((1, 512, 128, 128), "NCHW", "bfloat16"),  # clusters of 8: bulk copies in and out
     ],

@@ -341,8 +341,9 @@ def groupnorm_plan(
             if t * cg % vmax == 0 and t * cg * itemsize >= 64:
                 before = _GnUnits(n, num_groups, cg, spatial, tile, v, itemsize)
                 after = _GnUnits(n, num_groups, cg, spatial, t, vmax, itemsize)
-                grown = after.cluster(sms, smem_optin) > max(2, before.cluster(sms, smem_optin))
-                if bf16 or not grown:
+                if bf16 or after.cluster(sms, smem_optin) <= max(
+                    2, before.cluster(sms, smem_optin)
+                ):
                     tile, v = t, vmax
                 break
             t *= 2

@@ -130,7 +130,8 @@ def test_groupnorm_silu_straddling_vectors(harness, gen, shape, dtype, cluster):
     props = torch.cuda.get_device_properties(0)
     plan = harness.groupnorm_plan(shape[0], c, shape[1] * shape[2], 32, True, itemsize, True,
                                   props.multi_processor_count,
-                                  props.shared_memory_per_block_optin, cluster=cluster)  # fmt: skip
+                                  props.shared_memory_per_block_optin, cluster=cluster,
+                                  bf16=dtype == "bfloat16")  # fmt: skip
     assert plan.vec == 16 // itemsize and (c // 32) % plan.vec and plan.tile > 1
     offset = (torch.arange(c, device="cuda") // (c // 32) % 5).to(torch.float32) * 3.0
     x = (_rand(shape, "float32", gen, 1.5) + offset).to(DTYPES[dtype])

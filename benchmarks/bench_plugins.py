@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import itertools
 import statistics
 from functools import partial
@@ -307,6 +308,104 @@ def bench_gn_l2(shapes, dtypes) -> list[str]:
             f"| {t_c:.4f} | {100 * t_c / t_on:.0f}% |"
         )
         print(rows[-1], flush=True)
+    return rows
+
+
+# A copy shaped like GroupNorm+SiLU's launch: each block reads its contiguous share of the tensor
+# into shared memory, waits on its cluster's barrier, then writes the share out. No statistics,
+# no math: the cost of "read everything, one cross-block dependency, write everything" in one
+# wave at the planner's geometry, the floor of any kernel built that way.
+_SERIAL_COPY = r"""
+template <int CS>
+__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(512, 2)
+serial_copy(const uint4* __restrict__ x, uint4* __restrict__ y, unsigned per, unsigned n16) {
+  extern __shared__ uint4 buf[];
+  const unsigned start = blockIdx.x * per, end = min(n16, start + per), bs = blockDim.x;
+  for (unsigned v = start + threadIdx.x; v < end; v += 4 * bs) {
+    uint4 p[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (v + u * bs < end) p[u] = x[v + u * bs];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (v + u * bs < end) buf[v + u * bs - start] = p[u];
+  }
+  if constexpr (CS == 1)
+    __syncthreads();
+  else
+    asm volatile("barrier.cluster.arrive.release.aligned;\n"
+                 "barrier.cluster.wait.acquire.aligned;" ::: "memory");
+  for (unsigned v = start + threadIdx.x; v < end; v += bs) y[v] = buf[v - start];
+}
+"""
+_SERIAL_CLUSTERS = (1, 2, 4, 8)
+
+
+@functools.cache
+def _serial_copy_module():
+    import cupy
+
+    names = [f"serial_copy<{cs}>" for cs in _SERIAL_CLUSTERS]
+    return cupy.RawModule(code=_SERIAL_COPY, options=("-std=c++17",), name_expressions=names)
+
+
+def _serial_copy_calls(xs, ys, blocks: int, threads: int, cluster: int) -> list | None:
+    """One serial_copy launch per input/output pair, or None where a block's share does not fit
+    in shared memory."""
+    import cupy
+    import numpy as np
+
+    n16 = xs[0].numel() * xs[0].element_size() // 16
+    per = -(-n16 // blocks)
+    smem = per * 16
+    if smem > torch.cuda.get_device_properties(0).shared_memory_per_block_optin:
+        return None
+    kern = _serial_copy_module().get_function(f"serial_copy<{cluster}>")
+    kern.max_dynamic_shared_size_bytes = smem
+
+    def launch(x, y):
+        with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+            args = (
+                np.uint64(x.data_ptr()),
+                np.uint64(y.data_ptr()),
+                np.uint32(per),
+                np.uint32(n16),
+            )
+            kern((blocks,), (threads,), args, shared_mem=smem)
+
+    return [partial(launch, x, y) for x, y in zip(xs, ys, strict=True)]
+
+
+def bench_gn_floor(shapes, cases) -> list[str]:
+    """GroupNorm+SiLU beside a copy shaped like its launch (_SERIAL_COPY: the planner's blocks,
+    threads and cluster, each block's share read whole, then written) and a plain copy: how much
+    of the gap to a copy is the one-wave read-then-write structure and how much the statistics."""
+    rows = [
+        "| shape | layout | dtype | plan | blocks | GroupNorm ms | serial copy ms | copy ms "
+        "| GroupNorm % of copy | serial copy % of copy | GroupNorm % of serial copy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for shape in shapes:
+        for layout, dt in cases:
+            dtype = getattr(torch, dt)
+            itemsize = torch.finfo(dtype).bits // 8
+            k = _sets(2 * torch.Size(shape).numel() * itemsize)
+            xs, ys, g, b = _gn_inputs(shape, dtype, layout, k)
+            plan = _gn_plan(shape, dt, layout)
+            blocks = shape[0] * 32 // plan.tile * plan.cluster
+            serial = _serial_copy_calls(xs, ys, blocks, plan.threads, plan.cluster)
+            t_gn = _time_graph(_gn_calls(xs, ys, g, b, layout))[0]
+            t_s = _time_graph(serial)[0] if serial else float("nan")
+            t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
+            rows.append(
+                f"| {'x'.join(map(str, shape))} | {layout} | {dt} "
+                f"| cs{plan.cluster}/{plan.threads}t/tile{plan.tile}/cache {plan.cached} "
+                f"| {blocks} | {t_gn:.4f} | {t_s:.4f} | {t_c:.4f} | {100 * t_c / t_gn:.0f}% "
+                f"| {100 * t_c / t_s:.0f}% | {100 * t_s / t_gn:.0f}% |"
+            )
+            print(rows[-1], flush=True)
+            del xs, ys
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -770,7 +869,17 @@ def main() -> None:
     ap.add_argument(
         "--gn-trace", action="store_true", help="GroupNorm+SiLU: where a launch spends its time"
     )
+    ap.add_argument(
+        "--gn-floor",
+        action="store_true",
+        help="GroupNorm+SiLU beside a copy shaped like its launch (read all, then write), only",
+    )
     ap.add_argument("--conv-only", action="store_true", help="Conv3d tables only")
+    ap.add_argument(
+        "--conv-all",
+        action="store_true",
+        help="Conv3d: the planner's launch against pad + cuDNN at every case, both layouts, only",
+    )
     ap.add_argument(
         "--conv-sweep", action="store_true", help="the Hopper wgmma Conv3d variant sweep only"
     )
@@ -843,6 +952,20 @@ def main() -> None:
         return
     if args.gn_trace:
         bench_gn_trace([(1, 512, 128, 128), (1, 256, 256, 256), (8, 320, 64, 64), (2, 320, 64, 64)])
+        return
+    if args.gn_floor:
+        cases = [("NCHW", "float16"), ("NCHW", "bfloat16"), ("NCHW", "float32")]
+        rows = bench_gn_floor(gn_shapes, cases + [("NHWC", "float16"), ("NHWC", "float32")])
+        print("\n# GroupNorm+SiLU against a copy shaped like its launch\n")
+        print("\n".join(rows))
+        return
+    if args.conv_all:
+        cases = list(dict.fromkeys(conv_cases + TMA_EXTRA_CASES + SMALL_CHANNEL_CASES))
+        cases = [c for c in cases if args.only in "x".join(map(str, c[0]))]
+        rows = bench_conv(cases, ["float16", "bfloat16"])
+        rows += bench_conv(cases, ["float16", "bfloat16"], channels_last=True)[2:]
+        print("\n# Conv3d summary\n")
+        print("\n".join(rows))
         return
     if args.conv_sweep:
         print("\n".join(sweep_conv_tiles(conv_cases)))

@@ -337,6 +337,43 @@ serial_copy(const uint4* __restrict__ x, uint4* __restrict__ y, unsigned per, un
                  "barrier.cluster.wait.acquire.aligned;" ::: "memory");
   for (unsigned v = start + threadIdx.x; v < end; v += bs) y[v] = buf[v - start];
 }
+
+// The same share read by bulk copies in PARTS consecutive parts, each completing its own
+// mbarrier: part k is waited for, the cluster synchronized and part k written while the later
+// parts' reads are still in flight (PARTS = 2: read-then-write pipelined over two halves).
+template <int CS, int PARTS>
+__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(512, 2)
+serial_copy_parts(const uint4* __restrict__ x, uint4* __restrict__ y, unsigned per, unsigned n16) {
+  using namespace latentrt;
+  extern __shared__ uint4 buf[];
+  __shared__ __align__(8) unsigned long long bar[PARTS];
+  const unsigned start = min(n16, blockIdx.x * per), nv = min(n16, start + per) - start;
+  const unsigned part = (nv + PARTS - 1) / PARTS;
+  if (threadIdx.x == 0) {
+    for (int k = 0; k < PARTS; ++k) mbar_init(smem_addr(&bar[k]), 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    for (unsigned k = 0; k < PARTS; ++k) {
+      const unsigned a = min(nv, k * part), b = min(nv, a + part);
+      if (b == a) {
+        mbar_arrive(smem_addr(&bar[k]));
+        continue;
+      }
+      mbar_expect_tx(smem_addr(&bar[k]), (b - a) * 16u);
+      bulk_load(smem_addr(buf + a), x + start + a, (b - a) * 16u, smem_addr(&bar[k]));
+    }
+  }
+  __syncthreads();
+  for (unsigned k = 0; k < PARTS; ++k) {
+    const unsigned a = min(nv, k * part), b = min(nv, a + part);
+    mbar_wait(smem_addr(&bar[k]), 0);
+    if constexpr (CS == 1)
+      __syncthreads();
+    else
+      asm volatile("barrier.cluster.arrive.release.aligned;\n"
+                   "barrier.cluster.wait.acquire.aligned;" ::: "memory");
+    for (unsigned v = a + threadIdx.x; v < b; v += blockDim.x) y[start + v] = buf[v];
+  }
+}
 """
 _SERIAL_CLUSTERS = (1, 2, 4, 8)
 
@@ -346,12 +383,18 @@ def _serial_copy_module():
     import cupy
 
     names = [f"serial_copy<{cs}>" for cs in _SERIAL_CLUSTERS]
-    return cupy.RawModule(code=_SERIAL_COPY, options=("-std=c++17",), name_expressions=names)
+    names += [f"serial_copy_parts<{cs}, {p}>" for cs in _SERIAL_CLUSTERS for p in (1, 2)]
+    common = (harness.CUDA_DIR / "common.cuh").read_text().replace("#pragma once", "")
+    options = ("-std=c++17", *harness.nvrtc_include_options())
+    code = common + _SERIAL_COPY
+    return cupy.RawModule(code=code, options=options, name_expressions=names)
 
 
-def _serial_copy_calls(xs, ys, blocks: int, threads: int, cluster: int) -> list | None:
-    """One serial_copy launch per input/output pair, or None where a block's share does not fit
-    in shared memory."""
+def _serial_copy_calls(
+    xs, ys, blocks: int, threads: int, cluster: int, parts: int = 0
+) -> list | None:
+    """One serial_copy launch per input/output pair (parts > 0: serial_copy_parts, read by bulk
+    copies in that many parts), or None where a block's share does not fit in shared memory."""
     import cupy
     import numpy as np
 
@@ -360,7 +403,8 @@ def _serial_copy_calls(xs, ys, blocks: int, threads: int, cluster: int) -> list 
     smem = per * 16
     if smem > torch.cuda.get_device_properties(0).shared_memory_per_block_optin:
         return None
-    kern = _serial_copy_module().get_function(f"serial_copy<{cluster}>")
+    name = f"serial_copy_parts<{cluster}, {parts}>" if parts else f"serial_copy<{cluster}>"
+    kern = _serial_copy_module().get_function(name)
     kern.max_dynamic_shared_size_bytes = smem
 
     def launch(x, y):
@@ -378,12 +422,15 @@ def _serial_copy_calls(xs, ys, blocks: int, threads: int, cluster: int) -> list 
 
 def bench_gn_floor(shapes, cases) -> list[str]:
     """GroupNorm+SiLU beside a copy shaped like its launch (_SERIAL_COPY: the planner's blocks,
-    threads and cluster, each block's share read whole, then written) and a plain copy: how much
-    of the gap to a copy is the one-wave read-then-write structure and how much the statistics."""
+    threads and cluster, each block's share read whole, then written; also read by bulk copies
+    in one part and in two, pipelined) and a plain copy: how much of the gap to a copy is the
+    one-wave read-then-write structure and how much the statistics."""
     rows = [
-        "| shape | layout | dtype | plan | blocks | GroupNorm ms | serial copy ms | copy ms "
-        "| GroupNorm % of copy | serial copy % of copy | GroupNorm % of serial copy |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| shape | layout | dtype | plan | blocks | GroupNorm ms | serial copy ms "
+        "| bulk, one part ms | bulk, two parts ms | copy ms "
+        "| GroupNorm % of copy | serial copy % of copy | GroupNorm % of serial copy "
+        "| two parts % of copy |",
+        "|" + " --- |" * 14,
     ]
     for shape in shapes:
         for layout, dt in cases:
@@ -395,13 +442,21 @@ def bench_gn_floor(shapes, cases) -> list[str]:
             blocks = shape[0] * 32 // plan.tile * plan.cluster
             serial = _serial_copy_calls(xs, ys, blocks, plan.threads, plan.cluster)
             t_gn = _time_graph(_gn_calls(xs, ys, g, b, layout))[0]
-            t_s = _time_graph(serial)[0] if serial else float("nan")
+            t_s, t_p1, t_p2 = (
+                _time_graph(calls)[0] if calls else float("nan")
+                for calls in (
+                    serial,
+                    _serial_copy_calls(xs, ys, blocks, plan.threads, plan.cluster, parts=1),
+                    _serial_copy_calls(xs, ys, blocks, plan.threads, plan.cluster, parts=2),
+                )
+            )
             t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
             rows.append(
                 f"| {'x'.join(map(str, shape))} | {layout} | {dt} "
                 f"| cs{plan.cluster}/{plan.threads}t/tile{plan.tile}/cache {plan.cached} "
-                f"| {blocks} | {t_gn:.4f} | {t_s:.4f} | {t_c:.4f} | {100 * t_c / t_gn:.0f}% "
-                f"| {100 * t_c / t_s:.0f}% | {100 * t_s / t_gn:.0f}% |"
+                f"| {blocks} | {t_gn:.4f} | {t_s:.4f} | {t_p1:.4f} | {t_p2:.4f} | {t_c:.4f} "
+                f"| {100 * t_c / t_gn:.0f}% | {100 * t_c / t_s:.0f}% | {100 * t_s / t_gn:.0f}% "
+                f"| {100 * t_c / t_p2:.0f}% |"
             )
             print(rows[-1], flush=True)
             del xs, ys

@@ -39,6 +39,7 @@ __all__ = [
     "groupnorm_silu",
     "kernel_module",
     "kernel_source",
+    "nvrtc_include_options",
     "pack_conv3d_weights",
 ]
 
@@ -63,15 +64,21 @@ def kernel_source(name: str) -> str:
     return text.replace('#include "common.cuh"', common)
 
 
+def nvrtc_include_options() -> list[str]:
+    """The -I option NVRTC needs for common.cuh's cuda_fp16.h / cuda_bf16.h (the CUDA toolkit's
+    include folder, from CUDA_PATH, CUDA_HOME or /usr/local/cuda), or none if none has them."""
+    for root in (os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if root and (Path(root) / "include" / "cuda_fp16.h").exists():
+            return [f"-I{Path(root) / 'include'}"]
+    return []
+
+
 @functools.cache
 def _module(name: str, defines: tuple[str, ...] = ()) -> Any:
     """plugins/cuda/<name> compiled by NVRTC, with `defines` as -D options (profiling builds)."""
     cupy = _cupy()
     options = [f"-D{d}" for d in defines]  # NVRTC 13 defaults to C++17, which the sources need
-    for root in (os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
-        if root and (Path(root) / "include" / "cuda_fp16.h").exists():
-            options.append(f"-I{Path(root) / 'include'}")
-            break
+    options += nvrtc_include_options()
     return cupy.RawModule(code=kernel_source(name), options=tuple(options))
 
 

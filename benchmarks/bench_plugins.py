@@ -1019,11 +1019,7 @@ def main() -> None:
         return
     if args.conv_all:
         cases = list(dict.fromkeys(conv_cases + TMA_EXTRA_CASES + SMALL_CHANNEL_CASES))
-        cases = [c for c in cases if args.only in "x".join(map(str, c[0]))]
-        rows = bench_conv(cases, ["float16", "bfloat16"])
-        rows += bench_conv(cases, ["float16", "bfloat16"], channels_last=True)[2:]
-        print("\n# Conv3d summary\n")
-        print("\n".join(rows))
+        conv_summary(cases, args.only, "Conv3d summary")
         return
     if args.conv_sweep:
         print("\n".join(sweep_conv_tiles(conv_cases)))
@@ -1044,11 +1040,7 @@ def main() -> None:
         print("\n".join(rows))
         return
     if args.conv_small:
-        cases = [c for c in SMALL_CHANNEL_CASES if args.only in "x".join(map(str, c[0]))]
-        rows = bench_conv(cases, ["float16", "bfloat16"])
-        rows += bench_conv(cases, ["float16", "bfloat16"], channels_last=True)[2:]
-        print("\n# small-channel summary\n")
-        print("\n".join(rows))
+        conv_summary(SMALL_CHANNEL_CASES, args.only, "small-channel summary")
         return
     if args.conv_only:
         conv_tables(conv_cases)
@@ -1134,6 +1126,16 @@ CONV_CASES = [
     ((1, 512, 5, 32, 32), 512),
 ]
 TMA_EXTRA_CASES = [((1, 384, 5, 60, 104), 384), ((1, 192, 9, 120, 208), 192)]
+
+
+def conv_summary(cases, only: str, title: str) -> None:
+    """bench_conv in both layouts, fp16 and bf16, over the cases whose input shape (e.g.
+    1x384x5x60x104) contains `only`, then the table."""
+    cases = [c for c in cases if only in "x".join(map(str, c[0]))]
+    rows = bench_conv(cases, ["float16", "bfloat16"])
+    rows += bench_conv(cases, ["float16", "bfloat16"], channels_last=True)[2:]
+    print(f"\n# {title}\n")
+    print("\n".join(rows))
 
 
 def conv_tables(conv_cases) -> None:

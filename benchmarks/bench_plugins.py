@@ -316,6 +316,8 @@ def bench_gn_l2(shapes, dtypes) -> list[str]:
 # no math: the cost of "read everything, one cross-block dependency, write everything" in one
 # wave at the planner's geometry, the floor of any kernel built that way.
 _SERIAL_COPY = r"""
+#include "common.cuh"
+
 template <int CS>
 __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(512, 2)
 serial_copy(const uint4* __restrict__ x, uint4* __restrict__ y, unsigned per, unsigned n16) {
@@ -384,9 +386,8 @@ def _serial_copy_module():
 
     names = [f"serial_copy<{cs}>" for cs in _SERIAL_CLUSTERS]
     names += [f"serial_copy_parts<{cs}, {p}>" for cs in _SERIAL_CLUSTERS for p in (1, 2)]
-    common = (harness.CUDA_DIR / "common.cuh").read_text().replace("#pragma once", "")
     options = ("-std=c++17", *harness.nvrtc_include_options())
-    code = common + _SERIAL_COPY
+    code = harness.inline_common(_SERIAL_COPY)
     return cupy.RawModule(code=code, options=options, name_expressions=names)
 
 
@@ -440,14 +441,12 @@ def bench_gn_floor(shapes, cases) -> list[str]:
             xs, ys, g, b = _gn_inputs(shape, dtype, layout, k)
             plan = _gn_plan(shape, dt, layout)
             blocks = shape[0] * 32 // plan.tile * plan.cluster
-            serial = _serial_copy_calls(xs, ys, blocks, plan.threads, plan.cluster)
             t_gn = _time_graph(_gn_calls(xs, ys, g, b, layout))[0]
-            t_s, t_p1, t_p2 = (
+            t_s, t_p1, t_p2 = (  # thread loads, bulk copies in one part, in two
                 _time_graph(calls)[0] if calls else float("nan")
                 for calls in (
-                    serial,
-                    _serial_copy_calls(xs, ys, blocks, plan.threads, plan.cluster, parts=1),
-                    _serial_copy_calls(xs, ys, blocks, plan.threads, plan.cluster, parts=2),
+                    _serial_copy_calls(xs, ys, blocks, plan.threads, plan.cluster, parts)
+                    for parts in (0, 1, 2)
                 )
             )
             t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]

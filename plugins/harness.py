@@ -37,6 +37,7 @@ __all__ = [
     "conv3d_tma_plan",
     "groupnorm_plan",
     "groupnorm_silu",
+    "inline_common",
     "kernel_module",
     "kernel_source",
     "nvrtc_include_options",
@@ -57,11 +58,15 @@ def _cupy() -> Any:
     return cupy
 
 
-def kernel_source(name: str) -> str:
-    """Source of plugins/cuda/<name> with its local #include "common.cuh" inlined (for NVRTC)."""
-    text = (CUDA_DIR / name).read_text()
+def inline_common(text: str) -> str:
+    """CUDA source `text` with its #include "common.cuh" replaced by the header (for NVRTC)."""
     common = (CUDA_DIR / "common.cuh").read_text().replace("#pragma once", "")
     return text.replace('#include "common.cuh"', common)
+
+
+def kernel_source(name: str) -> str:
+    """Source of plugins/cuda/<name> with its local #include "common.cuh" inlined (for NVRTC)."""
+    return inline_common((CUDA_DIR / name).read_text())
 
 
 def nvrtc_include_options() -> list[str]:

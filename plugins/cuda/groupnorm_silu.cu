@@ -210,6 +210,20 @@ __device__ __forceinline__ void fold_batch_split(WelfordStat& lo, WelfordStat& h
   if (nh > 0.0f) welford_merge(hi, nh, khi + h1 / nh, fmaxf(h2 - h1 * h1 / nh, 0.0f));
 }
 
+// One vector read from shared memory in one access: a Pack read as a struct may be split into
+// its elements (the bf16 bulk-store loop read each 16-byte vector by eight 2-byte loads).
+template <typename T, int V>
+__device__ __forceinline__ Pack<T, V> load_pack(const Pack<T, V>* p) {
+  if constexpr (sizeof(Pack<T, V>) == 16) {
+    const uint4 r = *reinterpret_cast<const uint4*>(p);
+    Pack<T, V> o;
+    memcpy(&o, &r, 16);
+    return o;
+  } else {
+    return *p;
+  }
+}
+
 // y = SiLU?(x * a[c] + b[c]) for one vector; its channels are c0 for every element
 // (channels-first) or c0, c0 + 1, ... (channels-last).
 template <typename T, int V, bool PER_ELEMENT>
@@ -396,7 +410,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
 #pragma unroll
         for (int u = 0; u < U; ++u)
           if (v0 + u * bs < b) {
-            p[u] = cache[v0 + u * bs];
+            p[u] = load_pack(&cache[v0 + u * bs]);
             ++valid;
           }
         fold_batch(st, p, valid);
@@ -497,7 +511,8 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
     for (unsigned k = 0; k < kBulkPieces; ++k) {
       const unsigned a = min(nv, k * piece), b = min(nv, a + piece);
       for (unsigned v = a + tid; v < b; v += bs)
-        cache[v] = scale_shift<T, V, false>(cache[v], s_a, s_b, ix.channel(start + v), act);
+        cache[v] = scale_shift<T, V, false>(load_pack(&cache[v]), s_a, s_b, ix.channel(start + v),
+                                            act);
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // visible to the TMA
       __syncthreads();
       if (tid == 0 && b > a)
@@ -522,7 +537,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
       for (int u = 0; u < U; ++u)
         if (v0 + u * bs < b) {
           const T* src = xg + ix.offset(v0 + u * bs);
-          p[u] = from_cache ? cache[v0 + u * bs - start]
+          p[u] = from_cache ? load_pack(&cache[v0 + u * bs - start])
                  : last_use ? load_l2<T, V>(src, l2_policy(false))
                             : *reinterpret_cast<const Pack<T, V>*>(src);
         }
@@ -743,7 +758,7 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
 #pragma unroll
       for (int u = 0; u < U; ++u)
         if (rr + u * R < b)
-          p[u] = from_cache ? cache[(rr + u * R - start) * VR + col]
+          p[u] = from_cache ? load_pack(&cache[(rr + u * R - start) * VR + col])
                             : *reinterpret_cast<const Pack<T, V>*>(xg + at(rr + u * R));
 #pragma unroll
       for (int u = 0; u < U; ++u)

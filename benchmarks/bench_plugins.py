@@ -801,37 +801,30 @@ def sweep_conv_im2col(cases, dtype: str = "float16") -> list[str]:
 
 
 def sweep_plans(shapes) -> list[str]:
-    """Fused GroupNorm+SiLU fp16 NCHW time per forced cluster size and block size."""
+    """Fused GroupNorm+SiLU fp16 NCHW time per forced cluster size and block size, each beside
+    the serial copy (_SERIAL_COPY) at the same geometry: does a geometry lift both?"""
     plans = [(cs, t) for cs in (1, 2, 4, 8) for t in (256, 512)]
     rows = [
-        "| shape | " + " | ".join(f"cs{cs}/{t}t" for cs, t in plans) + " | planner |",
-        "| --- |" + " --- |" * (len(plans) + 1),
+        "| shape | " + " | ".join(f"cs{cs}/{t}t" for cs, t in plans) + " | copy | planner |",
+        "| --- |" + " --- |" * (len(plans) + 2),
     ]
     for shape in shapes:
-        nbytes = torch.Size(shape).numel() * 2
-        k = _sets(2 * nbytes)
+        k = _sets(2 * torch.Size(shape).numel() * 2)
         xs, ys, g, b = _gn_inputs(shape, torch.float16, "NCHW", k)
         cells = []
         for cs, threads in plans:
-            fns = _gn_calls(xs, ys, g, b, cluster=cs, threads=threads)
-            cells.append(f"{_time_graph(fns)[0]:.4f}")
-        props = torch.cuda.get_device_properties(0)
-        plan = harness.groupnorm_plan(
-            shape[0],
-            shape[1],
-            shape[2] * shape[3],
-            32,
-            False,
-            2,
-            True,
-            props.multi_processor_count,
-            props.shared_memory_per_block_optin,
-        )
+            t_gn = _time_graph(_gn_calls(xs, ys, g, b, cluster=cs, threads=threads))[0]
+            copy = _serial_copy_calls(xs, ys, shape[0] * 32 * cs, threads, cs)
+            t_s = _time_graph(copy)[0] if copy else float("nan")
+            cells.append(f"{t_gn:.4f} ({t_s:.4f})")
+        t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
+        plan = _gn_plan(shape, "float16", "NCHW")
         rows.append(
-            f"| {'x'.join(map(str, shape))} | {' | '.join(cells)} "
+            f"| {'x'.join(map(str, shape))} | {' | '.join(cells)} | {t_c:.4f} "
             f"| cs{plan.cluster}/{plan.threads}t |"
         )
         print(rows[-1], flush=True)
+        del xs, ys
         torch.cuda.empty_cache()
     return rows
 
@@ -913,7 +906,7 @@ def main() -> None:
     ap.add_argument(
         "--gn-sweep",
         action="store_true",
-        help="GroupNorm+SiLU: forced cluster and block sizes only",
+        help="GroupNorm+SiLU: forced cluster and block sizes (serial copy beside), only",
     )
     ap.add_argument(
         "--gn-waves",
@@ -991,7 +984,7 @@ def main() -> None:
         return
     if args.gn_sweep:
         rows = sweep_plans(gn_shapes)
-        print("\n# GroupNorm+SiLU fp16: forced cluster and block sizes\n")
+        print("\n# GroupNorm+SiLU fp16: forced cluster and block sizes, ms (serial copy ms)\n")
         print("\n".join(rows))
         return
     if args.gn_waves:
@@ -1047,7 +1040,7 @@ def main() -> None:
     print("\n## GroupNorm+SiLU (32 groups)\n")
     gn = bench_groupnorm(gn_shapes, ["float16", "float32", "bfloat16"])
     gn += bench_groupnorm(gn_shapes, ["float16"], layout="NHWC")[2:]
-    print("\n## GroupNorm+SiLU fp16: forced cluster and block sizes\n")
+    print("\n## GroupNorm+SiLU fp16: forced cluster and block sizes, ms (serial copy ms)\n")
     sweep = sweep_plans(gn_shapes)
     if args.gn_only:
         print("\n# summary\n")

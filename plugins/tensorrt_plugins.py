@@ -550,6 +550,13 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
             self.plugin_name = self.op
             self.plugin_version = PLUGIN_VERSION
             self.timing_cache_id = attrs.timing_id()
+            # TensorRT reads the serialized fields after get_fields_to_serialize returns, and a
+            # PluginField points into its array without owning it: the plugin holds both.
+            self._field_arrays = attrs.to_fields()
+            self._fields = [
+                trt.PluginField(n, a, field_types[a.dtype]) for n, a in self._field_arrays
+            ]
+            self._field_collection = trt.PluginFieldCollection(self._fields)
 
         def get_capability_interface(self, type: Any) -> Any:
             return self
@@ -574,9 +581,13 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
             return None  # every enqueue gets its shapes in the tensor descriptors
 
         def get_fields_to_serialize(self) -> Any:
-            return trt.PluginFieldCollection(
-                [trt.PluginField(n, a, field_types[a.dtype]) for n, a in self.attrs.to_fields()]
-            )
+            return self._field_collection
+
+        def set_tactic(self, tactic: int) -> None:
+            # One tactic (none advertised): TensorRT still calls this with 0, and the Python
+            # binding fails the call where the method is missing.
+            if tactic != 0:
+                raise BackendError(f"{self.op}: no tactic {tactic}; the plugin advertises none")
 
         def attach_to_context(self, context: Any) -> Any:
             return self.clone()
@@ -696,12 +707,11 @@ def _make_creator(trt: Any, plugin_cls: type, attrs_cls: type, library: PluginLi
             self.name = plugin_cls.op
             self.plugin_namespace = PLUGIN_NAMESPACE
             self.plugin_version = PLUGIN_VERSION
-            self.field_names = trt.PluginFieldCollection(
-                [
-                    trt.PluginField(n, np.array([], dtype=t), field_types[t])
-                    for n, t in attrs_cls.FIELDS
-                ]
-            )
+            self._fields = [  # held, as the collection does not own them (see _Plugin)
+                trt.PluginField(n, np.array([], dtype=t), field_types[t])
+                for n, t in attrs_cls.FIELDS
+            ]
+            self.field_names = trt.PluginFieldCollection(self._fields)
 
         def create_plugin(self, name: str, fc: Any, phase: Any) -> Any:
             attrs = attrs_cls.from_fields((f.name, f.data) for f in fc)

@@ -90,6 +90,16 @@ def check_profile_shapes(
             )
 
 
+def _numpy_dtype(trt: Any, engine_name: str, tensor: str, dtype: Any) -> np.dtype:
+    """The numpy dtype of an engine's I/O tensor; bfloat16 (numpy has none) is refused by name."""
+    if dtype == trt.DataType.BF16:
+        raise BackendError(
+            f"{engine_name}: tensor {tensor!r} is bfloat16, which numpy cannot hold; build the "
+            "engine with fp32 inputs and outputs (latentrt build does for bf16 engines)"
+        )
+    return np.dtype(trt.nptype(dtype))
+
+
 class TrtComponent:
     """One component's TensorRT engine and execution context, called with named numpy inputs."""
 
@@ -106,7 +116,7 @@ class TrtComponent:
         is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.input_names = [n for n in names if is_input[n]]
         self.output_names = [n for n in names if not is_input[n]]
-        self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        self._dtypes = {n: _numpy_dtype(trt, name, n, engine.get_tensor_dtype(n)) for n in names}
         self.profile = {
             n: tuple(tuple(int(v) for v in s) for s in engine.get_tensor_profile_shape(n, 0))
             for n in self.input_names

@@ -13,6 +13,7 @@ import copy
 import json
 import sys
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import onnx
@@ -485,6 +486,81 @@ def test_clear_backend_error_without_tensorrt(tmp_path, monkeypatch):
         tp.register_plugins(tmp_path / "lib.so")
     assert not (b.root / "engines").exists()
     assert not list(b.root.glob(".build-*"))
+
+
+def _stand_in_trt() -> ModuleType:
+    """The few TensorRT names the plugin classes and the backend's engine wrapper touch, as plain
+    Python: these tests check our side of the binding's contract, the `tensorrt` ones TensorRT's."""
+
+    def base(name: str) -> type:
+        return type(name, (), {"__init__": lambda self: None})
+
+    class PluginField:
+        def __init__(self, name: str, data: np.ndarray, kind: str) -> None:
+            self.name, self.data, self.type = name, data, kind
+
+    def nptype(dt: str) -> type:  # trt.nptype raises TypeError for BF16: numpy has none
+        return {"FLOAT": np.float32, "HALF": np.float16}[dt]
+
+    trt = ModuleType("tensorrt_stand_in")  # a module, as _plugin_classes caches by it
+    trt.__dict__.update(
+        IPluginV3=base("IPluginV3"),
+        IPluginV3OneCore=base("IPluginV3OneCore"),
+        IPluginV3OneBuild=base("IPluginV3OneBuild"),
+        IPluginV3OneRuntime=base("IPluginV3OneRuntime"),
+        DataType=SimpleNamespace(FLOAT="FLOAT", HALF="HALF", BF16="BF16"),
+        PluginFieldType=SimpleNamespace(INT32="INT32", FLOAT32="FLOAT32"),
+        TensorFormat=SimpleNamespace(LINEAR="LINEAR", DHWC8="DHWC8"),
+        TensorIOMode=SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT"),
+        PluginField=PluginField,
+        PluginFieldCollection=list,
+        nptype=nptype,
+    )
+    return trt
+
+
+def test_plugins_own_their_serialized_fields_and_take_the_default_tactic():
+    # TensorRT reads the fields after get_fields_to_serialize returns, and a PluginField does not
+    # own its array; it calls set_tactic(0) even where no tactics are advertised, and the Python
+    # binding fails that call where the method is missing.
+    classes = tp._plugin_classes(_stand_in_trt())
+    cases = {
+        tp.CONV3D: tp.Conv3dAttrs((0, 1, 1, 0, 1, 1), (1, 2, 2), (1, 1, 1), 1),
+        tp.GROUPNORM_SILU: tp.GroupNormSiLUAttrs(16, 0.25, 0),
+    }
+    for name, attrs in cases.items():
+        plugin = classes[name][0](attrs, _RecordingLibrary())
+        fields = plugin.get_fields_to_serialize()
+        assert fields is plugin.get_fields_to_serialize()
+        assert all(any(f.data is a for _, a in plugin._field_arrays) for f in fields)
+        assert type(attrs).from_fields((f.name, f.data) for f in fields) == attrs
+        twin = plugin.clone().get_fields_to_serialize()
+        assert type(attrs).from_fields((f.name, f.data) for f in twin) == attrs
+        assert plugin.set_tactic(0) is None
+        with pytest.raises(BackendError, match="no tactic 3"):
+            plugin.set_tactic(3)
+
+
+def test_bfloat16_engine_tensors_are_refused_by_name():
+    trt = _stand_in_trt()
+
+    class Engine:
+        num_io_tensors = 1
+
+        def create_execution_context(self) -> object:
+            return object()
+
+        def get_tensor_name(self, i: int) -> str:
+            return "latent"
+
+        def get_tensor_mode(self, name: str) -> str:
+            return trt.TensorIOMode.INPUT
+
+        def get_tensor_dtype(self, name: str) -> str:
+            return trt.DataType.BF16
+
+    with pytest.raises(BackendError, match="vae_decoder: tensor 'latent' is bfloat16"):
+        backend.TrtComponent("vae_decoder", Engine(), None, trt, None)
 
 
 # --- GPU, no TensorRT: the launches enqueue makes -----------------------------------------------

@@ -3,7 +3,9 @@
 Each component's ONNX graph goes through polygraphy (TensorRT's ONNX parser and builder) with
 one optimization profile taken from the bundle's manifest `shapes` (the UNet sees twice the
 batch under classifier-free guidance; text encoders see every prompt window as a batch row),
-a timing cache kept beside the plans, and refittable weights (LoRA). Precision: at the bundle's
+a timing cache kept beside the plans, and refittable weights (LoRA; TensorRT 11.3's documentation
+lists a known issue: with BuilderFlag.REFIT a GEMM bias may be dropped even when no refit is
+done). Precision: at the bundle's
 own precision the network is strongly typed (the ONNX graph's fp32/fp16 types are kept, which
 is all TensorRT 11 allows); a lower precision than the bundle's (fp16 or bf16 engines from an
 fp32 bundle) uses TensorRT 10's weak-typing builder flags. The `latentrt` plugin nodes (GroupNormSiLU, Conv3d) are served by the plugin
@@ -290,7 +292,11 @@ def _build_plan(poly: Any, onnx_path: Path, profile: Profile, options: dict, tim
     trt_profile = poly.Profile()
     for name, (lo, opt, hi) in profile.items():
         trt_profile.add(name, min=lo, opt=opt, max=hi)
-    kwargs: dict[str, Any] = {"profiles": [trt_profile], "refittable": True, "tf32": False}
+    kwargs: dict[str, Any] = {
+        "profiles": [trt_profile],
+        "refittable": options["refittable"],
+        "tf32": options["tf32"],
+    }
     if not strong and options["precision"] in ("fp16", "bf16"):
         kwargs[options["precision"]] = True
     if timing.is_file():

@@ -174,6 +174,39 @@ def _options(manifest: dict, name: str = "unet", precision: str = "fp16") -> dic
     return build.build_options(precision, build.tensorrt_profiles(manifest)[name], "digest")
 
 
+@pytest.mark.parametrize(("precision", "strong"), [("fp32", True), ("fp16", False)])
+def test_plans_are_built_with_the_options_they_are_keyed_on(tmp_path, precision, strong):
+    made = {}
+
+    class Poly:  # polygraphy's loaders, recording what the build asks of them
+        class Profile(dict):
+            def add(self, name, min, opt, max):
+                self[name] = (min, opt, max)
+
+        def network_from_onnx_path(self, path, strongly_typed):
+            made["network"] = (path, strongly_typed)
+            return "network"
+
+        def CreateConfig(self, **kwargs):  # noqa: N802 (polygraphy's name)
+            made["config"] = kwargs
+            return "config"
+
+        def engine_bytes_from_network(self, network, config, save_timing_cache):
+            made["timing"] = save_timing_cache
+            return b"plan"
+
+    profile = build.tensorrt_profiles(SD1_MANIFEST)["unet"]
+    options = build.build_options(precision, profile, None, strong)
+    onnx_path, timing = tmp_path / "unet.onnx", tmp_path / "timing.cache"
+    assert build._build_plan(Poly(), onnx_path, profile, options, timing) == b"plan"
+    config = made["config"]
+    assert made["network"] == (str(onnx_path), strong)
+    assert (config["refittable"], config["tf32"]) == (options["refittable"], options["tf32"])
+    assert config.get("fp16", False) == (not strong)
+    assert dict(config["profiles"][0]) == dict(profile)
+    assert made["timing"] == str(timing) and "load_timing_cache" not in config
+
+
 def test_engine_key_tracks_onnx_options_version_and_device(tmp_path):
     b = _fake_bundle(tmp_path / "a", SD1_MANIFEST)
     key = build.engine_key(

@@ -5,11 +5,11 @@ one optimization profile taken from the bundle's manifest `shapes` (the UNet see
 batch under classifier-free guidance; text encoders see every prompt window as a batch row),
 a timing cache kept beside the plans, and refittable weights (LoRA; TensorRT 11.3's documentation
 lists a known issue: with BuilderFlag.REFIT a GEMM bias may be dropped even when no refit is
-done). Precision: at the bundle's
-own precision the network is strongly typed (the ONNX graph's fp32/fp16 types are kept, which
-is all TensorRT 11 allows); a lower precision than the bundle's (fp16 or bf16 engines from an
-fp32 bundle) uses TensorRT 10's weak-typing builder flags. The `latentrt` plugin nodes (GroupNormSiLU, Conv3d) are served by the plugin
-library built from `plugins/cuda/*.cu`, which is kept beside the plans too.
+done). Precision: at the bundle's own precision the network is strongly typed (the ONNX graph's
+fp32/fp16 types are kept, which is all TensorRT 11 allows); a lower precision than the bundle's
+(fp16 or bf16 engines from an fp32 bundle) uses TensorRT 10's weak-typing builder flags. The
+`latentrt` plugin nodes (GroupNormSiLU, Conv3d) are served by the plugin library built from
+`plugins/cuda/*.cu`, which is kept beside the plans too.
 
 As for the ORT targets (`runtime/build.py`), a key over the ONNX file's sha256, the build
 options, the TensorRT version and the GPU decides whether a plan is current; index.json records

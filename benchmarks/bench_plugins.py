@@ -171,7 +171,7 @@ def bench_gn_cache(shapes, dtypes) -> list[str]:
         "| shape | dtype | plan | loads ms | bulk ms | bulk+store ms | copy ms | best % of copy |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for shape, dt, _itemsize, k, xs, ys, g, b in _gn_cases(shapes, dtypes):
+    for shape, dt, _itemsize, _k, xs, ys, g, b in _gn_cases(shapes, dtypes):
         plan = _gn_plan(shape, dt, "NCHW")
         times = []
         for cache in (1, 2, 3):
@@ -180,7 +180,7 @@ def bench_gn_cache(shapes, dtypes) -> list[str]:
                 continue
             calls = _gn_calls(xs, ys, g, b, cache=cache)
             times.append(_time_graph(calls)[0])
-        t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
+        t_c = _copy_ms(xs, ys)
         rows.append(
             f"| {'x'.join(map(str, shape))} | {dt} | cs{plan.cluster}/{plan.threads}t "
             f"| {times[0]:.4f} | {times[1]:.4f} | {times[2]:.4f} | {t_c:.4f} "
@@ -215,7 +215,7 @@ def bench_gn_partial(shapes, dtypes) -> list[str]:
         + " | two reads | copy | planner % of copy |",
         "| --- |" + " --- |" * (len(PARTIAL_PLANS) + 6),
     ]
-    for shape, dt, _itemsize, k, xs, ys, g, b in _gn_cases(shapes, dtypes):
+    for shape, dt, _itemsize, _k, xs, ys, g, b in _gn_cases(shapes, dtypes):
         plan = _gn_plan(shape, dt, "NCHW")
         t_plan = _time_graph(_gn_calls(xs, ys, g, b))[0]
         cells = []
@@ -223,7 +223,7 @@ def bench_gn_partial(shapes, dtypes) -> list[str]:
             calls = _gn_calls(xs, ys, g, b, cluster=cs, threads=threads, per_sm=per_sm)
             cells.append(f"{_time_graph(calls)[0]:.4f}")
         t_two = _time_graph(_gn_calls(xs, ys, g, b, cluster=8, cache=0))[0]
-        t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
+        t_c = _copy_ms(xs, ys)
         n, c, h, w = shape
         slice_ = -(-(c // 32 * h * w // plan.vec) // plan.cluster)
         rows.append(
@@ -294,14 +294,14 @@ def bench_gn_l2(shapes, dtypes) -> list[str]:
         "| shape | dtype | plan | no hints ms | hints ms | no hints / hints | copy ms | % of copy |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for shape, dt, _itemsize, k, xs, ys, g, b in _gn_cases(shapes, dtypes):
+    for shape, dt, _itemsize, _k, xs, ys, g, b in _gn_cases(shapes, dtypes):
         plan = _gn_plan(shape, dt, "NCHW")
         runs = {NO_L2_HINTS: [], (): []}
         for _ in range(3):
             for defines, times in runs.items():
                 times.append(_time_graph(_gn_calls(xs, ys, g, b, defines=defines))[0])
         t_off, t_on = (statistics.median(v) for v in runs.values())
-        t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
+        t_c = _copy_ms(xs, ys)
         rows.append(
             f"| {'x'.join(map(str, shape))} | {dt} | cs{plan.cluster}/{plan.threads}t cache "
             f"{plan.cached} cap {plan.cap} | {t_off:.4f} | {t_on:.4f} | {t_off / t_on:.3f} "
@@ -391,11 +391,15 @@ def _serial_copy_module():
     return cupy.RawModule(code=code, options=options, name_expressions=names)
 
 
-def _serial_copy_calls(
-    xs, ys, blocks: int, threads: int, cluster: int, parts: int = 0
-) -> list | None:
-    """One serial_copy launch per input/output pair (parts > 0: serial_copy_parts, read by bulk
-    copies in that many parts), or None where a block's share does not fit in shared memory."""
+def _copy_ms(xs, ys) -> float:
+    """Milliseconds per device-to-device copy of xs[i] into ys[i], timed as the kernels are."""
+    return _time_graph([partial(y.copy_, x) for x, y in zip(xs, ys, strict=True)])[0]
+
+
+def _serial_copy_ms(xs, ys, blocks: int, threads: int, cluster: int, parts: int = 0) -> float:
+    """Milliseconds per serial_copy launch over the input/output pairs (parts > 0:
+    serial_copy_parts, read by bulk copies in that many parts); NaN where a block's share does
+    not fit in shared memory."""
     import cupy
     import numpy as np
 
@@ -403,7 +407,7 @@ def _serial_copy_calls(
     per = -(-n16 // blocks)
     smem = per * 16
     if smem > torch.cuda.get_device_properties(0).shared_memory_per_block_optin:
-        return None
+        return float("nan")
     name = f"serial_copy_parts<{cluster}, {parts}>" if parts else f"serial_copy<{cluster}>"
     kern = _serial_copy_module().get_function(name)
     kern.max_dynamic_shared_size_bytes = smem
@@ -418,7 +422,7 @@ def _serial_copy_calls(
             )
             kern((blocks,), (threads,), args, shared_mem=smem)
 
-    return [partial(launch, x, y) for x, y in zip(xs, ys, strict=True)]
+    return _time_graph([partial(launch, x, y) for x, y in zip(xs, ys, strict=True)])[0]
 
 
 def bench_gn_floor(shapes, cases) -> list[str]:
@@ -443,13 +447,10 @@ def bench_gn_floor(shapes, cases) -> list[str]:
             blocks = shape[0] * 32 // plan.tile * plan.cluster
             t_gn = _time_graph(_gn_calls(xs, ys, g, b, layout))[0]
             t_s, t_p1, t_p2 = (  # thread loads, bulk copies in one part, in two
-                _time_graph(calls)[0] if calls else float("nan")
-                for calls in (
-                    _serial_copy_calls(xs, ys, blocks, plan.threads, plan.cluster, parts)
-                    for parts in (0, 1, 2)
-                )
+                _serial_copy_ms(xs, ys, blocks, plan.threads, plan.cluster, parts)
+                for parts in (0, 1, 2)
             )
-            t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
+            t_c = _copy_ms(xs, ys)
             rows.append(
                 f"| {'x'.join(map(str, shape))} | {layout} | {dt} "
                 f"| cs{plan.cluster}/{plan.threads}t/tile{plan.tile}/cache {plan.cached} "
@@ -518,7 +519,7 @@ def bench_gn_trace(shapes, dtype: str = "float16") -> list[str]:
         tr = _trace_array(mod)
         t_plain = _time_graph(_gn_calls(xs, ys, g, b))[0]
         t_trace = _time_graph(_gn_calls(xs, ys, g, b, defines=TRACE))[0]
-        t_copy = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
+        t_copy = _copy_ms(xs, ys)
         runs = []
         for i in range(k):  # each input last touched k launches ago: not in L2
             tr.fill(0)
@@ -814,10 +815,9 @@ def sweep_plans(shapes) -> list[str]:
         cells = []
         for cs, threads in plans:
             t_gn = _time_graph(_gn_calls(xs, ys, g, b, cluster=cs, threads=threads))[0]
-            copy = _serial_copy_calls(xs, ys, shape[0] * 32 * cs, threads, cs)
-            t_s = _time_graph(copy)[0] if copy else float("nan")
+            t_s = _serial_copy_ms(xs, ys, shape[0] * 32 * cs, threads, cs)
             cells.append(f"{t_gn:.4f} ({t_s:.4f})")
-        t_c = _time_graph([partial(ys[i].copy_, xs[i]) for i in range(k)])[0]
+        t_c = _copy_ms(xs, ys)
         plan = _gn_plan(shape, "float16", "NCHW")
         rows.append(
             f"| {'x'.join(map(str, shape))} | {' | '.join(cells)} | {t_c:.4f} "

@@ -44,6 +44,34 @@ def test_compiles_for_sm90_without_warnings(name, arch, tmp_path):
 @pytest.mark.skipif(
     find_nvcc() is None, reason="nvcc (CUDA toolkit) is not installed on this machine"
 )
+@pytest.mark.parametrize(
+    "define", ["LATENTRT_GN_TRACE", "LATENTRT_GN_NO_STATS", "LATENTRT_GN_NO_L2_HINTS"]
+)
+def test_groupnorm_profiling_builds_compile_without_warnings(define, tmp_path):
+    # The builds benchmarks/bench_plugins.py times (--gn-trace, --gn-attrib, --gn-l2); to PTX,
+    # where the front end's warnings are.
+    cmd = [
+        find_nvcc(),
+        "-arch=sm_90",
+        f"-D{define}",
+        "-std=c++17",
+        "-Werror",
+        "all-warnings",
+        "-ptx",
+        str(CUDA_DIR / "groupnorm_silu.cu"),
+        "-o",
+        str(tmp_path / "k.ptx"),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    output = res.stdout + res.stderr
+    assert res.returncode == 0, output
+    assert "warning" not in output.lower(), output
+    assert ".entry latentrt_gn_silu_nchw_f16_c1" in (tmp_path / "k.ptx").read_text()
+
+
+@pytest.mark.skipif(
+    find_nvcc() is None, reason="nvcc (CUDA toolkit) is not installed on this machine"
+)
 def test_c_launcher_tma_plan_matches_the_harness(tmp_path):
     # The C launcher (what a TensorRT plugin calls) and the Python harness pick the TMA kernel's
     # tile variant, box, cluster size and stream-K split each in their own code; host-only, so no GPU is needed.

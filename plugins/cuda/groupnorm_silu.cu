@@ -450,6 +450,17 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
   // Block reduction.
   const unsigned lane = tid & 31u;
   const unsigned warp = tid >> 5;
+#ifdef LATENTRT_GN_NO_STATS
+  // Profiling build (benchmarks/bench_plugins.py --gn-attrib): no statistics, mean 0 and rstd 1.
+  // The launch times everything but the reductions and the exchange, so it bounds what any way
+  // of computing the statistics could save. Its output is not a GroupNorm.
+  if constexpr (CS > 1) cluster_wait();
+  if (tid == 0) {
+    s_final[0] = 0.0f;
+    s_final[1] = 1.0f;
+  }
+  (void)lane, (void)warp, (void)st, (void)s_warp, (void)s_peer;
+#else
   stat_warp_reduce(st);
   if (lane == 0) {
     s_warp[warp][0] = st.n;
@@ -494,6 +505,7 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
       }
     }
   }
+#endif  // LATENTRT_GN_NO_STATS
   __syncthreads();
   LRT_GN_MARK(3);
   const float mean = s_final[0];

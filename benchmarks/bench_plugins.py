@@ -464,6 +464,57 @@ def bench_gn_floor(shapes, cases) -> list[str]:
     return rows
 
 
+NO_STATS = ("LATENTRT_GN_NO_STATS",)
+
+
+def bench_gn_attrib(cases) -> list[str]:
+    """What GroupNorm+SiLU spends beyond the serial copy at its geometry: the launch as is,
+    without SiLU (activation 0) and without statistics (the LATENTRT_GN_NO_STATS profiling
+    build, mean 0 and rstd 1, not a GroupNorm: a bound on what any way of computing them could
+    save); three alternating rounds, medians. One-group plans that cache the slice only (the
+    channels-last tile body has no such build; without a cache, pass 1 only feeds the statistics
+    and the build would drop that read too)."""
+    rows = [
+        "| shape | layout | dtype | plan | GroupNorm ms | no SiLU ms | no statistics ms "
+        "| serial copy ms | copy ms | GroupNorm % of copy | no statistics % of copy "
+        "| statistics' share of GroupNorm |",
+        "|" + " --- |" * 12,
+    ]
+    for shape, layout, dt in cases:
+        dtype = getattr(torch, dt)
+        plan = _gn_plan(shape, dt, layout)
+        if plan.tile != 1 or plan.cached == 0:  # uncached: the build would drop a whole read
+            continue
+        k = _sets(2 * torch.Size(shape).numel() * dtype.itemsize)
+        xs, ys, g, b = _gn_inputs(shape, dtype, layout, k)
+        gn = harness.groupnorm_silu
+        variants = {
+            (act, defines): [
+                partial(gn, x, g, b, 32, 1e-5, act, layout, out=y, stream=_CURRENT, defines=defines)
+                for x, y in zip(xs, ys, strict=True)
+            ]
+            for act, defines in ((1, ()), (0, ()), (1, NO_STATS))
+        }
+        times = {key: [] for key in variants}
+        for _ in range(3):
+            for key, calls in variants.items():
+                times[key].append(_time_graph(calls)[0])
+        t_gn, t_act0, t_ns = (statistics.median(v) for v in times.values())
+        blocks = shape[0] * 32 * plan.cluster
+        t_s = _serial_copy_ms(xs, ys, blocks, plan.threads, plan.cluster)
+        t_c = _copy_ms(xs, ys)
+        rows.append(
+            f"| {'x'.join(map(str, shape))} | {layout} | {dt} "
+            f"| cs{plan.cluster}/{plan.threads}t/cache {plan.cached} | {t_gn:.4f} | {t_act0:.4f} "
+            f"| {t_ns:.4f} | {t_s:.4f} | {t_c:.4f} | {100 * t_c / t_gn:.0f}% "
+            f"| {100 * t_c / t_ns:.0f}% | {100 * (1 - t_ns / t_gn):.0f}% |"
+        )
+        print(rows[-1], flush=True)
+        del xs, ys
+        torch.cuda.empty_cache()
+    return rows
+
+
 TRACE = ("LATENTRT_GN_TRACE",)
 # kTraceMarks: entry, loads issued, slice folded, statistics final, exit, then inside the
 # statistics phase: peers' barriers initialized, own statistics sent, peers' ones received
@@ -514,7 +565,7 @@ def bench_gn_trace(shapes, dtype: str = "float16") -> list[str]:
         nbytes = torch.Size(shape).numel() * itemsize
         k = _sets(2 * nbytes)
         xs, ys, g, b = _gn_inputs(shape, dt, "NCHW", k)
-        plan = _gn_plan(shape, dt, "NCHW")
+        plan = _gn_plan(shape, dtype, "NCHW")
         blocks = shape[0] * 32 * plan.cluster
         tr = _trace_array(mod)
         t_plain = _time_graph(_gn_calls(xs, ys, g, b))[0]
@@ -924,6 +975,11 @@ def main() -> None:
         action="store_true",
         help="GroupNorm+SiLU beside a copy shaped like its launch (read all, then write), only",
     )
+    ap.add_argument(
+        "--gn-attrib",
+        action="store_true",
+        help="GroupNorm+SiLU without SiLU and without statistics (a profiling build), only",
+    )
     ap.add_argument("--conv-only", action="store_true", help="Conv3d tables only")
     ap.add_argument(
         "--conv-all",
@@ -1007,6 +1063,13 @@ def main() -> None:
         cases = [("NCHW", "float16"), ("NCHW", "bfloat16"), ("NCHW", "float32")]
         rows = bench_gn_floor(gn_shapes, cases + [("NHWC", "float16"), ("NHWC", "float32")])
         print("\n# GroupNorm+SiLU against a copy shaped like its launch\n")
+        print("\n".join(rows))
+        return
+    if args.gn_attrib:
+        cases = [(s, "NCHW", dt) for s in gn_shapes for dt in ("float16", "bfloat16", "float32")]
+        cases += [(s, "NHWC", dt) for s in gn_shapes for dt in ("float16", "float32")]
+        rows = bench_gn_attrib(cases)
+        print("\n# GroupNorm+SiLU: without SiLU, without statistics\n")
         print("\n".join(rows))
         return
     if args.conv_all:

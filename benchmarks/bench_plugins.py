@@ -549,7 +549,7 @@ def _phases(tr, blocks: int) -> dict[str, float]:
     out["stats - folded p50 cycles"] = float(np.median(clk[:, 3] - clk[:, 2]))
     steps = [(2, 5, "ready"), (5, 6, "sent"), (6, 7, "received"), (7, 3, "final")]
     for a, b, name in steps:
-        if (tr[:blocks, TRACE_MARKS + b] != 0).all():  # marks 7 only in clusters
+        if (tr[:blocks, [TRACE_MARKS + a, TRACE_MARKS + b]] != 0).all():  # 7 only in clusters
             out[f"{name} cycles p50"] = float(np.median(clk[:, b] - clk[:, a]))
     out["SMs"] = len(set(tr[:blocks, 2 * TRACE_MARKS].tolist()))
     return out

@@ -60,12 +60,14 @@ struct WelfordStat {
   float m2;
 };
 
-// Chan et al.'s merge of (nb, mb, m2b) into s.
+// Chan et al.'s merge of (nb, mb, m2b) into s. The statistics' divides are approximate
+// (__fdividef, 2 ulp): the folds sit on the loads' path, and IEEE divides there cost channels-last
+// tiles and bulk-copy plans 1-8% on H100 (BENCHMARKS.md, eighteenth session).
 __device__ __forceinline__ void welford_merge(WelfordStat& s, float nb, float mb, float m2b) {
   const float n = s.n + nb;
   if (n == 0.0f) return;
   const float d = mb - s.mean;
-  const float f = nb / n;
+  const float f = __fdividef(nb, n);
   s.mean += d * f;
   s.m2 += m2b + d * d * s.n * f;
   s.n = n;
@@ -178,7 +180,8 @@ __device__ __forceinline__ void fold_batch(WelfordStat& st, const Pack<T, V> (&p
     }
   }
   const float nb = static_cast<float>(valid * V);
-  welford_merge(st, nb, k + s1 / nb, fmaxf(s2 - s1 * s1 / nb, 0.0f));
+  const float q = __fdividef(s1, nb);
+  welford_merge(st, nb, k + q, fmaxf(s2 - s1 * q, 0.0f));
 }
 
 // fold_batch for vectors that straddle two groups: elements [0, k) go to `lo`, [k, V) to `hi`
@@ -205,9 +208,13 @@ __device__ __forceinline__ void fold_batch_split(WelfordStat& lo, WelfordStat& h
     }
   }
   const float nl = static_cast<float>(valid * k);
-  welford_merge(lo, nl, klo + l1 / nl, fmaxf(l2 - l1 * l1 / nl, 0.0f));
   const float nh = static_cast<float>(valid * (V - k));
-  if (nh > 0.0f) welford_merge(hi, nh, khi + h1 / nh, fmaxf(h2 - h1 * h1 / nh, 0.0f));
+  const float ql = __fdividef(l1, nl);
+  welford_merge(lo, nl, klo + ql, fmaxf(l2 - l1 * ql, 0.0f));
+  if (nh > 0.0f) {
+    const float qh = __fdividef(h1, nh);
+    welford_merge(hi, nh, khi + qh, fmaxf(h2 - h1 * qh, 0.0f));
+  }
 }
 
 // One vector read from shared memory in one access: a Pack read as a struct may be split into

@@ -84,6 +84,16 @@ def _time_graph(fn_list: list, reps: int = REPS) -> tuple[float, str]:
     return statistics.median(times), mode
 
 
+def _alternating_medians(variants: list[list], rounds: int = 3) -> list[float]:
+    """Milliseconds per call of each variant's callables (_time_graph), the variants timed in
+    turn `rounds` times and the median taken: A/B comparisons within one process."""
+    times = [[] for _ in variants]
+    for _ in range(rounds):
+        for calls, t in zip(variants, times, strict=True):
+            t.append(_time_graph(calls)[0])
+    return [statistics.median(t) for t in times]
+
+
 def _sets(nbytes: int) -> int:
     return max(2, min(64, ROTATE_BYTES // max(nbytes, 1)))
 
@@ -296,11 +306,9 @@ def bench_gn_l2(shapes, dtypes) -> list[str]:
     ]
     for shape, dt, _itemsize, _k, xs, ys, g, b in _gn_cases(shapes, dtypes):
         plan = _gn_plan(shape, dt, "NCHW")
-        runs = {NO_L2_HINTS: [], (): []}
-        for _ in range(3):
-            for defines, times in runs.items():
-                times.append(_time_graph(_gn_calls(xs, ys, g, b, defines=defines))[0])
-        t_off, t_on = (statistics.median(v) for v in runs.values())
+        t_off, t_on = _alternating_medians(
+            [_gn_calls(xs, ys, g, b, defines=defines) for defines in (NO_L2_HINTS, ())]
+        )
         t_c = _copy_ms(xs, ys)
         rows.append(
             f"| {'x'.join(map(str, shape))} | {dt} | cs{plan.cluster}/{plan.threads}t cache "
@@ -488,18 +496,15 @@ def bench_gn_attrib(cases) -> list[str]:
         k = _sets(2 * torch.Size(shape).numel() * dtype.itemsize)
         xs, ys, g, b = _gn_inputs(shape, dtype, layout, k)
         gn = harness.groupnorm_silu
-        variants = {
-            (act, defines): [
-                partial(gn, x, g, b, 32, 1e-5, act, layout, out=y, stream=_CURRENT, defines=defines)
-                for x, y in zip(xs, ys, strict=True)
+        t_gn, t_act0, t_ns = _alternating_medians(
+            [
+                [
+                    partial(gn, x, g, b, 32, 1e-5, act, layout, out=y, stream=_CURRENT, defines=d)
+                    for x, y in zip(xs, ys, strict=True)
+                ]
+                for act, d in ((1, ()), (0, ()), (1, NO_STATS))
             ]
-            for act, defines in ((1, ()), (0, ()), (1, NO_STATS))
-        }
-        times = {key: [] for key in variants}
-        for _ in range(3):
-            for key, calls in variants.items():
-                times[key].append(_time_graph(calls)[0])
-        t_gn, t_act0, t_ns = (statistics.median(v) for v in times.values())
+        )
         blocks = shape[0] * 32 * plan.cluster
         t_s = _serial_copy_ms(xs, ys, blocks, plan.threads, plan.cluster)
         t_c = _copy_ms(xs, ys)

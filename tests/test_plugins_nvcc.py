@@ -14,30 +14,31 @@ from latentrt.plugins import harness
 from latentrt.plugins.harness import CUDA_DIR, find_nvcc
 
 
+def _nvcc_without_warnings(*args: str) -> None:
+    """Runs nvcc (C++17, every warning an error) and fails on an error or any warning."""
+    cmd = [find_nvcc(), "-std=c++17", "-Werror", "all-warnings", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    output = res.stdout + res.stderr
+    assert res.returncode == 0, output
+    assert "warning" not in output.lower(), output
+
+
 @pytest.mark.skipif(
     find_nvcc() is None, reason="nvcc (CUDA toolkit) is not installed on this machine"
 )
 @pytest.mark.parametrize("arch", ["sm_90", "sm_90a"])
 @pytest.mark.parametrize("name", ["groupnorm_silu.cu", "conv3d.cu"])
 def test_compiles_for_sm90_without_warnings(name, arch, tmp_path):
-    cmd = [
-        find_nvcc(),
+    _nvcc_without_warnings(
         f"-arch={arch}",
         *(["-DLATENTRT_SM90A"] if arch == "sm_90a" else []),
-        "-std=c++17",
-        "-Werror",
-        "all-warnings",
         "-Xcompiler",
         "-Wall,-Wextra,-Werror",
         "-c",
         str(CUDA_DIR / name),
         "-o",
         str(tmp_path / "k.o"),
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    output = res.stdout + res.stderr
-    assert res.returncode == 0, output
-    assert "warning" not in output.lower(), output
+    )
     assert (tmp_path / "k.o").stat().st_size > 0
 
 
@@ -50,23 +51,11 @@ def test_compiles_for_sm90_without_warnings(name, arch, tmp_path):
 def test_groupnorm_profiling_builds_compile_without_warnings(define, tmp_path):
     # The builds benchmarks/bench_plugins.py times (--gn-trace, --gn-attrib, --gn-l2); to PTX,
     # where the front end's warnings are.
-    cmd = [
-        find_nvcc(),
-        "-arch=sm_90",
-        f"-D{define}",
-        "-std=c++17",
-        "-Werror",
-        "all-warnings",
-        "-ptx",
-        str(CUDA_DIR / "groupnorm_silu.cu"),
-        "-o",
-        str(tmp_path / "k.ptx"),
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    output = res.stdout + res.stderr
-    assert res.returncode == 0, output
-    assert "warning" not in output.lower(), output
-    assert ".entry latentrt_gn_silu_nchw_f16_c1" in (tmp_path / "k.ptx").read_text()
+    ptx = tmp_path / "k.ptx"
+    _nvcc_without_warnings(
+        "-arch=sm_90", f"-D{define}", "-ptx", str(CUDA_DIR / "groupnorm_silu.cu"), "-o", str(ptx)
+    )
+    assert ".entry latentrt_gn_silu_nchw_f16_c1" in ptx.read_text()
 
 
 @pytest.mark.skipif(

@@ -62,7 +62,7 @@ struct WelfordStat {
 
 // Chan et al.'s merge of (nb, mb, m2b) into s. The statistics' divides are approximate
 // (__fdividef, 2 ulp): the folds sit on the loads' path, and IEEE divides there cost channels-last
-// tiles and bulk-copy plans 1-8% on H100 (BENCHMARKS.md, eighteenth session).
+// tiles and bulk-copy plans 2-8% on H100 (BENCHMARKS.md, eighteenth session).
 __device__ __forceinline__ void welford_merge(WelfordStat& s, float nb, float mb, float m2b) {
   const float n = s.n + nb;
   if (n == 0.0f) return;

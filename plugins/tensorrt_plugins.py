@@ -10,10 +10,13 @@ TensorRT: the attribute (de)serialization, the output-shape arithmetic (written 
 abstract dimension algebra: ints on the CPU, IDimensionExpr inside TensorRT), the supported
 format combinations, the workspace size and the launches. TensorRT itself is imported lazily.
 
-Formats: both plugins take TensorRT's LINEAR (NCHW / NCDHW). Conv3d also takes DHWC8 for fp16 and
-bf16 when its input and output channel counts are multiples of 8: DHWC8 then holds exactly NDHWC,
-the layout the C launcher's channels-last kernels read (on Hopper, the TMA-fed kernel where Cin is a
-multiple of 64 and strides and dilations are 1, else the cp.async wgmma kernel).
+Formats: both plugins take TensorRT's LINEAR (NCHW / NCDHW). For fp16 and bf16 with channels in
+eights they also take the channel-vectorized formats, HWC8 at rank 4 and DHWC8 at rank 5, which then
+hold exactly NHWC / NDHWC: the layout the C launchers' channels-last kernels read. GroupNormSiLU
+takes them for x and y (gamma and beta stay LINEAR), so TensorRT needs no reformat around it between
+convolutions that run channels-last. Conv3d takes DHWC8 where its input and output channel counts
+are multiples of 8 (on Hopper, the TMA-fed kernel where Cin is a multiple of 64 and strides and
+dilations are 1, else the cp.async wgmma kernel).
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ __all__ = [
     "conv3d_output_dims",
     "conv3d_workspace_bytes",
     "format_supported",
+    "groupnorm_channels_last_positions",
     "import_tensorrt",
+    "layout_of",
     "register_plugins",
     "run_conv3d",
     "run_groupnorm_silu",
@@ -62,7 +67,10 @@ SUPPORTED_DTYPES = ("float32", "float16", "bfloat16")
 _SUFFIX = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 _ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 _LAYOUT_CHANNELS_FIRST = 0  # TensorFormat.LINEAR: NCHW / NCDHW
-_LAYOUT_CHANNELS_LAST = 1  # TensorFormat.DHWC8 with channels % 8 == 0: NDHWC
+_LAYOUT_CHANNELS_LAST = 1  # TensorFormat.HWC8 / DHWC8 with channels % 8 == 0: NHWC / NDHWC
+# The channel-vectorized format whose vector axis is the channel axis of an (N, C, ...) tensor of
+# that rank: TensorRT vectorizes axis -3 in HWC8 and axis -4 in DHWC8.
+_CHANNELS_LAST_FORMAT = {4: "HWC8", 5: "DHWC8"}
 _WORKSPACE_ALIGN = 256
 CUDA_DIR = Path(__file__).resolve().parent / "cuda"
 
@@ -281,6 +289,14 @@ def conv3d_output_dims(
     return out
 
 
+def layout_of(format_name: str, rank: int) -> str:
+    """The layout of a tensor in the TensorRT format named `format_name` (TensorFormat's member):
+    "linear", "channels_last" (HWC8 at rank 4, DHWC8 at rank 5) or "other"."""
+    if format_name == "LINEAR":
+        return "linear"
+    return "channels_last" if _CHANNELS_LAST_FORMAT.get(rank) == format_name else "other"
+
+
 def format_supported(
     pos: int,
     dtypes: Sequence[str | None],
@@ -306,6 +322,15 @@ def format_supported(
     elif fmt != "linear":
         return False
     return pos != num_inputs or fmt == formats[0]
+
+
+def groupnorm_channels_last_positions(x_shape: Sequence[int], num_inputs: int) -> tuple[int, ...]:
+    """Positions (x, y) where GroupNormSiLU takes channels-last: a 4-D or 5-D x whose channel
+    count is a known multiple of 8 (so HWC8 / DHWC8 hold it unpadded)."""
+    c = int(x_shape[1]) if len(x_shape) > 1 else -1
+    if len(x_shape) in _CHANNELS_LAST_FORMAT and c > 0 and c % 8 == 0:
+        return (0, num_inputs)
+    return ()
 
 
 def conv3d_channels_last_positions(w_shape: Sequence[int], num_inputs: int) -> tuple[int, ...]:
@@ -432,8 +457,10 @@ def run_groupnorm_silu(
     beta: int,
     y: int,
     stream: int,
+    channels_last: bool = False,
 ) -> None:
-    """Launch GroupNormSiLU on device pointers; x, y are (N, C, spatial...) in `dtype`."""
+    """Launch GroupNormSiLU on device pointers; x, y are (N, C, spatial...) in `dtype`, laid out
+    channels-first, or (N, spatial..., C) with `channels_last` (x_shape is logical either way)."""
     if len(x_shape) < 2 or x_shape[1] % attrs.num_groups:
         raise InputError(f"GroupNormSiLU: x {tuple(x_shape)} does not split into groups")
     n, c = int(x_shape[0]), int(x_shape[1])
@@ -451,7 +478,7 @@ def run_groupnorm_silu(
         attrs.num_groups,
         attrs.epsilon,
         attrs.activation,
-        _LAYOUT_CHANNELS_FIRST,
+        _LAYOUT_CHANNELS_LAST if channels_last else _LAYOUT_CHANNELS_FIRST,
         stream,
     )
 
@@ -528,10 +555,13 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
         np.dtype(np.float32): trt.PluginFieldType.FLOAT32,
     }
 
-    format_names = {trt.TensorFormat.LINEAR: "linear", trt.TensorFormat.DHWC8: "channels_last"}
-
     def dims(d: Any) -> tuple[int, ...]:
         return tuple(int(v) for v in d)
+
+    format_names = {getattr(trt.TensorFormat, n): n for n in ("LINEAR", "HWC8", "DHWC8")}
+
+    def layout(desc: Any) -> str:
+        return layout_of(format_names.get(desc.format, "other"), len(dims(desc.dims)))
 
     class _Plugin(
         trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IPluginV3OneRuntime
@@ -572,7 +602,7 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
             return format_supported(
                 pos,
                 [dtype_names.get(d.type) for d in descs],
-                [format_names.get(d.format, "other") for d in descs],
+                [layout(d) for d in descs],
                 num_inputs,
                 self.channels_last_positions(descs, num_inputs),
             )
@@ -615,6 +645,9 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
                 if len(shape) != 1 or (c > 0 and shape[0] not in (c, -1)):
                     raise InputError(f"GroupNormSiLU: {name} must be ({c},), got {shape}")
 
+        def channels_last_positions(self, descs: list, num_inputs: int) -> tuple[int, ...]:
+            return groupnorm_channels_last_positions(dims(descs[0].dims), num_inputs)
+
         def enqueue(self, in_desc, out_desc, inputs, outputs, workspace, stream) -> None:
             run_groupnorm_silu(
                 self.library,
@@ -626,6 +659,7 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
                 inputs[2],
                 outputs[0],
                 stream,
+                channels_last=layout(in_desc[0]) == "channels_last",
             )
 
     class Conv3dPlugin(_Plugin):
@@ -664,7 +698,7 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
 
         def get_workspace_size(self, inputs: list, outputs: list) -> int:
             dtype, w_shape = dtype_names[inputs[0].desc.type], dims(inputs[1].max)
-            last = inputs[0].desc.format == trt.TensorFormat.DHWC8
+            last = layout(inputs[0].desc) == "channels_last"
             spare = self.library.conv3d_spare_workspace_bytes(
                 self.attrs, dtype, dims(inputs[0].max), w_shape, last
             )
@@ -672,7 +706,7 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
 
         def enqueue(self, in_desc, out_desc, inputs, outputs, workspace, stream) -> None:
             dtype, w_shape = dtype_names[in_desc[0].type], dims(in_desc[1].dims)
-            last = in_desc[0].format == trt.TensorFormat.DHWC8
+            last = layout(in_desc[0]) == "channels_last"
             spare = self.library.conv3d_spare_workspace_bytes(
                 self.attrs, dtype, dims(in_desc[0].dims), w_shape, last
             )

@@ -464,6 +464,32 @@ def test_conv3d_takes_channels_last_for_16_bit_types_and_channels_in_eights():
     assert tp.conv3d_channels_last_positions((16, 8, 3, 3, 3), 2) == (0, 2)
 
 
+def test_layouts_of_tensorrt_formats_follow_the_rank():
+    # HWC8 vectorizes axis -3 and DHWC8 axis -4: the channel axis only at ranks 4 and 5.
+    assert tp.layout_of("LINEAR", 3) == tp.layout_of("LINEAR", 5) == "linear"
+    assert tp.layout_of("HWC8", 4) == tp.layout_of("DHWC8", 5) == "channels_last"
+    assert tp.layout_of("HWC8", 5) == "other"  # would vectorize D
+    assert tp.layout_of("DHWC8", 4) == "other"
+    assert tp.layout_of("HWC8", 3) == "other"
+    assert tp.layout_of("CHW32", 4) == tp.layout_of("other", 4) == "other"
+
+
+def test_groupnorm_takes_channels_last_for_16_bit_types_and_channels_in_eights():
+    ok, cl, lin = tp.format_supported, "channels_last", "linear"
+    for shape in [(2, 320, 64, 64), (1, 128, 3, 16, 16), (-1, 640, -1, -1)]:
+        pos = tp.groupnorm_channels_last_positions(shape, 3)
+        assert pos == (0, 3)
+        for dt in ("float16", "bfloat16"):
+            assert ok(0, [dt] * 4, [cl, lin, lin, cl], 3, pos)
+            assert ok(3, [dt] * 4, [cl, lin, lin, cl], 3, pos)
+            assert not ok(3, [dt] * 4, [cl, lin, lin, lin], 3, pos)  # y follows x
+            assert not ok(1, [dt] * 4, [cl, cl, lin, cl], 3, pos)  # gamma and beta stay linear
+        assert not ok(0, ["float32"] * 4, [cl, lin, lin, cl], 3, pos)  # HWC8 is 16-bit
+    # Channel counts HWC8 would pad, unknown ones, and ranks without a channel-vectorized format.
+    for shape in [(2, 12, 8, 8), (2, -1, 8, 8), (2, 320, 4096), (2, 64), (1, 64, 2, 2, 2, 2)]:
+        assert tp.groupnorm_channels_last_positions(shape, 3) == ()
+
+
 class _RecordingLibrary:
     """Stands in for PluginLibrary: records the launches instead of making them."""
 
@@ -472,6 +498,18 @@ class _RecordingLibrary:
 
     def call(self, name: str, dtype: str, *args) -> None:
         self.calls.append((name, dtype, *args))
+
+
+@pytest.mark.parametrize(("channels_last", "layout"), [(False, 0), (True, 1)])
+def test_groupnorm_enqueue_passes_the_layout_of_its_format(channels_last, layout):
+    lib = _RecordingLibrary()
+    gn = tp.GroupNormSiLUAttrs(32, 1e-6, 0)
+    tp.run_groupnorm_silu(lib, gn, "bfloat16", (2, 320, 4, 6, 8), 1, 2, 3, 4, 5, channels_last)
+    ((name, dtype, *args),) = lib.calls
+    assert (name, dtype) == ("groupnorm_silu", "bfloat16")
+    assert args[:4] == [1, 2, 3, 4]  # x, gamma, beta, y
+    assert args[4:7] == [2, 320, 4 * 6 * 8]  # logical sizes either way: N, C, spatial
+    assert args[7:] == [32, np.float32(1e-6), 0, layout, 5]
 
 
 @pytest.mark.parametrize(("channels_last", "layout"), [(False, 0), (True, 1)])
@@ -543,7 +581,7 @@ def _stand_in_trt() -> ModuleType:
         IPluginV3OneRuntime=base("IPluginV3OneRuntime"),
         DataType=SimpleNamespace(FLOAT="FLOAT", HALF="HALF", BF16="BF16"),
         PluginFieldType=SimpleNamespace(INT32="INT32", FLOAT32="FLOAT32"),
-        TensorFormat=SimpleNamespace(LINEAR="LINEAR", DHWC8="DHWC8"),
+        TensorFormat=SimpleNamespace(LINEAR="LINEAR", HWC8="HWC8", DHWC8="DHWC8", CHW32="CHW32"),
         TensorIOMode=SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT"),
         PluginField=PluginField,
         PluginFieldCollection=list,
@@ -572,6 +610,42 @@ def test_plugins_own_their_serialized_fields_and_take_the_default_tactic():
         assert plugin.set_tactic(0) is None
         with pytest.raises(BackendError, match="no tactic 3"):
             plugin.set_tactic(3)
+
+
+def test_plugins_map_tensorrt_formats_to_their_launch_layouts():
+    # Through the plugin classes as TensorRT calls them: supports_format_combination on tensor
+    # descriptors, then enqueue's layout argument to the C launcher.
+    trt = _stand_in_trt()
+    classes = tp._plugin_classes(trt)
+    lib = _RecordingLibrary()
+    gn = classes[tp.GROUPNORM_SILU][0](tp.GroupNormSiLUAttrs(32), lib)
+    F, H = trt.TensorFormat, trt.DataType.HALF
+
+    def desc(shape: tuple, fmt: str, dtype: str = H) -> SimpleNamespace:
+        return SimpleNamespace(type=dtype, format=fmt, dims=shape)
+
+    def supported(pos: int, x_shape: tuple, x_fmt: str, y_fmt: str, dtype: str = H) -> bool:
+        c = (x_shape[1],)
+        descs = [desc(x_shape, x_fmt, dtype), desc(c, F.LINEAR, dtype), desc(c, F.LINEAR, dtype)]
+        descs.append(desc(x_shape, y_fmt, dtype))
+        return gn.supports_format_combination(pos, [SimpleNamespace(desc=d) for d in descs], 3)
+
+    x4, x5 = (2, 320, 64, 64), (1, 128, 3, 16, 16)
+    assert supported(0, x4, F.HWC8, F.HWC8) and supported(3, x4, F.HWC8, F.HWC8)
+    assert supported(0, x5, F.DHWC8, F.DHWC8) and supported(3, x5, F.DHWC8, F.DHWC8)
+    assert not supported(0, x4, F.DHWC8, F.DHWC8)  # would vectorize H
+    assert not supported(0, x5, F.HWC8, F.HWC8)  # would vectorize D
+    assert not supported(3, x4, F.HWC8, F.LINEAR)
+    assert not supported(0, x4, F.HWC8, F.HWC8, trt.DataType.FLOAT)
+    assert not supported(0, (2, 12, 8, 8), F.HWC8, F.HWC8)  # HWC8 would pad 12 channels
+    assert not supported(0, x4, F.CHW32, F.CHW32)
+    assert supported(0, x4, F.LINEAR, F.LINEAR, trt.DataType.FLOAT)
+
+    for fmt, shape, layout in [(F.HWC8, x4, 1), (F.DHWC8, x5, 1), (F.LINEAR, x4, 0)]:
+        lib.calls.clear()
+        gn.enqueue([desc(shape, fmt)], [desc(shape, fmt)], [1, 2, 3], [4], 0, 5)
+        ((name, dtype, *args),) = lib.calls
+        assert (name, dtype, args[-2:]) == ("groupnorm_silu", "float16", [layout, 5])
 
 
 def test_bfloat16_engine_tensors_are_refused_by_name():
@@ -718,6 +792,31 @@ def test_enqueue_launches_match_the_reference(plugin_library, dtype):
     stream.synchronize()
     got = cupy.asnumpy(dy_last).transpose(0, 4, 1, 2, 3)
     assert np.abs(got - ref).max() / np.abs(ref).max() <= tol
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(2, 320, 8, 12), (1, 128, 3, 10, 6)])
+def test_groupnorm_enqueue_in_channels_last_formats(plugin_library, shape):
+    # HWC8 / DHWC8 with channels in eights: x and y in (N, spatial..., C) memory under their
+    # logical shape; 320 channels in 32 groups put 10 in a group, so 16-byte vectors straddle two.
+    cupy = pytest.importorskip("cupy")
+    rng = np.random.default_rng()
+    c = shape[1]
+    x = rng.standard_normal(shape).astype("float16")
+    g = (1 + 0.1 * rng.standard_normal(c)).astype("float16")
+    b = (0.1 * rng.standard_normal(c)).astype("float16")
+    to_last = (0, *range(2, len(shape)), 1)
+    dx = cupy.asarray(np.ascontiguousarray(x.transpose(to_last)))
+    dy = cupy.full(dx.shape, np.nan, dtype="float16")
+    dg, db = cupy.asarray(g), cupy.asarray(b)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    gn = tp.GroupNormSiLUAttrs(32, 1e-5, 1)
+    ptrs = (dx.data.ptr, dg.data.ptr, db.data.ptr, dy.data.ptr, stream.ptr)
+    tp.run_groupnorm_silu(plugin_library, gn, "float16", shape, *ptrs, channels_last=True)
+    stream.synchronize()
+    got = cupy.asnumpy(dy).transpose(np.argsort(to_last))
+    ref = reference.groupnorm_silu_ref(x.astype(np.float64), g, b, 32, 1e-5, 1)
+    assert np.abs(got - ref).max() / np.abs(ref).max() <= 1e-2
 
 
 # --- TensorRT (not run on the project's machines) ------------------------------------------------
@@ -874,6 +973,40 @@ def test_conv3d_plugin_with_channels_last_io_in_tensorrt(trt, registered, tmp_pa
     ref = reference.conv3d_ref(
         x.astype(np.float64), w["w"], w["cb"], (0, 1, 1, 0, 1, 1), causal_time=1
     )
+    assert y.shape == ref.shape
+    assert np.abs(y.astype(np.float64) - ref).max() / np.abs(ref).max() <= 2e-2
+
+
+@pytest.mark.tensorrt
+def test_plugin_nodes_with_channels_last_io_in_tensorrt(trt, registered, tmp_path):
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        Profile,
+        TrtRunner,
+        engine_from_network,
+        network_from_onnx_path,
+    )
+
+    # GroupNormSiLU -> Conv3d in fp16 with the network's input and output held to DHWC8: both
+    # plugins take DHWC8 (16 and 8 channels), so TensorRT may run the chain channels-last without
+    # a reformat. Which formats it picks is its choice; the result must match either way. x goes
+    # in as NDHWC memory under its logical NCDHW shape and y comes back the same way.
+    _plugin_model(tmp_path / "m.onnx", onnx.TensorProto.FLOAT16)
+    model = onnx.load(tmp_path / "m.onnx")
+    builder, network, parser = network_from_onnx_path(str(tmp_path / "m.onnx"), strongly_typed=True)
+    for t in (network.get_input(0), network.get_output(0)):
+        t.allowed_formats = 1 << int(trt.TensorFormat.DHWC8)
+    profile = Profile().add("x", min=(1, 16, 1, 4, 4), opt=(1, 16, 4, 8, 8), max=(2, 16, 6, 12, 12))
+    engine = engine_from_network((builder, network, parser), CreateConfig(profiles=[profile]))
+    w = {i.name: onnx.numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
+    x = np.random.default_rng(3).standard_normal((2, 16, 5, 12, 7)).astype(np.float16)
+    x_mem = np.ascontiguousarray(x.transpose(0, 2, 3, 4, 1)).reshape(x.shape)
+    with TrtRunner(engine) as runner:
+        y_mem = runner.infer({"x": x_mem})["y"]
+    n, c, d, h, wd = y_mem.shape
+    y = np.ascontiguousarray(y_mem).reshape(n, d, h, wd, c).transpose(0, 4, 1, 2, 3)
+    hid = reference.groupnorm_silu_ref(x.astype(np.float64), w["g"], w["b"], 4, 1e-5, 1)
+    ref = reference.conv3d_ref(hid, w["w"], w["cb"], (0, 1, 1, 0, 1, 1), causal_time=1)
     assert y.shape == ref.shape
     assert np.abs(y.astype(np.float64) - ref).max() / np.abs(ref).max() <= 2e-2
 

@@ -520,6 +520,48 @@ def bench_gn_attrib(cases) -> list[str]:
     return rows
 
 
+def bench_gn_formats(shapes, dtypes) -> list[str]:
+    """What the TensorRT plugin's HWC8 format saves between channels-last layers: GroupNorm+SiLU
+    on NHWC memory against NHWC -> NCHW copy, the NCHW kernel, NCHW -> NHWC copy (the reformats
+    TensorRT would put around a LINEAR-only plugin; PyTorch's permuted copies stand in for
+    TensorRT's reformat kernels, and the last column bounds any reformat by a plain copy). Every
+    buffer rotates, intermediates included; three alternating rounds, medians."""
+    rows = [
+        "| shape | dtype | NHWC plan | channels-last ms | reformat + NCHW + reformat ms "
+        "| NCHW alone ms | two reformats ms | copy ms | speedup | speedup, reformats at copy speed |",
+        "|" + " --- |" * 10,
+    ]
+    for shape in shapes:
+        for dt in dtypes:
+            dtype = getattr(torch, dt)
+            k = _sets(4 * torch.Size(shape).numel() * dtype.itemsize)
+            xs, ys, g, b = _gn_inputs(shape, dtype, "NHWC", k)
+            xc = [torch.empty(shape, device="cuda", dtype=dtype) for _ in range(k)]
+            yc = [torch.empty_like(t) for t in xc]
+            last = _gn_calls(xs, ys, g, b, "NHWC")
+            first = _gn_calls(xc, yc, g, b, "NCHW")
+            to_first = [
+                partial(c.copy_, x.permute(0, 3, 1, 2)) for c, x in zip(xc, xs, strict=True)
+            ]
+            to_last = [partial(y.copy_, c.permute(0, 2, 3, 1)) for y, c in zip(ys, yc, strict=True)]
+            chain = [f for fs in zip(to_first, first, to_last, strict=True) for f in fs]
+            copies = [f for fs in zip(to_first, to_last, strict=True) for f in fs]
+            t_last, t_chain, t_first, t_copies = _alternating_medians([last, chain, first, copies])
+            t_chain, t_copies = 3 * t_chain, 2 * t_copies  # per call of each list: per set
+            t_copy = _copy_ms(xs, ys)
+            plan = _gn_plan(shape, dt, "NHWC")
+            rows.append(
+                f"| {'x'.join(map(str, shape))} | {dt} | cs{plan.cluster}/{plan.threads}t/"
+                f"tile{plan.tile} | {t_last:.4f} | {t_chain:.4f} | {t_first:.4f} "
+                f"| {t_copies:.4f} | {t_copy:.4f} | {t_chain / t_last:.2f}x "
+                f"| {(t_first + 2 * t_copy) / t_last:.2f}x |"
+            )
+            print(rows[-1], flush=True)
+            del xs, ys, xc, yc
+            torch.cuda.empty_cache()
+    return rows
+
+
 TRACE = ("LATENTRT_GN_TRACE",)
 # kTraceMarks: entry, loads issued, slice folded, statistics final, exit, then inside the
 # statistics phase: peers' barriers initialized, own statistics sent, peers' ones received
@@ -985,6 +1027,11 @@ def main() -> None:
         action="store_true",
         help="GroupNorm+SiLU without SiLU and without statistics (a profiling build), only",
     )
+    ap.add_argument(
+        "--gn-formats",
+        action="store_true",
+        help="GroupNorm+SiLU channels-last against reformats around the NCHW kernel, only",
+    )
     ap.add_argument("--conv-only", action="store_true", help="Conv3d tables only")
     ap.add_argument(
         "--conv-all",
@@ -1075,6 +1122,11 @@ def main() -> None:
         cases += [(s, "NHWC", dt) for s in gn_shapes for dt in ("float16", "float32")]
         rows = bench_gn_attrib(cases)
         print("\n# GroupNorm+SiLU: without SiLU, without statistics\n")
+        print("\n".join(rows))
+        return
+    if args.gn_formats:
+        rows = bench_gn_formats(gn_shapes, ["float16", "bfloat16"])
+        print("\n# GroupNorm+SiLU between channels-last layers\n")
         print("\n".join(rows))
         return
     if args.conv_all:

@@ -943,7 +943,8 @@ def test_plugin_nodes_build_and_run_in_tensorrt(trt, registered, tmp_path, preci
 
 
 @pytest.mark.tensorrt
-def test_conv3d_plugin_with_channels_last_io_in_tensorrt(trt, registered, tmp_path):
+@pytest.mark.parametrize("groupnorm", [False, True])
+def test_plugins_with_channels_last_io_in_tensorrt(trt, registered, tmp_path, groupnorm):
     from polygraphy.backend.trt import (
         CreateConfig,
         Profile,
@@ -952,13 +953,15 @@ def test_conv3d_plugin_with_channels_last_io_in_tensorrt(trt, registered, tmp_pa
         network_from_onnx_path,
     )
 
-    # Conv3d alone in fp16 with 16 -> 8 channels, its network input and output held to DHWC8,
-    # so TensorRT can hand the plugin NDHWC without a reformat (the channels-last launch). With
-    # channels in eights, a DHWC8 buffer is plain NDHWC memory: the runner copies bytes, so x
-    # goes in as NDHWC memory under its logical NCDHW shape and y comes back the same way.
-    _plugin_model(tmp_path / "c.onnx", onnx.TensorProto.FLOAT16, groupnorm=False)
-    model = onnx.load(tmp_path / "c.onnx")
-    builder, network, parser = network_from_onnx_path(str(tmp_path / "c.onnx"), strongly_typed=True)
+    # Conv3d alone, or GroupNormSiLU -> Conv3d, in fp16 (16 -> 8 channels) with the network's
+    # input and output held to DHWC8: both plugins take DHWC8, so TensorRT can hand them NDHWC
+    # without a reformat (the channels-last launches). Which formats it picks inside the chain is
+    # its choice; the result must match either way. With channels in eights, a DHWC8 buffer is
+    # plain NDHWC memory: the runner copies bytes, so x goes in as NDHWC memory under its
+    # logical NCDHW shape and y comes back the same way.
+    _plugin_model(tmp_path / "m.onnx", onnx.TensorProto.FLOAT16, groupnorm=groupnorm)
+    model = onnx.load(tmp_path / "m.onnx")
+    builder, network, parser = network_from_onnx_path(str(tmp_path / "m.onnx"), strongly_typed=True)
     for t in (network.get_input(0), network.get_output(0)):
         t.allowed_formats = 1 << int(trt.TensorFormat.DHWC8)
     profile = Profile().add("x", min=(1, 16, 1, 4, 4), opt=(1, 16, 4, 8, 8), max=(2, 16, 6, 12, 12))
@@ -970,42 +973,9 @@ def test_conv3d_plugin_with_channels_last_io_in_tensorrt(trt, registered, tmp_pa
         y_mem = runner.infer({"x": x_mem})["y"]
     n, c, d, h, wd = y_mem.shape
     y = np.ascontiguousarray(y_mem).reshape(n, d, h, wd, c).transpose(0, 4, 1, 2, 3)
-    ref = reference.conv3d_ref(
-        x.astype(np.float64), w["w"], w["cb"], (0, 1, 1, 0, 1, 1), causal_time=1
-    )
-    assert y.shape == ref.shape
-    assert np.abs(y.astype(np.float64) - ref).max() / np.abs(ref).max() <= 2e-2
-
-
-@pytest.mark.tensorrt
-def test_plugin_nodes_with_channels_last_io_in_tensorrt(trt, registered, tmp_path):
-    from polygraphy.backend.trt import (
-        CreateConfig,
-        Profile,
-        TrtRunner,
-        engine_from_network,
-        network_from_onnx_path,
-    )
-
-    # GroupNormSiLU -> Conv3d in fp16 with the network's input and output held to DHWC8: both
-    # plugins take DHWC8 (16 and 8 channels), so TensorRT may run the chain channels-last without
-    # a reformat. Which formats it picks is its choice; the result must match either way. x goes
-    # in as NDHWC memory under its logical NCDHW shape and y comes back the same way.
-    _plugin_model(tmp_path / "m.onnx", onnx.TensorProto.FLOAT16)
-    model = onnx.load(tmp_path / "m.onnx")
-    builder, network, parser = network_from_onnx_path(str(tmp_path / "m.onnx"), strongly_typed=True)
-    for t in (network.get_input(0), network.get_output(0)):
-        t.allowed_formats = 1 << int(trt.TensorFormat.DHWC8)
-    profile = Profile().add("x", min=(1, 16, 1, 4, 4), opt=(1, 16, 4, 8, 8), max=(2, 16, 6, 12, 12))
-    engine = engine_from_network((builder, network, parser), CreateConfig(profiles=[profile]))
-    w = {i.name: onnx.numpy_helper.to_array(i).astype(np.float64) for i in model.graph.initializer}
-    x = np.random.default_rng(3).standard_normal((2, 16, 5, 12, 7)).astype(np.float16)
-    x_mem = np.ascontiguousarray(x.transpose(0, 2, 3, 4, 1)).reshape(x.shape)
-    with TrtRunner(engine) as runner:
-        y_mem = runner.infer({"x": x_mem})["y"]
-    n, c, d, h, wd = y_mem.shape
-    y = np.ascontiguousarray(y_mem).reshape(n, d, h, wd, c).transpose(0, 4, 1, 2, 3)
-    hid = reference.groupnorm_silu_ref(x.astype(np.float64), w["g"], w["b"], 4, 1e-5, 1)
+    hid = x.astype(np.float64)
+    if groupnorm:
+        hid = reference.groupnorm_silu_ref(hid, w["g"], w["b"], 4, 1e-5, 1)
     ref = reference.conv3d_ref(hid, w["w"], w["cb"], (0, 1, 1, 0, 1, 1), causal_time=1)
     assert y.shape == ref.shape
     assert np.abs(y.astype(np.float64) - ref).max() / np.abs(ref).max() <= 2e-2

@@ -35,6 +35,8 @@ __all__ = [
     "narrow_workspace_bytes",
     "conv3d_smallc_plan",
     "conv3d_tma_plan",
+    "fast_divisor",
+    "groupnorm_divisor",
     "groupnorm_plan",
     "groupnorm_silu",
     "inline_common",
@@ -419,6 +421,25 @@ def groupnorm_plan(
     return GroupNormPlan(cs, threads, v, cached, smem, tile, cap)
 
 
+def fast_divisor(d: int) -> tuple[int, int]:
+    """Multiply-high magic m and shift s with n // d == (mulhi(m, n) + n) >> s for every 32-bit n
+    (Granlund and Montgomery), for the kernels' per-vector index math (FastDivisor in the .cu)."""
+    if not 1 <= d < 1 << 32:
+        raise InputError(f"divisor must be in [1, 2**32), got {d}")
+    s = (d - 1).bit_length()  # ceil(log2 d)
+    return (((1 << s) - d) << 32) // d + 1, s
+
+
+def groupnorm_divisor(
+    plan: GroupNormPlan, c: int, spatial: int, num_groups: int, channels_last: bool
+) -> tuple[int, int]:
+    """fast_divisor of the one-group body's divisor: the spatial size (channels-first) or vectors
+    a position (channels-last); tiles index by rows and divide by nothing (1)."""
+    if not channels_last:
+        return fast_divisor(spatial)
+    return fast_divisor(1 if plan.tile > 1 else c // num_groups // plan.vec)
+
+
 def groupnorm_silu(
     x: Any,
     gamma: Any,
@@ -497,6 +518,7 @@ def groupnorm_silu(
         np.uint32(plan.cap),
         _i(plan.vec),
         _i(plan.tile),
+        *map(np.uint32, groupnorm_divisor(plan, c, spatial, num_groups, last)),
     )
     with _stream(stream):
         grid = n * num_groups // plan.tile * plan.cluster

@@ -428,3 +428,25 @@ def test_harness_without_cupy_raises_backend_error():
     x = torch.zeros(1, 4, 2, 2)
     with pytest.raises(BackendError, match="CuPy"):
         harness.groupnorm_silu(x.numpy().view(np.float32), None, None, 2)
+
+
+def test_fast_divisor_divides_every_32_bit_dividend_exactly():
+    # The kernels' per-vector index division (multiply-high, add, shift) against numpy's integer
+    # division, for the divisors launches use (spatial sizes, vectors a position) and the
+    # extremes, at dividends near multiples of d and at the top of the 32-bit range.
+    rng = np.random.default_rng(0)
+    ds = [1, 2, 3, 5, 7, 20, 40, 160, 256, 1023, 1024, 4096, 9 * 33 * 33, 64 * 104 * 9]
+    ds += [2**31 - 1, 2**31, 2**31 + 1, 2**32 - 1, *rng.integers(1, 2**32, 40).tolist()]
+    for d in ds:
+        m, s = harness.fast_divisor(d)
+        assert 0 <= m < 2**32 and 0 <= s <= 32
+        k = rng.integers(0, 2**32 // d + 1, 4000, dtype=np.uint64)
+        n = np.concatenate(
+            [k * d, k * d - 1, k * d + 1, rng.integers(0, 2**32, 4000, dtype=np.uint64)]
+        )
+        n = np.concatenate([n, np.array([0, 2**32 - 1, 2**32 - 2], np.uint64)])
+        n = n[n < 2**32]  # k * d - 1 wrapped at k = 0
+        q = ((np.uint64(m) * n >> np.uint64(32)) + n) >> np.uint64(s)
+        np.testing.assert_array_equal(q, n // np.uint64(d), err_msg=f"d={d}")
+    with pytest.raises(InputError, match="divisor"):
+        harness.fast_divisor(0)

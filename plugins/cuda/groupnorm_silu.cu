@@ -294,22 +294,32 @@ __host__ __device__ constexpr int loads_in_flight() {
   return sizeof(Pack<T, V>) >= 16 ? 4 : 8;
 }
 
+// n / d for any 32-bit n by a multiply-high, an add and a shift (Granlund and Montgomery): d is
+// fixed for a launch, so the host computes m and s once (fast_divisor) instead of every vector
+// paying the ~20 instructions of a 32-bit divide. 1.00-1.04x channels-first, up to 1.21x
+// channels-last bf16 (H100; BENCHMARKS.md, twentieth session).
+struct FastDivisor {
+  unsigned d, m, s;
+  __device__ __forceinline__ unsigned div(unsigned n) const {
+    return static_cast<unsigned>((static_cast<unsigned long long>(__umulhi(m, n)) + n) >> s);
+  }
+};
+
 template <int LAYOUT, int V>
 struct GroupIndexer {
-  unsigned S;    // spatial size
-  unsigned C;    // channels
-  unsigned Cg;   // channels per group
-  unsigned vpr;  // channels-last: vectors per spatial position (Cg / V)
+  unsigned C;       // channels
+  FastDivisor per;  // channels-first: by the spatial size S; channels-last: by Cg / V
 
   // Element offset of vector v from the group's base.
   __device__ __forceinline__ long long offset(unsigned v) const {
     if (LAYOUT == kLayoutChannelsFirst) return static_cast<long long>(v) * V;
-    return static_cast<long long>(v / vpr) * C + (v % vpr) * V;
+    const unsigned q = per.div(v);
+    return static_cast<long long>(q) * C + (v - q * per.d) * V;
   }
   // Group-local channel of element 0 of vector v (channels-first: all V share it).
   __device__ __forceinline__ unsigned channel(unsigned v) const {
-    if (LAYOUT == kLayoutChannelsFirst) return (v * V) / S;
-    return (v % vpr) * V;
+    if (LAYOUT == kLayoutChannelsFirst) return per.div(v * V);
+    return (v - per.div(v) * per.d) * V;
   }
 };
 
@@ -326,7 +336,8 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
                                                     const T* __restrict__ gamma,
                                                     const T* __restrict__ beta, T* __restrict__ y,
                                                     int C, int S, int G, float eps, int act,
-                                                    int cached, unsigned cap) {
+                                                    int cached, unsigned cap, unsigned div_m,
+                                                    unsigned div_s) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ float s_warp[16][3];  // per warp; at most 512 threads (__launch_bounds__)
   __shared__ float s_final[2];
@@ -345,7 +356,9 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
   const T* xg = x + base;
   T* yg = y + base;
 
-  GroupIndexer<LAYOUT, V> ix{static_cast<unsigned>(S), static_cast<unsigned>(C), Cg, Cg / V};
+  const GroupIndexer<LAYOUT, V> ix{
+      static_cast<unsigned>(C),
+      {LAYOUT == kLayoutChannelsFirst ? static_cast<unsigned>(S) : Cg / V, div_m, div_s}};
   const unsigned total = Cg * static_cast<unsigned>(S) / V;
   const unsigned per = (total + CS - 1) / CS;
   const unsigned start = min(total, rank * per);
@@ -794,7 +807,7 @@ template <typename T, int LAYOUT, int CS>
 __device__ __forceinline__ void groupnorm_silu_kernel(const T* x, const T* gamma, const T* beta,
                                                       T* y, int C, int S, int G, float eps,
                                                       int act, int cached, unsigned cap, int vec,
-                                                      int gt) {
+                                                      int gt, unsigned div_m, unsigned div_s) {
   constexpr int VMAX = 16 / static_cast<int>(sizeof(T));
   if constexpr (LAYOUT == kLayoutChannelsLast) {
     if (gt > 1) {
@@ -815,11 +828,14 @@ __device__ __forceinline__ void groupnorm_silu_kernel(const T* x, const T* gamma
     }
   }
   if (vec == VMAX)
-    groupnorm_silu_body<T, LAYOUT, CS, VMAX>(x, gamma, beta, y, C, S, G, eps, act, cached, cap);
+    groupnorm_silu_body<T, LAYOUT, CS, VMAX>(x, gamma, beta, y, C, S, G, eps, act, cached, cap,
+                                               div_m, div_s);
   else if (vec == 2)
-    groupnorm_silu_body<T, LAYOUT, CS, 2>(x, gamma, beta, y, C, S, G, eps, act, cached, cap);
+    groupnorm_silu_body<T, LAYOUT, CS, 2>(x, gamma, beta, y, C, S, G, eps, act, cached, cap,
+                                            div_m, div_s);
   else
-    groupnorm_silu_body<T, LAYOUT, CS, 1>(x, gamma, beta, y, C, S, G, eps, act, cached, cap);
+    groupnorm_silu_body<T, LAYOUT, CS, 1>(x, gamma, beta, y, C, S, G, eps, act, cached, cap,
+                                            div_m, div_s);
 }
 
 }  // namespace latentrt
@@ -831,9 +847,10 @@ __device__ __forceinline__ void groupnorm_silu_kernel(const T* x, const T* gamma
   extern "C" __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(512, 2)                  \
       latentrt_gn_silu_##LNAME##_##SUF##_c##CS(const T* x, const T* gamma, const T* beta, T* y,   \
                                                int C, int S, int G, float eps, int act,           \
-                                               int cached, unsigned cap, int vec, int gt) {       \
+                                               int cached, unsigned cap, int vec, int gt,         \
+                                               unsigned div_m, unsigned div_s) {                  \
     latentrt::groupnorm_silu_kernel<T, LAYOUT, CS>(x, gamma, beta, y, C, S, G, eps, act, cached, \
-                                                   cap, vec, gt);                                 \
+                                                   cap, vec, gt, div_m, div_s);                   \
   }
 #define LRT_GN_LAYOUT(T, SUF, LAYOUT, LNAME) \
   LRT_GN_KERNEL(T, SUF, LAYOUT, LNAME, 1)    \
@@ -1009,7 +1026,25 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
 
 template <typename T>
 using GnKernel = void (*)(const T*, const T*, const T*, T*, int, int, int, float, int, int,
-                          unsigned, int, int);
+                          unsigned, int, int, unsigned, unsigned);
+
+// Multiply-high magic m and shift s of the division by d >= 1 (the kernel's FastDivisor; the
+// harness's fast_divisor): s = ceil(log2 d), m = floor(2^32 (2^s - d) / d) + 1 < 2^32.
+struct FastDivisorMagic {
+  unsigned m, s;
+};
+inline FastDivisorMagic fast_divisor(unsigned d) {
+  unsigned s = 0;
+  while (s < 32 && (1ull << s) < d) ++s;
+  return {static_cast<unsigned>((((1ull << s) - d) << 32) / d + 1), s};
+}
+// The one-group body's divisor: the spatial size (channels-first) or vectors a position
+// (channels-last); tiles index by rows and divide by nothing (1).
+inline FastDivisorMagic groupnorm_divisor(const GnPlan& p, int c, long long spatial, int groups,
+                                          int layout) {
+  if (layout == latentrt::kLayoutChannelsFirst) return fast_divisor(static_cast<unsigned>(spatial));
+  return fast_divisor(p.tile > 1 ? 1u : static_cast<unsigned>(c / groups / p.vec));
+}
 
 #define LRT_GN_TABLE(SUF)                                                                        \
   {{latentrt_gn_silu_nchw_##SUF##_c1, latentrt_gn_silu_nchw_##SUF##_c2,                          \
@@ -1062,8 +1097,10 @@ int launch_groupnorm_silu(const T* x, const T* gamma, const T* beta, T* y, int n
                              static_cast<int>(p.smem));
   if (err != cudaSuccess) return err;
   const unsigned grid = static_cast<unsigned>(n) * groups / p.tile * p.cluster;
+  const FastDivisorMagic div = groupnorm_divisor(p, c, spatial, groups, layout);
   k<<<grid, p.threads, p.smem, stream>>>(x, gamma, beta, y, c, static_cast<int>(spatial), groups,
-                                         eps, activation, p.cached, p.cap, p.vec, p.tile);
+                                         eps, activation, p.cached, p.cap, p.vec, p.tile, div.m,
+                                         div.s);
   return cudaGetLastError();
 }
 
@@ -1098,10 +1135,11 @@ extern "C" int latentrt_groupnorm_silu_bf16(const __nv_bfloat16* x, const __nv_b
 // The launch plan of a shape on a GPU of `sms` SMs and `smem_optin` bytes of opt-in shared
 // memory per block, host-only (the CPU tests hold it to plugins/harness.py's groupnorm_plan):
 // elem_bytes 2 or 4, bf16 1 for bfloat16 (it straddles channels-last groups more often);
-// out7 = cluster, threads, vec, cached, smem, tile, cap. Returns 0, or cudaErrorInvalidValue.
+// out9 = cluster, threads, vec, cached, smem, tile, cap, and the magic m (as its bits) and shift
+// s of the kernel's index division. Returns 0, or cudaErrorInvalidValue.
 extern "C" int latentrt_groupnorm_silu_plan(int n, int c, long long spatial, int num_groups,
                                             int layout, int elem_bytes, int bf16, int aligned,
-                                            int sms, int smem_optin, int* out7) {
+                                            int sms, int smem_optin, int* out9) {
   if (n <= 0 || c <= 0 || spatial <= 0 || num_groups <= 0 || c % num_groups != 0 ||
       (layout != latentrt::kLayoutChannelsFirst && layout != latentrt::kLayoutChannelsLast) ||
       (elem_bytes != 2 && elem_bytes != 4) || (bf16 != 0 && elem_bytes != 2))
@@ -1109,9 +1147,10 @@ extern "C" int latentrt_groupnorm_silu_plan(int n, int c, long long spatial, int
   const GnPlan p = plan_groupnorm(n, c, spatial, num_groups, layout,
                                   static_cast<size_t>(elem_bytes), bf16 != 0, aligned != 0, sms,
                                   smem_optin);
-  const int v[7] = {p.cluster,  p.threads, p.vec, p.cached, static_cast<int>(p.smem),
-                    p.tile, static_cast<int>(p.cap)};
-  for (int i = 0; i < 7; ++i) out7[i] = v[i];
+  const FastDivisorMagic div = groupnorm_divisor(p, c, spatial, num_groups, layout);
+  const int v[9] = {p.cluster, p.threads, p.vec, p.cached, static_cast<int>(p.smem), p.tile,
+                    static_cast<int>(p.cap), static_cast<int>(div.m), static_cast<int>(div.s)};
+  for (int i = 0; i < 9; ++i) out9[i] = v[i];
   return 0;
 }
 

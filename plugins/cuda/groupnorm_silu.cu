@@ -296,7 +296,7 @@ __host__ __device__ constexpr int loads_in_flight() {
 
 // n / d for any 32-bit n by a multiply-high, an add and a shift (Granlund and Montgomery): d is
 // fixed for a launch, so the host computes m and s once (fast_divisor) instead of every vector
-// paying the ~20 instructions of a 32-bit divide. 1.00-1.04x channels-first, up to 1.21x
+// paying the ~20 instructions of a 32-bit divide. 0.99-1.04x channels-first, up to 1.21x
 // channels-last bf16 (H100; BENCHMARKS.md, twentieth session).
 struct FastDivisor {
   unsigned d, m, s;

@@ -384,6 +384,44 @@ serial_copy_parts(const uint4* __restrict__ x, uint4* __restrict__ y, unsigned p
     for (unsigned v = a + threadIdx.x; v < b; v += blockDim.x) y[start + v] = buf[v];
   }
 }
+
+// The channels-last form: a cluster copies one run of `run` 16-byte vectors at each of `rows`
+// positions `stride` vectors apart (a tile of groups' channels, as the tile body reads them;
+// one group's where that is whole vectors), its blocks splitting the rows. Each thread keeps
+// one column, so a warp reads 32 / run rows' runs at once. `units` runs share a position.
+template <int CS>
+__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(512, 2)
+serial_copy_rows(const uint4* __restrict__ x, uint4* __restrict__ y, unsigned rows, unsigned run,
+                 unsigned units) {
+  extern __shared__ uint4 buf[];
+  const unsigned unit = blockIdx.x / CS, rank = blockIdx.x % CS;
+  const unsigned n = unit / units, u = unit % units, stride = run * units;
+  const unsigned per = (rows + CS - 1) / CS, r_start = min(rows, rank * per);
+  const unsigned r_end = min(rows, r_start + per);
+  const unsigned col = threadIdx.x % run, step = blockDim.x / run;
+  const unsigned long long base = (static_cast<unsigned long long>(n) * rows * units + u) * run;
+  const uint4* xr = x + base + col;
+  uint4* yr = y + base + col;
+  if (threadIdx.x < step * run) {
+    for (unsigned r = r_start + threadIdx.x / run; r < r_end; r += 4 * step) {
+      uint4 p[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        if (r + k * step < r_end) p[k] = xr[static_cast<unsigned long long>(r + k * step) * stride];
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        if (r + k * step < r_end) buf[(r + k * step - r_start) * run + col] = p[k];
+    }
+  }
+  if constexpr (CS == 1)
+    __syncthreads();
+  else
+    asm volatile("barrier.cluster.arrive.release.aligned;\n"
+                 "barrier.cluster.wait.acquire.aligned;" ::: "memory");
+  if (threadIdx.x < step * run)
+    for (unsigned r = r_start + threadIdx.x / run; r < r_end; r += step)
+      yr[static_cast<unsigned long long>(r) * stride] = buf[(r - r_start) * run + col];
+}
 """
 _SERIAL_CLUSTERS = (1, 2, 4, 8)
 
@@ -394,6 +432,7 @@ def _serial_copy_module():
 
     names = [f"serial_copy<{cs}>" for cs in _SERIAL_CLUSTERS]
     names += [f"serial_copy_parts<{cs}, {p}>" for cs in _SERIAL_CLUSTERS for p in (1, 2)]
+    names += [f"serial_copy_rows<{cs}>" for cs in _SERIAL_CLUSTERS]
     options = ("-std=c++17", *harness.nvrtc_include_options())
     code = harness.inline_common(_SERIAL_COPY)
     return cupy.RawModule(code=code, options=options, name_expressions=names)
@@ -430,6 +469,36 @@ def _serial_copy_ms(xs, ys, blocks: int, threads: int, cluster: int, parts: int 
             )
             kern((blocks,), (threads,), args, shared_mem=smem)
 
+    return _time_graph([partial(launch, x, y) for x, y in zip(xs, ys, strict=True)])[0]
+
+
+def _serial_copy_rows_ms(xs, ys, plan: harness.GroupNormPlan) -> float:
+    """Milliseconds per serial_copy_rows launch at a channels-last GroupNorm plan's geometry
+    (NHWC xs, 32 groups): its clusters, threads and rows of `plan.tile` groups; NaN where a row
+    is not whole 16-byte vectors or a block's rows do not fit in shared memory."""
+    import cupy
+    import numpy as np
+
+    n, h, w, c = xs[0].shape
+    row_bytes = plan.tile * c // 32 * xs[0].element_size()
+    units = 32 // plan.tile
+    per = -(-h * w // plan.cluster)
+    smem = per * row_bytes
+    if row_bytes % 16 or smem > torch.cuda.get_device_properties(0).shared_memory_per_block_optin:
+        return float("nan")
+    kern = _serial_copy_module().get_function(f"serial_copy_rows<{plan.cluster}>")
+    kern.max_dynamic_shared_size_bytes = smem
+
+    def launch(x, y):
+        with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+            args = (np.uint64(x.data_ptr()), np.uint64(y.data_ptr()))
+            args += tuple(np.uint32(v) for v in (h * w, row_bytes // 16, units))
+            kern((n * units * plan.cluster,), (plan.threads,), args, shared_mem=smem)
+
+    ys[0].fill_(float("nan"))
+    launch(xs[0], ys[0])
+    if not torch.equal(ys[0], xs[0]):
+        raise RuntimeError(f"serial_copy_rows did not copy {tuple(xs[0].shape)} at {plan}")
     return _time_graph([partial(launch, x, y) for x, y in zip(xs, ys, strict=True)])[0]
 
 
@@ -927,6 +996,64 @@ def sweep_plans(shapes) -> list[str]:
     return rows
 
 
+def sweep_gn_tiles(shapes, dtypes) -> list[str]:
+    """Channels-last GroupNorm+SiLU at every tile of consecutive groups (1: one group per
+    cluster) and cluster size, against the planner's launch: do wider rows pay for fewer
+    clusters? Each forced plan timed once, beside a serial copy of its geometry
+    (serial_copy_rows); the best and the planner's then side by side."""
+    props = torch.cuda.get_device_properties(0)
+    limits = (props.multi_processor_count, props.shared_memory_per_block_optin)
+    rows = [
+        "| shape | dtype | planner | ms (serial copy) | best forced | ms (serial copy) "
+        "| planner / best | copy ms "
+        "| best % of copy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def desc(p):
+        return f"tile{p.tile}/cs{p.cluster}/{p.threads}t/v{p.vec}/cache {p.cached}"
+
+    for shape, dt, itemsize, _k, xs, ys, g, b in _gn_cases(shapes, dtypes, "NHWC"):
+        n, c, h, w = shape
+        args = (n, c, h * w, 32, True, itemsize, True, *limits)
+        plan = _gn_plan(shape, dt, "NHWC")
+        forced = {}
+        for tile, cs in itertools.product((1, 2, 4, 8, 16), (1, 2, 4, 8)):
+            p = harness.groupnorm_plan(*args, cluster=cs, tile=tile, bf16=dt == "bfloat16")
+            if p != plan and p not in forced.values():
+                forced[(tile, cs)] = p
+        ref = _gn_silu_torch(xs[0].permute(0, 3, 1, 2).double(), g.double(), b.double())
+        ref = ref.permute(0, 2, 3, 1)
+        timed = {}
+        for key, p in forced.items():
+            calls = _gn_calls(xs, ys, g, b, "NHWC", tile=key[0], cluster=key[1])
+            ys[0].fill_(float("nan"))
+            calls[0]()
+            err = ((ys[0].double() - ref).abs().max() / ref.abs().max()).item()
+            timed[key] = _time_graph(calls)[0]
+            print(
+                f"#   {'x'.join(map(str, shape))} {dt} {desc(p)}: {timed[key]:.4f} ms, "
+                f"max error {err:.1e}, serial copy {_serial_copy_rows_ms(xs, ys, p):.4f} ms",
+                flush=True,
+            )
+        best = min(timed, key=timed.get)
+        t_plan, t_best = _alternating_medians(
+            [
+                _gn_calls(xs, ys, g, b, "NHWC"),
+                _gn_calls(xs, ys, g, b, "NHWC", tile=best[0], cluster=best[1]),
+            ]
+        )
+        t_c = _copy_ms(xs, ys)
+        s_plan, s_best = (_serial_copy_rows_ms(xs, ys, p) for p in (plan, forced[best]))
+        rows.append(
+            f"| {'x'.join(map(str, shape))} | {dt} | {desc(plan)} | {t_plan:.4f} ({s_plan:.4f}) "
+            f"| {desc(forced[best])} | {t_best:.4f} ({s_best:.4f}) | {t_plan / t_best:.3f} "
+            f"| {t_c:.4f} | {100 * t_c / t_best:.0f}% |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def profile_once() -> None:
     """One launch of each kernel of interest, for Nsight Compute (ncu) to capture."""
     gn_cases = ((2, 320, 64, 64), (1, 512, 128, 128), (1, 256, 256, 256))
@@ -1032,6 +1159,11 @@ def main() -> None:
         action="store_true",
         help="GroupNorm+SiLU channels-last against reformats around the NCHW kernel, only",
     )
+    ap.add_argument(
+        "--gn-tiles",
+        action="store_true",
+        help="GroupNorm+SiLU channels-last: forced tiles and cluster sizes, only",
+    )
     ap.add_argument("--conv-only", action="store_true", help="Conv3d tables only")
     ap.add_argument(
         "--conv-all",
@@ -1122,6 +1254,11 @@ def main() -> None:
         cases += [(s, "NHWC", dt) for s in gn_shapes for dt in ("float16", "float32")]
         rows = bench_gn_attrib(cases)
         print("\n# GroupNorm+SiLU: without SiLU, without statistics\n")
+        print("\n".join(rows))
+        return
+    if args.gn_tiles:
+        rows = sweep_gn_tiles(gn_shapes, ["float16", "bfloat16", "float32"])
+        print("\n# GroupNorm+SiLU channels-last: forced tiles\n")
         print("\n".join(rows))
         return
     if args.gn_formats:

@@ -326,19 +326,22 @@ def groupnorm_plan(
     cache: int | None = None,
     per_sm: int | None = None,
     bf16: bool = False,
+    tile: int | None = None,
 ) -> GroupNormPlan:
     """Cluster size, block size, vector width, caching and tiling of one GroupNormSiLU launch.
 
     `cluster` (1, 2, 4 or 8), `threads` (256 or 512; not for tiles), `cache` (GroupNormPlan
     .cached; 1-3 cache whole slices where they fit) and `per_sm` (blocks per SM a partial cache
-    is sized for) override the planner, for benchmark sweeps. `bf16`: the 2-byte elements are
-    bfloat16 (they straddle channels-last groups more often).
+    is sized for) override the planner, for benchmark sweeps, and so does `tile` (channels-last
+    groups a cluster normalizes: a power of two that divides the groups, read in 16-byte vectors
+    where whole ones fill a row). `bf16`: the 2-byte elements are bfloat16 (they straddle
+    channels-last groups more often).
     """
     cg = c // num_groups
     vmax = 16 // itemsize
     run = cg if channels_last else spatial  # a group's contiguous runs
-    v = 1 if not aligned else vmax if run % vmax == 0 else 2 if run % 2 == 0 else 1
-    tile = 1
+    v = run_v = 1 if not aligned else vmax if run % vmax == 0 else 2 if run % 2 == 0 else 1
+    forced_tile, tile = tile, 1
     if channels_last and cg * itemsize < 32:  # runs shorter than a sector: see the .cu
         while (
             tile * 2 <= MAX_TILE_GROUPS
@@ -361,6 +364,8 @@ def groupnorm_plan(
                     tile, v = t, vmax
                 break
             t *= 2
+    if forced_tile is not None:
+        tile, v = _forced_tile(forced_tile, num_groups, cg, channels_last, aligned, vmax, run_v)
     u = _GnUnits(n, num_groups, cg, spatial, tile, v, itemsize)
     row_vectors, units, affine = u.row_vectors, u.count, u.affine
     slice_, cache_bytes = u.slice, u.cache_bytes
@@ -421,6 +426,25 @@ def groupnorm_plan(
     return GroupNormPlan(cs, threads, v, cached, smem, tile, cap)
 
 
+def _forced_tile(
+    tile: int, groups: int, cg: int, channels_last: bool, aligned: bool, vmax: int, v: int
+) -> tuple[int, int]:
+    """A forced tile and its vector width `v` (which divides the group's channels) or 16 bytes
+    where whole 16-byte vectors fill a row and straddle at most two groups (the tile body's
+    SPLIT)."""
+    if tile & (tile - 1) or not 1 <= tile <= MAX_TILE_GROUPS or groups % tile:
+        raise InputError(
+            f"tile must be a power of two up to {MAX_TILE_GROUPS} that divides the {groups} "
+            f"groups, got {tile}"
+        )
+    if tile > 1 and not channels_last:
+        raise InputError("tiles are for channels-last layouts only")
+    straddle = cg % vmax == 0 or vmax <= cg or 2 * cg == vmax
+    if tile > 1 and aligned and tile * cg % vmax == 0 and straddle:
+        return tile, vmax
+    return tile, v
+
+
 def fast_divisor(d: int) -> tuple[int, int]:
     """Multiply-high magic m and shift s with n // d == (mulhi(m, n) + n) >> s for every 32-bit n
     (Granlund and Montgomery), for the kernels' per-vector index math (FastDivisor in the .cu)."""
@@ -454,12 +478,13 @@ def groupnorm_silu(
     threads: int | None = None,
     cache: int | None = None,
     per_sm: int | None = None,
+    tile: int | None = None,
     defines: tuple[str, ...] = (),
 ) -> Any:
     """Fused GroupNorm + optional SiLU on the GPU; returns `out` (allocated when None).
 
     x is (N, C, *spatial) for NCHW/NCDHW or (N, *spatial, C) for NHWC/NDHWC. `cluster`,
-    `threads` and `cache` override the planner's choices (benchmark sweeps, tests); `defines`
+    `threads`, `cache`, `per_sm` and `tile` override the planner's choices (benchmark sweeps, tests); `defines`
     builds the kernel with -D options (("LATENTRT_GN_TRACE",): the phase trace of the .cu).
     """
     cupy = _cupy()
@@ -500,6 +525,7 @@ def groupnorm_silu(
         cache,
         per_sm,
         xd.dtype == "bfloat16",
+        tile,
     )
     name = f"latentrt_gn_silu_{'nhwc' if last else 'nchw'}_{_SUFFIX[xd.dtype]}_c{plan.cluster}"
     kern = _module("groupnorm_silu.cu", tuple(defines)).get_function(name)

@@ -173,6 +173,31 @@ def test_groupnorm_silu_partial_cache(harness, gen, shape, layout, cluster, per_
     _check(out, _gn_ref(x, gamma, beta, 32, 1e-5, 1, last), dtype)
 
 
+@pytest.mark.parametrize(
+    ("shape", "dtype", "tile", "cluster"),
+    [
+        ((1, 128, 128, 512), "float16", 2, 8),  # 16 channels a group: 64-byte rows, whole cache
+        ((1, 128, 128, 512), "bfloat16", 4, 8),  # 128-byte rows, read twice (no cache)
+        ((2, 32, 32, 640), "float16", 2, 4),  # 20 channels: 16-byte vectors straddle groups
+        ((2, 16, 16, 1280), "float32", 4, 2),  # 40 channels: 640-byte rows
+        ((2, 64, 64, 320), "float16", 2, 8),  # 10 channels: 40-byte rows of 4-byte vectors
+        ((2, 64, 64, 320), "bfloat16", 1, 2),  # one group per cluster where tiles are planned
+    ],
+    ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v),
+)
+def test_groupnorm_silu_forced_tiles(harness, gen, shape, dtype, tile, cluster):
+    """Channels-last tiles forced beside the planner's (the --gn-tiles sweep); the groups' means
+    differ, so rows folded into the wrong group show."""
+    c = shape[-1]
+    offset = (torch.arange(c, device="cuda") // (c // 32) % 5).to(torch.float32) * 3.0
+    x = (_rand(shape, "float32", gen, 1.5) + offset).to(DTYPES[dtype])
+    gamma, beta = _rand((c,), dtype, gen), _rand((c,), dtype, gen)
+    out = _poisoned(shape, dtype)
+    harness.groupnorm_silu(x, gamma, beta, 32, 1e-5, 1, "NHWC", out=out, cluster=cluster,
+                           tile=tile)  # fmt: skip
+    _check(out, _gn_ref(x, gamma, beta, 32, 1e-5, 1, True), dtype)
+
+
 @pytest.mark.parametrize("cache", [2, 3], ids=["bulk-in", "bulk-in-out"])
 @pytest.mark.parametrize(
     ("shape", "cluster", "dtype"),

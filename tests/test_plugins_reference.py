@@ -350,6 +350,20 @@ def test_groupnorm_plan_unet_and_fallback():
         harness.groupnorm_plan(2, 320, 4096, 32, True, 2, True, sms, optin, threads=256)
     with pytest.raises(InputError, match="threads"):
         harness.groupnorm_plan(2, 320, 4096, 32, False, 2, True, sms, optin, threads=1024)
+    # Forced tiles (benchmark sweeps): 16-byte vectors where whole ones fill a row, else the
+    # group's own width; powers of two that divide the groups, channels-last only.
+    p = harness.groupnorm_plan(1, 512, 128 * 128, 32, True, 2, True, sms, optin, tile=2)
+    assert (p.tile, p.vec, p.cluster, p.threads, p.cached) == (2, 8, 8, 512, 1)
+    assert p.cap == 128 * 128 // 8 * 4  # a slice: 2048 rows of 4 vectors
+    p = harness.groupnorm_plan(2, 320, 4096, 32, True, 2, True, sms, optin, tile=2)
+    assert (p.tile, p.vec) == (2, 2)  # 20 channels a row: no whole 16-byte vectors
+    p = harness.groupnorm_plan(2, 320, 4096, 32, True, 2, True, sms, optin, tile=1)
+    assert (p.tile, p.vec) == (1, 2)
+    p = harness.groupnorm_plan(2, 320, 4096, 32, True, 2, False, sms, optin, tile=8)
+    assert (p.tile, p.vec) == (8, 1)
+    for tile, last in [(3, True), (64, True), (0, True), (2, False)]:
+        with pytest.raises(InputError, match="tile"):
+            harness.groupnorm_plan(2, 320, 4096, 32, last, 2, True, sms, optin, tile=tile)
     # The cache filled by bulk copies: channels-first 16-byte vectors only, where the slice fits.
     assert harness.groupnorm_plan(2, 320, 4096, 32, False, 2, True, sms, optin, cache=3).cached == 3
     for args, cache in [((True, 2, True), 2), ((False, 2, False), 2), ((False, 4, True), 3)]:

@@ -12,6 +12,7 @@ Run: python benchmarks/bench_plugins.py  [--quick]
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
 import functools
 import itertools
@@ -422,6 +423,55 @@ serial_copy_rows(const uint4* __restrict__ x, uint4* __restrict__ y, unsigned ro
     for (unsigned r = r_start + threadIdx.x / run; r < r_end; r += step)
       yr[static_cast<unsigned long long>(r) * stride] = buf[(r - r_start) * run + col];
 }
+
+// serial_copy_rows moved by the TMA: thread 0 loads the block's rows in boxes of `box` rows
+// (2-D tensor maps of the tensor as 16-bit units: a position's channels by all positions),
+// waits, and after the cluster's barrier stores them back the same way. What the channels-last
+// slices could cost without the threads' strided loads. A box running past the block's rows
+// copies the next block's first rows too (the same values).
+struct alignas(64) TensorMap {
+  unsigned long long opaque[16];
+};
+
+template <int CS>
+__global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(512, 2)
+serial_copy_rows_tma(const __grid_constant__ TensorMap tx, const __grid_constant__ TensorMap ty,
+                     unsigned rows, unsigned run, unsigned units, unsigned box) {
+  using namespace latentrt;
+  extern __shared__ __align__(128) uint4 buf[];
+  __shared__ __align__(8) unsigned long long bar;
+  const unsigned unit = blockIdx.x / CS, rank = blockIdx.x % CS;
+  const unsigned n = unit / units, u = unit % units;
+  const unsigned per = (rows + CS - 1) / CS, r_start = min(rows, rank * per);
+  const unsigned boxes = (min(rows, r_start + per) - r_start + box - 1) / box;
+  const int c0 = static_cast<int>(u * run * 8), row0 = static_cast<int>(n * rows + r_start);
+  if (threadIdx.x == 0) {
+    mbar_init(smem_addr(&bar), 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    mbar_expect_tx(smem_addr(&bar), boxes * box * run * 16u);
+    for (unsigned b = 0; b < boxes; ++b)
+      asm volatile(
+          "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+          " [%0], [%1, {%2, %3}], [%4];" ::"r"(smem_addr(buf + b * box * run)),
+          "l"(reinterpret_cast<unsigned long long>(&tx)), "r"(c0),
+          "r"(row0 + static_cast<int>(b * box)), "r"(smem_addr(&bar))
+          : "memory");
+  }
+  __syncthreads();  // the mbarrier is initialized before anyone waits on it
+  mbar_wait(smem_addr(&bar), 0);
+  if constexpr (CS > 1)
+    asm volatile("barrier.cluster.arrive.release.aligned;\n"
+                 "barrier.cluster.wait.acquire.aligned;" ::: "memory");
+  if (threadIdx.x == 0) {
+    for (unsigned b = 0; b < boxes; ++b)
+      asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];" ::
+                       "l"(reinterpret_cast<unsigned long long>(&ty)),
+                   "r"(c0), "r"(row0 + static_cast<int>(b * box)),
+                   "r"(smem_addr(buf + b * box * run))
+                   : "memory");
+    bulk_store_drain();
+  }
+}
 """
 _SERIAL_CLUSTERS = (1, 2, 4, 8)
 
@@ -433,6 +483,7 @@ def _serial_copy_module():
     names = [f"serial_copy<{cs}>" for cs in _SERIAL_CLUSTERS]
     names += [f"serial_copy_parts<{cs}, {p}>" for cs in _SERIAL_CLUSTERS for p in (1, 2)]
     names += [f"serial_copy_rows<{cs}>" for cs in _SERIAL_CLUSTERS]
+    names += [f"serial_copy_rows_tma<{cs}>" for cs in _SERIAL_CLUSTERS]
     options = ("-std=c++17", *harness.nvrtc_include_options())
     code = harness.inline_common(_SERIAL_COPY)
     return cupy.RawModule(code=code, options=options, name_expressions=names)
@@ -472,33 +523,47 @@ def _serial_copy_ms(xs, ys, blocks: int, threads: int, cluster: int, parts: int 
     return _time_graph([partial(launch, x, y) for x, y in zip(xs, ys, strict=True)])[0]
 
 
-def _serial_copy_rows_ms(xs, ys, plan: harness.GroupNormPlan) -> float:
-    """Milliseconds per serial_copy_rows launch at a channels-last GroupNorm plan's geometry
-    (NHWC xs, 32 groups): its clusters, threads and rows of `plan.tile` groups; NaN where a row
-    is not whole 16-byte vectors or a block's rows do not fit in shared memory."""
+def _serial_copy_rows_ms(xs, ys, plan: harness.GroupNormPlan, tma: bool = False) -> float:
+    """Milliseconds per serial_copy_rows launch (`tma`: serial_copy_rows_tma) at a channels-last
+    GroupNorm plan's geometry (NHWC xs, 32 groups): its clusters, threads and rows of
+    `plan.tile` groups; NaN where a row is not whole 16-byte vectors (or, for the TMA, wider
+    than a box's 256 16-bit units) or a block's rows do not fit in shared memory."""
     import cupy
     import numpy as np
+
+    from latentrt.plugins import driver
 
     n, h, w, c = xs[0].shape
     row_bytes = plan.tile * c // 32 * xs[0].element_size()
     units = 32 // plan.tile
     per = -(-h * w // plan.cluster)
-    smem = per * row_bytes
-    if row_bytes % 16 or smem > torch.cuda.get_device_properties(0).shared_memory_per_block_optin:
+    box = min(256, per)
+    smem = (-(-per // box) * box if tma else per) * row_bytes
+    optin = torch.cuda.get_device_properties(0).shared_memory_per_block_optin
+    if row_bytes % 16 or smem > optin or (tma and row_bytes > 512):
         return float("nan")
-    kern = _serial_copy_module().get_function(f"serial_copy_rows<{plan.cluster}>")
+    name = f"serial_copy_rows{'_tma' if tma else ''}<{plan.cluster}>"
+    kern = _serial_copy_module().get_function(name)
     kern.max_dynamic_shared_size_bytes = smem
+    ints = (h * w, row_bytes // 16, units)
+    grid = (n * units * plan.cluster, 1, 1)
 
     def launch(x, y):
-        with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
-            args = (np.uint64(x.data_ptr()), np.uint64(y.data_ptr()))
-            args += tuple(np.uint32(v) for v in (h * w, row_bytes // 16, units))
-            kern((n * units * plan.cluster,), (plan.threads,), args, shared_mem=smem)
+        stream = torch.cuda.current_stream().cuda_stream
+        if tma:
+            dims, box_ = (c * x.element_size() // 2, n * h * w), (row_bytes // 2, box)
+            maps = [driver.encode_tiled(t.data_ptr(), dims, box_, swizzle=False) for t in (x, y)]
+            args = [*maps, *(ctypes.c_uint32(v) for v in (*ints, box))]
+            driver.launch(kern.kernel.ptr, grid, plan.threads, smem, stream, args)
+            return
+        with cupy.cuda.ExternalStream(stream):
+            args = (np.uint64(x.data_ptr()), np.uint64(y.data_ptr()), *map(np.uint32, ints))
+            kern(grid, (plan.threads,), args, shared_mem=smem)
 
     ys[0].fill_(float("nan"))
     launch(xs[0], ys[0])
     if not torch.equal(ys[0], xs[0]):
-        raise RuntimeError(f"serial_copy_rows did not copy {tuple(xs[0].shape)} at {plan}")
+        raise RuntimeError(f"{name} did not copy {tuple(xs[0].shape)} at {plan}")
     return _time_graph([partial(launch, x, y) for x, y in zip(xs, ys, strict=True)])[0]
 
 
@@ -1033,7 +1098,8 @@ def sweep_gn_tiles(shapes, dtypes) -> list[str]:
             timed[key] = _time_graph(calls)[0]
             print(
                 f"#   {'x'.join(map(str, shape))} {dt} {desc(p)}: {timed[key]:.4f} ms, "
-                f"max error {err:.1e}, serial copy {_serial_copy_rows_ms(xs, ys, p):.4f} ms",
+                f"max error {err:.1e}, serial copy {_serial_copy_rows_ms(xs, ys, p):.4f} ms, "
+                f"by the TMA {_serial_copy_rows_ms(xs, ys, p, tma=True):.4f} ms",
                 flush=True,
             )
         best = min(timed, key=timed.get)

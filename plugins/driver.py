@@ -18,6 +18,7 @@ __all__ = ["TensorMap", "encode_im2col", "encode_tiled", "launch", "max_active_c
 # CUtensorMapDataType / Swizzle / L2promotion values (cuda.h); 16-bit elements move as UINT16,
 # whose out-of-range fill (zero bits) is +0.0 in fp16 and bf16 alike.
 _U16 = 1
+_SWIZZLE_NONE = 0
 _SWIZZLE_128B = 3
 _L2_PROMOTION_128B = 2
 
@@ -79,9 +80,12 @@ def _strides(dims: Sequence[int]) -> list[int]:
     return strides
 
 
-def encode_tiled(ptr: int, dims: Sequence[int], box: Sequence[int]) -> TensorMap:
+def encode_tiled(
+    ptr: int, dims: Sequence[int], box: Sequence[int], swizzle: bool = True
+) -> TensorMap:
     """Tensor map of a dense 16-bit tensor, `dims` innermost first, loaded in `box` tiles with
-    128-byte swizzling (the layout wgmma reads); coordinates outside `dims` read as zeros."""
+    128-byte swizzling (the layout wgmma reads) or, `swizzle` off, row after row as in memory;
+    coordinates outside `dims` read as zeros."""
     rank = len(dims)
     strides = _strides(dims)
     tmap = TensorMap()
@@ -95,7 +99,7 @@ def encode_tiled(ptr: int, dims: Sequence[int], box: Sequence[int]) -> TensorMap
         (ctypes.c_uint32 * rank)(*box),
         (ctypes.c_uint32 * rank)(*([1] * rank)),
         0,
-        _SWIZZLE_128B,
+        _SWIZZLE_128B if swizzle else _SWIZZLE_NONE,
         _L2_PROMOTION_128B,
         0,
     )

@@ -22,6 +22,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from latentrt.errors import InputError
 from latentrt.plugins import harness
 
 SPEC_TBPS = 3.35
@@ -1120,6 +1121,38 @@ def sweep_gn_tiles(shapes, dtypes) -> list[str]:
     return rows
 
 
+def bench_gn_tma(shapes, dtypes) -> list[str]:
+    """Channels-last GroupNorm+SiLU whose slices move by 2-D TMA boxes (cache 2: in; cache 3: in
+    and out) against the planner's threads' loads at the same cluster size, where a plan of
+    16-byte vectors caches one group's slice whole; serial copies of the same rows beside."""
+    props = torch.cuda.get_device_properties(0)
+    limits = (props.multi_processor_count, props.shared_memory_per_block_optin)
+    rows = [
+        "| shape | dtype | plan | threads' loads ms | TMA in ms | TMA in and out ms "
+        "| best / threads' | serial copy ms | by the TMA ms | copy ms | best % of copy |",
+        "|" + " --- |" * 11,
+    ]
+    for shape, dt, itemsize, _k, xs, ys, g, b in _gn_cases(shapes, dtypes, "NHWC"):
+        n, c, h, w = shape
+        plan = _gn_plan(shape, dt, "NHWC")
+        args = (n, c, h * w, 32, True, itemsize, True, *limits)
+        try:
+            harness.groupnorm_plan(*args, cluster=plan.cluster, cache=2, bf16=dt == "bfloat16")
+        except InputError:
+            continue  # tiles, narrower vectors or slices that are not cached whole
+        forced = [{}, {"cluster": plan.cluster, "cache": 2}, {"cluster": plan.cluster, "cache": 3}]
+        times = _alternating_medians([_gn_calls(xs, ys, g, b, "NHWC", **f) for f in forced])
+        s_rows, s_tma = (_serial_copy_rows_ms(xs, ys, plan, tma) for tma in (False, True))
+        t_c = _copy_ms(xs, ys)
+        rows.append(
+            f"| {'x'.join(map(str, shape))} | {dt} | cs{plan.cluster}/{plan.threads}t "
+            f"| {times[0]:.4f} | {times[1]:.4f} | {times[2]:.4f} | {times[0] / min(times):.3f} "
+            f"| {s_rows:.4f} | {s_tma:.4f} | {t_c:.4f} | {100 * t_c / min(times):.0f}% |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def profile_once() -> None:
     """One launch of each kernel of interest, for Nsight Compute (ncu) to capture."""
     gn_cases = ((2, 320, 64, 64), (1, 512, 128, 128), (1, 256, 256, 256))
@@ -1230,6 +1263,11 @@ def main() -> None:
         action="store_true",
         help="GroupNorm+SiLU channels-last: forced tiles and cluster sizes, only",
     )
+    ap.add_argument(
+        "--gn-tma",
+        action="store_true",
+        help="GroupNorm+SiLU channels-last: slices moved by TMA boxes against threads' loads, only",
+    )
     ap.add_argument("--conv-only", action="store_true", help="Conv3d tables only")
     ap.add_argument(
         "--conv-all",
@@ -1320,6 +1358,12 @@ def main() -> None:
         cases += [(s, "NHWC", dt) for s in gn_shapes for dt in ("float16", "float32")]
         rows = bench_gn_attrib(cases)
         print("\n# GroupNorm+SiLU: without SiLU, without statistics\n")
+        print("\n".join(rows))
+        return
+    if args.gn_tma:
+        shapes = gn_shapes + [(1, 512, 64, 64), (2, 512, 64, 64)]
+        rows = bench_gn_tma(shapes, ["float16", "bfloat16", "float32"])
+        print("\n# GroupNorm+SiLU channels-last: TMA boxes\n")
         print("\n".join(rows))
         return
     if args.gn_tiles:

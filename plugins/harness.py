@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from latentrt.errors import BackendError, InputError
+from latentrt.plugins.driver import TensorMap
 from latentrt.plugins.reference import conv3d_output_shape, resolve_conv3d_pads
 
 __all__ = [
@@ -236,10 +237,12 @@ class GroupNormPlan:
     threads: int
     vec: int  # elements per vector access: 16 bytes' worth, 2 or 1
     cached: int  # 0 two reads; else the slice cached by: 1 the threads' loads, 2 bulk copies, 3
-    # bulk copies in and bulk stores out (channels-first 16-byte vectors; kCache* in the .cu)
+    # bulk copies in and bulk stores out (channels-first 16-byte vectors, channels-last TMA
+    # boxes; kCache* in the .cu)
     smem: int
     tile: int = 1  # channels-last groups per cluster (1: one group, the general body)
     cap: int = 0  # vectors of a block's slice in the cache (fewer than the slice: partial)
+    box: int = 0  # channels-last cached >= 2: positions a TMA box
 
 
 MAX_TILE_GROUPS = 32  # kMaxTileGroups
@@ -404,15 +407,21 @@ def groupnorm_plan(
     bulk = not channels_last and v == vmax
     cached = (3 if bulk and cs == 8 and itemsize == 2 else 1) if whole else int(partial and cap > 0)
     cap = slice_(cs) if whole else cap
+    # Channels-last one-group slices of 16-byte vectors may move by TMA boxes (forced only).
+    box = 0
+    if channels_last and whole and tile == 1 and v == vmax:
+        box = groupnorm_tma_box(n, c, spatial, num_groups, itemsize, cs)
     if cache is not None:
-        if cache not in (0, 1, 2, 3) or (cache >= 2 and not (whole and bulk)):
+        if cache not in (0, 1, 2, 3) or (cache >= 2 and not (whole and (bulk or box))):
             raise InputError(
-                f"cache {cache} does not apply: 0 or 1, or 2 and 3 where a slice of channels-first "
-                f"16-byte vectors is cached whole (it is: {whole and bulk})"
+                f"cache {cache} does not apply: 0 or 1, or 2 and 3 where a slice of 16-byte "
+                f"vectors is cached whole, channels-first or in TMA boxes channels-last (it is: "
+                f"{whole and bulk or bool(box)})"
             )
         cached = cache
     cap = cap if cached else 0
-    smem = affine + cap * v * itemsize
+    box = box if channels_last and cached >= 2 else 0
+    smem = affine + cap * v * itemsize + (128 if box else 0)  # the boxes' 128-byte alignment
     if tile > 1:  # whole rows per pass
         if threads is not None:
             raise InputError("threads cannot be forced for a channels-last tile")
@@ -423,7 +432,22 @@ def groupnorm_plan(
         threads = threads_whole if whole else 256 if small else 512
     elif threads not in (256, 512):
         raise InputError(f"threads must be 256 or 512, got {threads}")
-    return GroupNormPlan(cs, threads, v, cached, smem, tile, cap)
+    return GroupNormPlan(cs, threads, v, cached, smem, tile, cap, box)
+
+
+def groupnorm_tma_box(
+    n: int, c: int, spatial: int, num_groups: int, itemsize: int, cluster: int
+) -> int:
+    """Positions a TMA box of a channels-last group's slice holds: the largest power of two up
+    to 256 that divides a block's positions, or 0 where that is under 8 (boxes then cannot keep
+    the cache's 128-byte alignment) or the maps cannot hold the tensor (rows of 16-byte
+    multiples, a group at most 256 16-bit units wide, 2^31 positions)."""
+    row, run = c * itemsize, c // num_groups * itemsize
+    if spatial % cluster or row % 16 or run % 16 or run > 512 or n * spatial >= 2**31:
+        return 0
+    per = spatial // cluster
+    box = math.gcd(per, 256)
+    return box if box >= 8 else 0
 
 
 def _forced_tile(
@@ -527,6 +551,12 @@ def groupnorm_silu(
         xd.dtype == "bfloat16",
         tile,
     )
+    div = groupnorm_divisor(plan, c, spatial, num_groups, last)
+    grid = n * num_groups // plan.tile * plan.cluster
+    if plan.box:
+        _groupnorm_silu_tma(xd, gd, bd, yd, plan, (c, spatial, num_groups), eps, activation, div,
+                            defines, stream)  # fmt: skip
+        return yd.obj
     name = f"latentrt_gn_silu_{'nhwc' if last else 'nchw'}_{_SUFFIX[xd.dtype]}_c{plan.cluster}"
     kern = _module("groupnorm_silu.cu", tuple(defines)).get_function(name)
     kern.max_dynamic_shared_size_bytes = plan.smem
@@ -544,12 +574,51 @@ def groupnorm_silu(
         np.uint32(plan.cap),
         _i(plan.vec),
         _i(plan.tile),
-        *map(np.uint32, groupnorm_divisor(plan, c, spatial, num_groups, last)),
+        *map(np.uint32, div),
     )
     with _stream(stream):
-        grid = n * num_groups // plan.tile * plan.cluster
         kern((grid,), (plan.threads,), args, shared_mem=plan.smem)
     return yd.obj
+
+
+class _GnMaps(ctypes.Structure):
+    """GnMaps in the .cu: the tensor maps of x and y, passed by value."""
+
+    _fields_ = [("x", TensorMap), ("y", TensorMap)]
+
+
+def _groupnorm_silu_tma(
+    xd: _Dev,
+    gd: _Dev,
+    bd: _Dev,
+    yd: _Dev,
+    plan: GroupNormPlan,
+    geometry: tuple[int, int, int],
+    eps: float,
+    activation: int,
+    div: tuple[int, int],
+    defines: Sequence[str],
+    stream: Any,
+) -> None:
+    """Launch the channels-last kernel whose slices move by TMA boxes (plan.box positions of a
+    group's channels; tensor maps of x and y as 16-bit units, positions by channels)."""
+    from latentrt.plugins import driver
+
+    c, spatial, groups = geometry
+    units, run = c * _ITEMSIZE[xd.dtype] // 2, c // groups * _ITEMSIZE[xd.dtype] // 2
+    dims, box = (units, xd.shape[0] * spatial), (run, plan.box)
+    maps = _GnMaps(*(driver.encode_tiled(d.ptr, dims, box, swizzle=False) for d in (xd, yd)))
+    name = f"latentrt_gn_silu_nhwc_tma_{_SUFFIX[xd.dtype]}_c{plan.cluster}"
+    kern = _module("groupnorm_silu.cu", tuple(defines)).get_function(name)
+    kern.max_dynamic_shared_size_bytes = plan.smem
+    u64, i32, u32 = ctypes.c_uint64, ctypes.c_int32, ctypes.c_uint32
+    args = [maps, *(u64(d.ptr) for d in (xd, gd, bd, yd)), *(i32(v) for v in geometry)]
+    args += [ctypes.c_float(eps), i32(activation), i32(plan.cached), u32(plan.cap), u32(plan.box)]
+    args += [u32(v) for v in div]
+    grid = (xd.shape[0] * groups * plan.cluster, 1, 1)
+    st = _stream(stream)
+    with st:
+        driver.launch(kern.kernel.ptr, grid, plan.threads, plan.smem, st.ptr, args)
 
 
 @dataclass(frozen=True)

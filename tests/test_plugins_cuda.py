@@ -198,6 +198,38 @@ def test_groupnorm_silu_forced_tiles(harness, gen, shape, dtype, tile, cluster):
     _check(out, _gn_ref(x, gamma, beta, 32, 1e-5, 1, True), dtype)
 
 
+@pytest.mark.parametrize("cache", [2, 3], ids=["tma-in", "tma-in-out"])
+@pytest.mark.parametrize(
+    ("shape", "cluster", "dtype"),
+    [
+        ((1, 128, 128, 512), 8, "float16"),  # the VAE's: boxes of 256 positions x 32 bytes
+        ((1, 128, 128, 512), 8, "bfloat16"),
+        ((1, 128, 128, 512), 8, "float32"),
+        ((2, 16, 16, 1280), 1, "float16"),  # 40 channels: 80-byte rows
+        ((2, 32, 32, 640), 2, "float32"),  # 20 fp32 channels: 80-byte rows, two samples' rows
+        ((2, 24, 40, 512), 4, "float16"),  # 240 positions a block: boxes of 16
+        ((3, 8, 15, 512), 1, "bfloat16"),  # 120 positions: boxes of 8
+    ],
+    ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v),
+)
+def test_groupnorm_silu_channels_last_tma(harness, gen, shape, cluster, dtype, cache):
+    """Channels-last slices moved by 2-D TMA boxes (and written back by TMA stores)."""
+    c = shape[-1]
+    props = torch.cuda.get_device_properties(0)
+    plan = harness.groupnorm_plan(shape[0], c, shape[1] * shape[2], 32, True,
+                                  DTYPES[dtype].itemsize, True, props.multi_processor_count,
+                                  props.shared_memory_per_block_optin, cluster=cluster,
+                                  cache=cache)  # fmt: skip
+    assert plan.box >= 8 and plan.cached == cache
+    offset = (torch.arange(c, device="cuda") // (c // 32) % 5).to(torch.float32) * 3.0
+    x = (_rand(shape, "float32", gen, 1.5) + offset).to(DTYPES[dtype])
+    gamma, beta = _rand((c,), dtype, gen), _rand((c,), dtype, gen)
+    out = _poisoned(shape, dtype)
+    harness.groupnorm_silu(x, gamma, beta, 32, 1e-5, 1, "NHWC", out=out, cluster=cluster,
+                           cache=cache)  # fmt: skip
+    _check(out, _gn_ref(x, gamma, beta, 32, 1e-5, 1, True), dtype)
+
+
 @pytest.mark.parametrize("cache", [2, 3], ids=["bulk-in", "bulk-in-out"])
 @pytest.mark.parametrize(
     ("shape", "cluster", "dtype"),

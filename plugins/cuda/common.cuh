@@ -99,4 +99,26 @@ __device__ __forceinline__ void bulk_store_drain() {
   asm volatile("cp.async.bulk.commit_group;\n\tcp.async.bulk.wait_group.read 0;" ::: "memory");
 }
 
+// Two-dimensional TMA tiles (a tensor map from cuTensorMapEncodeTiled, passed by value as a
+// __grid_constant__ kernel parameter): a box at coordinates (c0, c1), innermost first, into this
+// block's shared memory completing mbarrier `bar`'s transaction bytes, or out of it in the
+// thread's current bulk group.
+struct alignas(64) TmaDesc {  // a CUtensorMap: 128 opaque bytes
+  unsigned long long v[16];
+};
+__device__ __forceinline__ void tma_load_2d(unsigned dst, const void* map, unsigned bar, int c0,
+                                            int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
+      "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void tma_store_2d(const void* map, int c0, int c1, unsigned src) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];" ::"l"(
+                   reinterpret_cast<unsigned long long>(map)),
+               "r"(c0), "r"(c1), "r"(src)
+               : "memory");
+}
+
 }  // namespace latentrt

@@ -924,14 +924,6 @@ __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::
                    : "memory");
 }
-__device__ __forceinline__ void tma_load_2d(unsigned dst, const void* map, unsigned bar, int c0,
-                                            int c1) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
-      " [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
-      "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(bar)
-      : "memory");
-}
 // The same tile into every block of the cluster in `mask`, at the same shared-memory offsets of
 // dst and bar there.
 __device__ __forceinline__ void tma_load_2d_multicast(unsigned dst, const void* map, unsigned bar,
@@ -1160,10 +1152,6 @@ __device__ __forceinline__ void conv3d_wgmma(const T* __restrict__ x, const T* _
 // adds the partials in registers and stores the tile. No atomics, no finalize pass.
 // ws: gridDim.x slots of BM * BN floats, then gridDim.x int flags, zero at launch and left zero.
 // Every CTA of the launch must be resident at once (the launcher bounds the grid).
-
-struct alignas(64) TmaDesc {  // a CUtensorMap: 128 opaque bytes from cuTensorMapEncodeTiled
-  unsigned long long v[16];
-};
 
 struct TmaConvShape {
   int N, Cin, Cout, kT, kH, kW;

@@ -331,13 +331,21 @@ struct GroupIndexer {
 enum : int { kCacheRegisters = 1, kCacheBulk = 2, kCacheBulkStore = 3 };
 constexpr unsigned kBulkPieces = 4;
 
-template <typename T, int LAYOUT, int CS, int V>
+// Channels-last slices moved by the TMA (kCacheBulk and kCacheBulkStore channels-last): 2-D
+// tensor maps of x and y as 16-bit units, a position's C channels by all N * S positions, read
+// and written in boxes of a group's channels at `box` consecutive positions.
+struct GnMaps {
+  TmaDesc x, y;
+};
+
+template <typename T, int LAYOUT, int CS, int V, bool TMA = false>
 __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
                                                     const T* __restrict__ gamma,
                                                     const T* __restrict__ beta, T* __restrict__ y,
                                                     int C, int S, int G, float eps, int act,
                                                     int cached, unsigned cap, unsigned div_m,
-                                                    unsigned div_s) {
+                                                    unsigned div_s, const GnMaps* maps = nullptr,
+                                                    unsigned box = 0) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ float s_warp[16][3];  // per warp; at most 512 threads (__launch_bounds__)
   __shared__ float s_final[2];
@@ -369,7 +377,12 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
   float* s_a = reinterpret_cast<float*>(smem_raw);
   float* s_b = s_a + Cg;
   const unsigned affine_bytes = ((2u * Cg * 4u + 15u) / 16u) * 16u;
-  Pack<T, V>* cache = reinterpret_cast<Pack<T, V>*>(smem_raw + affine_bytes);
+  // The TMA's boxes land at 128-byte boundaries (the launcher adds 128 bytes of slack).
+  constexpr bool kTma = TMA && LAYOUT == kLayoutChannelsLast && sizeof(Pack<T, V>) == 16;
+  const unsigned cache_at =
+      kTma ? ((smem_addr(smem_raw) + affine_bytes + 127u) & ~127u) - smem_addr(smem_raw)
+           : affine_bytes;
+  Pack<T, V>* cache = reinterpret_cast<Pack<T, V>*>(smem_raw + cache_at);
 
   const unsigned tid = threadIdx.x;
   const unsigned bs = blockDim.x;
@@ -397,12 +410,18 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
   // into the thread's Welford statistics. Channels-first slices of 16-byte vectors are one
   // contiguous run: with `cached` >= kCacheBulk the TMA copies the whole slice in kBulkPieces
   // bulk copies, each completing its own mbarrier, and the threads fold a piece from shared
-  // memory as soon as it lands. Otherwise each thread keeps U vector loads in flight. (Filling
-  // the cache with per-thread cp.async measured 5-15% slower on H100.)
-  constexpr bool kBulk = LAYOUT == kLayoutChannelsFirst && sizeof(Pack<T, V>) == 16;
+  // memory as soon as it lands. Channels-last slices the same in pieces of whole boxes (kTma:
+  // the slice is whole positions, `box` of them dividing it). Otherwise each thread keeps U
+  // vector loads in flight. (Filling the cache with per-thread cp.async measured 5-15% slower
+  // on H100.)
+  constexpr bool kBulk = (LAYOUT == kLayoutChannelsFirst && sizeof(Pack<T, V>) == 16) || kTma;
   __shared__ __align__(8) unsigned long long s_bar[kBulkPieces];
   const unsigned nv = end - start;
-  const unsigned piece = (nv + kBulkPieces - 1) / kBulkPieces;
+  const unsigned vpp = Cg / V;                // kTma: vectors a position
+  const unsigned vbox = kTma ? box * vpp : 1u;  // vectors a box
+  const unsigned piece = (nv / vbox + kBulkPieces - 1) / kBulkPieces * vbox;
+  const int tma_c = static_cast<int>(g * Cg * sizeof(T) / 2);  // the group's first 16-bit unit
+  const int tma_row = static_cast<int>(n * static_cast<unsigned>(S) + start / vpp);
   WelfordStat st{0.0f, 0.0f, 0.0f};
   if (kBulk && cached >= kCacheBulk) {
     if (tid == 0) {
@@ -416,7 +435,12 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
           continue;
         }
         mbar_expect_tx(bar, (b - a) * 16u);
-        bulk_load(smem_addr(cache + a), xg + ix.offset(start + a), (b - a) * 16u, bar);
+        if constexpr (kTma) {
+          for (unsigned v = a; v < b; v += vbox)
+            tma_load_2d(smem_addr(cache + v), &maps->x, bar, tma_c, tma_row + v / vpp);
+        } else {
+          bulk_load(smem_addr(cache + a), xg + ix.offset(start + a), (b - a) * 16u, bar);
+        }
       }
     }
     __syncthreads();  // the mbarriers are initialized before anyone waits on them
@@ -543,12 +567,17 @@ __device__ __forceinline__ void groupnorm_silu_body(const T* __restrict__ x,
     for (unsigned k = 0; k < kBulkPieces; ++k) {
       const unsigned a = min(nv, k * piece), b = min(nv, a + piece);
       for (unsigned v = a + tid; v < b; v += bs)
-        cache[v] = scale_shift<T, V, false>(load_pack(&cache[v]), s_a, s_b, ix.channel(start + v),
-                                            act);
+        cache[v] = scale_shift<T, V, LAYOUT == kLayoutChannelsLast>(
+            load_pack(&cache[v]), s_a, s_b, ix.channel(start + v), act);
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // visible to the TMA
       __syncthreads();
-      if (tid == 0 && b > a)
+      if constexpr (kTma) {
+        if (tid == 0)
+          for (unsigned v = a; v < b; v += vbox)
+            tma_store_2d(&maps->y, tma_c, tma_row + v / vpp, smem_addr(cache + v));
+      } else if (tid == 0 && b > a) {
         bulk_store(yg + ix.offset(start + a), smem_addr(cache + a), (b - a) * 16u);
+      }
     }
     if (tid == 0) bulk_store_drain();  // the block's shared memory outlives the stores' reads
     LRT_GN_MARK(4);
@@ -838,6 +867,19 @@ __device__ __forceinline__ void groupnorm_silu_kernel(const T* x, const T* gamma
                                             div_m, div_s);
 }
 
+// Channels-last one-group slices of 16-byte vectors moved by the TMA (GnMaps; `box` positions a
+// box, dividing each block's slice), cached whole: `cached` kCacheBulk or kCacheBulkStore.
+template <typename T, int CS>
+__device__ __forceinline__ void groupnorm_silu_tma_kernel(const GnMaps* maps, const T* x,
+                                                          const T* gamma, const T* beta, T* y,
+                                                          int C, int S, int G, float eps, int act,
+                                                          int cached, unsigned cap, unsigned box,
+                                                          unsigned div_m, unsigned div_s) {
+  constexpr int VMAX = 16 / static_cast<int>(sizeof(T));
+  groupnorm_silu_body<T, kLayoutChannelsLast, CS, VMAX, true>(
+      x, gamma, beta, y, C, S, G, eps, act, cached, cap, div_m, div_s, maps, box);
+}
+
 }  // namespace latentrt
 
 // Kernel entry points, looked up by name from the harness:
@@ -852,6 +894,17 @@ __device__ __forceinline__ void groupnorm_silu_kernel(const T* x, const T* gamma
     latentrt::groupnorm_silu_kernel<T, LAYOUT, CS>(x, gamma, beta, y, C, S, G, eps, act, cached, \
                                                    cap, vec, gt, div_m, div_s);                   \
   }
+// latentrt_gn_silu_nhwc_tma_{f32|f16|bf16}_c{1|2|4|8}: the channels-last slices moved by the TMA
+// (the tensor maps come first, by value); grid.x = N * G * CS.
+#define LRT_GN_TMA_KERNEL(T, SUF, CS)                                                             \
+  extern "C" __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(512, 2)                  \
+      latentrt_gn_silu_nhwc_tma_##SUF##_c##CS(                                                     \
+          const __grid_constant__ latentrt::GnMaps maps, const T* x, const T* gamma, const T* beta, \
+          T* y, int C, int S, int G, float eps, int act, int cached, unsigned cap, unsigned box,   \
+          unsigned div_m, unsigned div_s) {                                                        \
+    latentrt::groupnorm_silu_tma_kernel<T, CS>(&maps, x, gamma, beta, y, C, S, G, eps, act,      \
+                                               cached, cap, box, div_m, div_s);                  \
+  }
 #define LRT_GN_LAYOUT(T, SUF, LAYOUT, LNAME) \
   LRT_GN_KERNEL(T, SUF, LAYOUT, LNAME, 1)    \
   LRT_GN_KERNEL(T, SUF, LAYOUT, LNAME, 2)    \
@@ -859,7 +912,11 @@ __device__ __forceinline__ void groupnorm_silu_kernel(const T* x, const T* gamma
   LRT_GN_KERNEL(T, SUF, LAYOUT, LNAME, 8)
 #define LRT_GN_DTYPE(T, SUF)                                          \
   LRT_GN_LAYOUT(T, SUF, latentrt::kLayoutChannelsFirst, nchw)         \
-  LRT_GN_LAYOUT(T, SUF, latentrt::kLayoutChannelsLast, nhwc)
+  LRT_GN_LAYOUT(T, SUF, latentrt::kLayoutChannelsLast, nhwc)          \
+  LRT_GN_TMA_KERNEL(T, SUF, 1)                                        \
+  LRT_GN_TMA_KERNEL(T, SUF, 2)                                        \
+  LRT_GN_TMA_KERNEL(T, SUF, 4)                                        \
+  LRT_GN_TMA_KERNEL(T, SUF, 8)
 
 LRT_GN_DTYPE(float, f32)
 LRT_GN_DTYPE(__half, f16)

@@ -407,10 +407,12 @@ def groupnorm_plan(
     bulk = not channels_last and v == vmax
     cached = (3 if bulk and cs == 8 and itemsize == 2 else 1) if whole else int(partial and cap > 0)
     cap = slice_(cs) if whole else cap
-    # Channels-last one-group slices of 16-byte vectors may move by TMA boxes (forced only).
+    # Channels-last one-group slices of 16-byte vectors cached whole may move by TMA boxes: the
+    # planner's choice for clusters of 8, in and (16-bit) out (see the .cu).
     box = 0
     if channels_last and whole and tile == 1 and v == vmax:
         box = groupnorm_tma_box(n, c, spatial, num_groups, itemsize, cs)
+        cached = (3 if itemsize == 2 else 2) if box and cs == 8 else cached
     if cache is not None:
         if cache not in (0, 1, 2, 3) or (cache >= 2 and not (whole and (bulk or box))):
             raise InputError(

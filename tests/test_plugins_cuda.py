@@ -593,6 +593,8 @@ def launcher_lib(tmp_path_factory, harness):
         ((2, 32, 32, 960), "NHWC", "bfloat16"),  # bf16 straddles where its clusters grow (2 to 8)
         ((1, 32, 512, 512), "NCHW", "float32"),
         ((1, 512, 128, 128), "NCHW", "bfloat16"),  # clusters of 8: bulk copies in and out
+        ((1, 128, 128, 512), "NHWC", "float16"),  # clusters of 8: TMA boxes in and out
+        ((1, 128, 128, 512), "NHWC", "float32"),  # TMA boxes in
     ],
 )
 def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):

@@ -212,12 +212,12 @@ def test_c_launcher_layout_change_matches_the_harness(sm90_lib):
 
 
 def test_c_launcher_groupnorm_plan_matches_the_harness(sm90_lib):
-    # Cluster, block size, vector width, cache fill, shared memory, tile and index-division magic
-    # of a GroupNormSiLU launch, in C and Python alike, over layouts, dtypes, alignment and two
-    # GPUs' limits.
+    # Cluster, block size, vector width, cache fill, shared memory, tile, index-division magic and
+    # TMA box of a GroupNormSiLU launch, in C and Python alike, over layouts, dtypes, alignment
+    # and two GPUs' limits.
     plan = sm90_lib.latentrt_groupnorm_silu_plan
     plan.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong] + [ctypes.c_int] * 7
-    plan.argtypes += [ctypes.POINTER(ctypes.c_uint)]  # int* out9, read as unsigned
+    plan.argtypes += [ctypes.POINTER(ctypes.c_uint)]  # int* out10, read as unsigned
     shapes = [  # (N, C, spatial, groups)
         (2, 320, 64 * 64, 32),
         (8, 320, 64 * 64, 32),
@@ -237,19 +237,21 @@ def test_c_launcher_groupnorm_plan_matches_the_harness(sm90_lib):
     for (n, c, spatial, groups), layout, (elem, bf16), aligned, (sms, optin) in itertools.product(
         shapes, (0, 1), ((2, 0), (2, 1), (4, 0)), (1, 0), ((132, 232448), (108, 166912))
     ):
-        out = (ctypes.c_uint * 9)()
+        out = (ctypes.c_uint * 10)()
         assert plan(n, c, spatial, groups, layout, elem, bf16, aligned, sms, optin, out) == 0
         p = harness.groupnorm_plan(
             n, c, spatial, groups, layout == 1, elem, bool(aligned), sms, optin, bf16=bool(bf16)
         )
         div = harness.groupnorm_divisor(p, c, spatial, groups, layout == 1)
-        assert list(out) == [p.cluster, p.threads, p.vec, p.cached, p.smem, p.tile, p.cap, *div], (
-            n, c, spatial, groups, layout, elem, aligned, sms
-        )  # fmt: skip
+        want = [p.cluster, p.threads, p.vec, p.cached, p.smem, p.tile, p.cap, *div, p.box]
+        assert list(out) == want, (n, c, spatial, groups, layout, elem, aligned, sms)
         if p.tile == 1:
-            checked.add((p.cached, p.cap < -(-(c // groups * spatial // p.vec) // p.cluster)))
-    # two reads, the threads' loads filling whole and partial caches, bulk copies in and out
-    assert checked == {(0, True), (1, False), (1, True), (3, False)}
-    out = (ctypes.c_uint * 9)()
+            partial = p.cap < -(-(c // groups * spatial // p.vec) // p.cluster)
+            checked.add((layout, p.cached, partial, p.box > 0))
+    # two reads, the threads' loads filling whole and partial caches, bulk copies in and out;
+    # channels-last TMA boxes in (fp32) and in and out (16-bit)
+    assert checked >= {(0, 0, True, False), (0, 1, False, False), (0, 1, True, False)}
+    assert checked >= {(0, 3, False, False), (1, 2, False, True), (1, 3, False, True)}
+    out = (ctypes.c_uint * 10)()
     assert plan(1, 30, 64, 32, 0, 2, 0, 1, 132, 232448, out) != 0  # 30 channels, 32 groups
     assert plan(1, 32, 64, 32, 0, 4, 1, 1, 132, 232448, out) != 0  # 4-byte bfloat16

@@ -344,8 +344,19 @@ def test_groupnorm_plan_unet_and_fallback():
     # groups (96-byte rows), 480 threads.
     p = harness.groupnorm_plan(1, 96, 9 * 33 * 33, 32, True, 2, True, sms, optin)
     assert (p.vec, p.tile, p.threads) == (1, 16, 480)
-    # Runs of a sector (32 bytes) and more stay one group per cluster.
-    assert harness.groupnorm_plan(1, 512, 128 * 128, 32, True, 2, True, sms, optin).tile == 1
+    # Runs of a sector (32 bytes) and more stay one group per cluster; in clusters of 8 whose
+    # slices fit, TMA boxes of 256 positions move them (in and out for 16-bit types, in for fp32)
+    # and the cache starts at a 128-byte boundary.
+    p = harness.groupnorm_plan(1, 512, 128 * 128, 32, True, 2, True, sms, optin)
+    assert (p.tile, p.cluster, p.cached, p.box) == (1, 8, 3, 256)
+    assert p.smem == 2 * 16 * 4 + 4096 * 16 + 128
+    p = harness.groupnorm_plan(1, 512, 128 * 128, 32, True, 4, True, sms, optin)
+    assert (p.cluster, p.cached, p.box) == (8, 2, 256)
+    assert harness.groupnorm_plan(2, 512, 64 * 64, 32, True, 2, True, sms, optin).box == 0  # cs2
+    assert harness.groupnorm_plan(1, 512, 128 * 128, 32, True, 2, False, sms, optin).box == 0
+    assert harness.groupnorm_tma_box(1, 512, 24 * 40, 32, 2, 4) == 16  # 240 positions a block
+    assert harness.groupnorm_tma_box(1, 512, 9 * 11, 32, 2, 1) == 0  # 99: boxes of 1
+    assert harness.groupnorm_tma_box(1, 320, 4096, 32, 2, 8) == 0  # 20-byte runs
     with pytest.raises(InputError, match="tile"):
         harness.groupnorm_plan(2, 320, 4096, 32, True, 2, True, sms, optin, threads=256)
     with pytest.raises(InputError, match="threads"):

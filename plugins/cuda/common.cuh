@@ -9,6 +9,7 @@
 #include <cuda_fp16.h>
 
 #ifndef __CUDACC_RTC__
+#include <cuda.h>  // CUtensorMap and its enums; the encoder is fetched from the driver at run time
 #include <cuda_runtime.h>
 #endif
 
@@ -122,3 +123,28 @@ __device__ __forceinline__ void tma_store_2d(const void* map, int c0, int c1, un
 }
 
 }  // namespace latentrt
+
+#ifndef __CUDACC_RTC__
+namespace latentrt {
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
+                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
+                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no link against libcuda);
+// nullptr where the driver lacks it.
+inline EncodeTiled encode_tiled_fn() {
+  static const EncodeTiled fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    const cudaError_t e =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q);
+    return e == cudaSuccess && q == cudaDriverEntryPointSuccess ? reinterpret_cast<EncodeTiled>(p)
+                                                                : nullptr;
+  }();
+  return fn;
+}
+
+}  // namespace latentrt
+#endif  // __CUDACC_RTC__

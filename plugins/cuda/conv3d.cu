@@ -1731,10 +1731,6 @@ LRT_CONV_TC(__nv_bfloat16, bf16)
 
 #include <algorithm>
 
-#if defined(LATENTRT_SM90A)
-#include <cuda.h>  // CUtensorMap and its enums; the encoder is fetched from the driver at run time
-#endif
-
 namespace {
 
 // Stream-K's workspace bound on a GPU of `sms` SMs: a partial tile (at most 128 x 256 fp32) and
@@ -1905,28 +1901,10 @@ bool wgmma_deep(long long ctas, int bn, int sms) { return bn == 128 && ctas <= s
 // ---- TMA kernel: tensor maps and plan (mirror conv3d_tma_plan in plugins/harness.py) ----
 static_assert(sizeof(CUtensorMap) == sizeof(latentrt::TmaDesc), "CUtensorMap is 128 bytes");
 
-using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
-                                 const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
-                                 const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
-                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-// cuTensorMapEncodeTiled through the runtime's driver entry point (no link against libcuda).
-EncodeTiled encode_tiled_fn() {
-  static const EncodeTiled fn = [] {
-    void* p = nullptr;
-    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-    const cudaError_t e =
-        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q);
-    return e == cudaSuccess && q == cudaDriverEntryPointSuccess ? reinterpret_cast<EncodeTiled>(p)
-                                                                : nullptr;
-  }();
-  return fn;
-}
-
 // A dense 16-bit tensor (dims innermost first) in box tiles, 128-byte swizzled, zero fill.
 bool encode_tiled(CUtensorMap* map, const void* ptr, int rank, const cuuint64_t* dims,
                   const cuuint32_t* box) {
-  const EncodeTiled fn = encode_tiled_fn();
+  const latentrt::EncodeTiled fn = latentrt::encode_tiled_fn();
   if (fn == nullptr) return false;
   cuuint64_t strides[4];
   cuuint64_t acc = 2;

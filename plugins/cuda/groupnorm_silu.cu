@@ -924,6 +924,8 @@ LRT_GN_DTYPE(__nv_bfloat16, bf16)
 
 #ifndef __CUDACC_RTC__
 
+#include <cstring>
+#include <numeric>
 #include <type_traits>
 
 namespace {
@@ -936,6 +938,7 @@ struct GnPlan {
   size_t smem;
   int tile;      // channels-last groups per cluster (1: one group, the general body)
   unsigned cap;  // vectors of a block's slice in the cache (fewer than the slice: partial)
+  int box;       // channels-last kCacheBulk / kCacheBulkStore: positions a TMA box (else 0)
 };
 
 constexpr long long kStaticSmemReserve = 8192;  // static shared memory of both bodies: 7.5 KB
@@ -986,6 +989,20 @@ struct GnUnits {
     return cs;
   }
 };
+
+// Positions a TMA box of a channels-last group's slice holds: the largest power of two up to
+// 256 that divides a block's positions, or 0 where that is under 8 (boxes then cannot keep the
+// cache's 128-byte alignment) or the maps cannot hold the tensor (rows of 16-byte multiples, a
+// group at most 256 16-bit units wide, 2^31 positions).
+int groupnorm_tma_box(long long n, long long c, long long spatial, long long groups, long long elem,
+                      int cluster) {
+  const long long row = c * elem, run = c / groups * elem;
+  if (spatial % cluster != 0 || row % 16 != 0 || run % 16 != 0 || run > 512 ||
+      n * spatial >= (1LL << 31))
+    return 0;
+  const long long box = std::gcd(spatial / cluster, 256LL);
+  return box >= 8 ? static_cast<int>(box) : 0;
+}
 
 // The launch plan; plugins/harness.py mirrors this function (keep the two in step).
 GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, size_t elem,
@@ -1069,8 +1086,17 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
     p.cached = bulk && cs == 8 && elem == 2 ? latentrt::kCacheBulkStore : latentrt::kCacheRegisters;
   else
     p.cached = partial && cap > 0 ? latentrt::kCacheRegisters : 0;
+  // Channels-last clusters of 8 caching one group's slice of 16-byte vectors whole: TMA boxes
+  // in, and for 16-bit types out (H100, 1x512x128x128: 1.33x fp16 and bf16, 1.07x fp32; slower
+  // or even for smaller clusters; BENCHMARKS.md, twenty-first session).
+  p.box = 0;
+  if (channels_last && whole && p.tile == 1 && p.vec == vmax && cs == 8) {
+    p.box = groupnorm_tma_box(n, c, spatial, groups, e, cs);
+    if (p.box > 0) p.cached = elem == 2 ? latentrt::kCacheBulkStore : latentrt::kCacheBulk;
+  }
   p.cap = !p.cached ? 0u : static_cast<unsigned>(whole ? u.slice(cs) : cap);
-  p.smem = static_cast<size_t>(affine + p.cap * v * static_cast<long long>(elem));
+  p.smem = static_cast<size_t>(affine + p.cap * v * static_cast<long long>(elem)) +
+           (p.box > 0 ? 128 : 0);  // the boxes' 128-byte alignment
   if (p.tile > 1) {  // whole rows per pass
     p.threads = static_cast<int>((partial && b >= 3 ? 256 : 512) / row_vectors * row_vectors);
     return p;
@@ -1128,6 +1154,51 @@ GnKernel<__nv_bfloat16> pick_gn_kernel<__nv_bfloat16>(int layout, int cluster) {
 }
 
 template <typename T>
+using GnTmaKernel = void (*)(latentrt::GnMaps, const T*, const T*, const T*, T*, int, int, int,
+                             float, int, int, unsigned, unsigned, unsigned, unsigned);
+
+#define LRT_GN_TMA_TABLE(SUF)                                                                \
+  {latentrt_gn_silu_nhwc_tma_##SUF##_c1, latentrt_gn_silu_nhwc_tma_##SUF##_c2,               \
+   latentrt_gn_silu_nhwc_tma_##SUF##_c4, latentrt_gn_silu_nhwc_tma_##SUF##_c8}
+
+template <typename T>
+GnTmaKernel<T> pick_gn_tma_kernel(int cluster);
+template <>
+GnTmaKernel<float> pick_gn_tma_kernel<float>(int cluster) {
+  static const GnTmaKernel<float> table[4] = LRT_GN_TMA_TABLE(f32);
+  return table[cluster == 1 ? 0 : cluster == 2 ? 1 : cluster == 4 ? 2 : 3];
+}
+template <>
+GnTmaKernel<__half> pick_gn_tma_kernel<__half>(int cluster) {
+  static const GnTmaKernel<__half> table[4] = LRT_GN_TMA_TABLE(f16);
+  return table[cluster == 1 ? 0 : cluster == 2 ? 1 : cluster == 4 ? 2 : 3];
+}
+template <>
+GnTmaKernel<__nv_bfloat16> pick_gn_tma_kernel<__nv_bfloat16>(int cluster) {
+  static const GnTmaKernel<__nv_bfloat16> table[4] = LRT_GN_TMA_TABLE(bf16);
+  return table[cluster == 1 ? 0 : cluster == 2 ? 1 : cluster == 4 ? 2 : 3];
+}
+
+// The tensor map of a channels-last tensor as 16-bit units: `units` a position by `rows`
+// positions, in boxes of `run` units by `box` positions, unswizzled (GnMaps in the kernels).
+bool encode_rows(latentrt::TmaDesc* desc, const void* ptr, long long units, long long rows,
+                 int run, int box) {
+  const latentrt::EncodeTiled fn = latentrt::encode_tiled_fn();
+  if (fn == nullptr) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(units), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(units) * 2};
+  const cuuint32_t boxes[2] = {static_cast<cuuint32_t>(run), static_cast<cuuint32_t>(box)};
+  const cuuint32_t ones[2] = {1, 1};
+  CUtensorMap map;
+  if (fn(&map, CU_TENSOR_MAP_DATA_TYPE_UINT16, 2, const_cast<void*>(ptr), dims, strides, boxes,
+         ones, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+         CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+    return false;
+  std::memcpy(desc, &map, sizeof(map));
+  return true;
+}
+
+template <typename T>
 int launch_groupnorm_silu(const T* x, const T* gamma, const T* beta, T* y, int n, int c,
                           long long spatial, int groups, float eps, int activation, int layout,
                           cudaStream_t stream) {
@@ -1147,14 +1218,33 @@ int launch_groupnorm_silu(const T* x, const T* gamma, const T* beta, T* y, int n
   if (err != cudaSuccess) return err;
   const auto addr = [](const void* p) { return reinterpret_cast<unsigned long long>(p); };
   const bool aligned = (addr(x) % 16 == 0) && (addr(y) % 16 == 0);
-  const GnPlan p = plan_groupnorm(n, c, spatial, groups, layout, sizeof(T),
-                                  std::is_same<T, __nv_bfloat16>::value, aligned, sms, optin);
+  GnPlan p = plan_groupnorm(n, c, spatial, groups, layout, sizeof(T),
+                            std::is_same<T, __nv_bfloat16>::value, aligned, sms, optin);
+  const unsigned grid = static_cast<unsigned>(n) * groups / p.tile * p.cluster;
+  const FastDivisorMagic div = groupnorm_divisor(p, c, spatial, groups, layout);
+  if (p.box > 0) {  // TMA boxes; where the driver cannot encode their maps, the threads' loads
+    latentrt::GnMaps maps;
+    const long long units = c * static_cast<long long>(sizeof(T)) / 2;
+    const int run = static_cast<int>(units / groups);
+    if (encode_rows(&maps.x, x, units, n * spatial, run, p.box) &&
+        encode_rows(&maps.y, y, units, n * spatial, run, p.box)) {
+      GnTmaKernel<T> k = pick_gn_tma_kernel<T>(p.cluster);
+      err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(p.smem));
+      if (err != cudaSuccess) return err;
+      k<<<grid, p.threads, p.smem, stream>>>(maps, x, gamma, beta, y, c, static_cast<int>(spatial),
+                                             groups, eps, activation, p.cached, p.cap,
+                                             static_cast<unsigned>(p.box), div.m, div.s);
+      return cudaGetLastError();
+    }
+    p.cached = latentrt::kCacheRegisters;
+    p.smem -= 128;
+    p.box = 0;
+  }
   GnKernel<T> k = pick_gn_kernel<T>(layout, p.cluster);
   err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(p.smem));
   if (err != cudaSuccess) return err;
-  const unsigned grid = static_cast<unsigned>(n) * groups / p.tile * p.cluster;
-  const FastDivisorMagic div = groupnorm_divisor(p, c, spatial, groups, layout);
   k<<<grid, p.threads, p.smem, stream>>>(x, gamma, beta, y, c, static_cast<int>(spatial), groups,
                                          eps, activation, p.cached, p.cap, p.vec, p.tile, div.m,
                                          div.s);
@@ -1192,11 +1282,12 @@ extern "C" int latentrt_groupnorm_silu_bf16(const __nv_bfloat16* x, const __nv_b
 // The launch plan of a shape on a GPU of `sms` SMs and `smem_optin` bytes of opt-in shared
 // memory per block, host-only (the CPU tests hold it to plugins/harness.py's groupnorm_plan):
 // elem_bytes 2 or 4, bf16 1 for bfloat16 (it straddles channels-last groups more often);
-// out9 = cluster, threads, vec, cached, smem, tile, cap, and the magic m (as its bits) and shift
-// s of the kernel's index division. Returns 0, or cudaErrorInvalidValue.
+// out10 = cluster, threads, vec, cached, smem, tile, cap, the magic m (as its bits) and shift s
+// of the kernel's index division, and the positions of a TMA box (0: none). Returns 0, or
+// cudaErrorInvalidValue.
 extern "C" int latentrt_groupnorm_silu_plan(int n, int c, long long spatial, int num_groups,
                                             int layout, int elem_bytes, int bf16, int aligned,
-                                            int sms, int smem_optin, int* out9) {
+                                            int sms, int smem_optin, int* out10) {
   if (n <= 0 || c <= 0 || spatial <= 0 || num_groups <= 0 || c % num_groups != 0 ||
       (layout != latentrt::kLayoutChannelsFirst && layout != latentrt::kLayoutChannelsLast) ||
       (elem_bytes != 2 && elem_bytes != 4) || (bf16 != 0 && elem_bytes != 2))
@@ -1205,9 +1296,11 @@ extern "C" int latentrt_groupnorm_silu_plan(int n, int c, long long spatial, int
                                   static_cast<size_t>(elem_bytes), bf16 != 0, aligned != 0, sms,
                                   smem_optin);
   const FastDivisorMagic div = groupnorm_divisor(p, c, spatial, num_groups, layout);
-  const int v[9] = {p.cluster, p.threads, p.vec, p.cached, static_cast<int>(p.smem), p.tile,
-                    static_cast<int>(p.cap), static_cast<int>(div.m), static_cast<int>(div.s)};
-  for (int i = 0; i < 9; ++i) out9[i] = v[i];
+  const int v[10] = {p.cluster, p.threads,  p.vec,
+                     p.cached,  static_cast<int>(p.smem), p.tile,
+                     static_cast<int>(p.cap), static_cast<int>(div.m), static_cast<int>(div.s),
+                     p.box};
+  for (int i = 0; i < 10; ++i) out10[i] = v[i];
   return 0;
 }
 

@@ -141,9 +141,7 @@ def _gn_plan(shape, dt: str, layout: str) -> harness.GroupNormPlan:
     sms, optin = props.multi_processor_count, props.shared_memory_per_block_optin
     itemsize = torch.finfo(getattr(torch, dt)).bits // 8
     last = layout == "NHWC"
-    return harness.groupnorm_plan(
-        n, c, h * w, 32, last, itemsize, True, sms, optin, bf16=dt == "bfloat16"
-    )
+    return harness.groupnorm_plan(n, c, h * w, 32, last, itemsize, True, sms, optin)
 
 
 def bench_groupnorm(shapes, dtypes, layout: str = "NCHW") -> list[str]:
@@ -265,8 +263,7 @@ def bench_gn_waves(shapes, dtypes) -> list[str]:
             limits = (props.multi_processor_count, props.shared_memory_per_block_optin)
             args = (n, c, h * w, 32, layout == "NHWC", itemsize, True, *limits)
             cache = 1
-            bf16 = dt == "bfloat16"
-            other = harness.groupnorm_plan(*args, cluster=plan.cluster, cache=1, bf16=bf16)
+            other = harness.groupnorm_plan(*args, cluster=plan.cluster, cache=1)
             rows_ = -(-h * w // plan.cluster)
             whole = rows_ * plan.tile * (c // 32) // plan.vec if plan.tile > 1 else None
             whole = whole or -(-(c // 32 * h * w // plan.vec) // plan.cluster)
@@ -276,7 +273,7 @@ def bench_gn_waves(shapes, dtypes) -> list[str]:
             elif layout == "NCHW" and plan.vec == 16 // itemsize and plan.cluster == 8:
                 cache = 3 if itemsize == 2 else 1  # the planner's whole-slice modes
             forced = {"cluster": plan.cluster, "cache": cache, "threads": threads}
-            other = harness.groupnorm_plan(*args, **forced, bf16=bf16)
+            other = harness.groupnorm_plan(*args, **forced)
             if other == plan:
                 continue
             k = _sets(2 * torch.Size(shape).numel() * itemsize)
@@ -1085,7 +1082,7 @@ def sweep_gn_tiles(shapes, dtypes) -> list[str]:
         plan = _gn_plan(shape, dt, "NHWC")
         forced = {}
         for tile, cs in itertools.product((1, 2, 4, 8, 16), (1, 2, 4, 8)):
-            p = harness.groupnorm_plan(*args, cluster=cs, tile=tile, bf16=dt == "bfloat16")
+            p = harness.groupnorm_plan(*args, cluster=cs, tile=tile)
             if p != plan and p not in forced.values():
                 forced[(tile, cs)] = p
         ref = _gn_silu_torch(xs[0].permute(0, 3, 1, 2).double(), g.double(), b.double())
@@ -1137,7 +1134,7 @@ def bench_gn_tma(shapes, dtypes) -> list[str]:
         plan = _gn_plan(shape, dt, "NHWC")
         args = (n, c, h * w, 32, True, itemsize, True, *limits)
         try:
-            harness.groupnorm_plan(*args, cluster=plan.cluster, cache=2, bf16=dt == "bfloat16")
+            harness.groupnorm_plan(*args, cluster=plan.cluster, cache=2)
         except InputError:
             continue  # tiles, narrower vectors or slices that are not cached whole
         forced = [{"cluster": plan.cluster, "cache": k} for k in (1, 2, 3)]

@@ -328,7 +328,6 @@ def groupnorm_plan(
     threads: int | None = None,
     cache: int | None = None,
     per_sm: int | None = None,
-    bf16: bool = False,
     tile: int | None = None,
 ) -> GroupNormPlan:
     """Cluster size, block size, vector width, caching and tiling of one GroupNormSiLU launch.
@@ -337,8 +336,7 @@ def groupnorm_plan(
     .cached; 1-3 cache whole slices where they fit) and `per_sm` (blocks per SM a partial cache
     is sized for) override the planner, for benchmark sweeps, and so does `tile` (channels-last
     groups a cluster normalizes: a power of two that divides the groups, read in 16-byte vectors
-    where whole ones fill a row). `bf16`: the 2-byte elements are bfloat16 (they straddle
-    channels-last groups more often).
+    where whole ones fill a row). fp16 and bf16 plan alike.
     """
     cg = c // num_groups
     vmax = 16 // itemsize
@@ -361,9 +359,7 @@ def groupnorm_plan(
             if t * cg % vmax == 0 and t * cg * itemsize >= 64:
                 before = _GnUnits(n, num_groups, cg, spatial, tile, v, itemsize)
                 after = _GnUnits(n, num_groups, cg, spatial, t, vmax, itemsize)
-                if bf16 or after.cluster(sms, smem_optin) <= max(
-                    2, before.cluster(sms, smem_optin)
-                ):
+                if after.cluster(sms, smem_optin) <= max(2, before.cluster(sms, smem_optin)):
                     tile, v = t, vmax
                 break
             t *= 2
@@ -550,7 +546,6 @@ def groupnorm_silu(
         threads,
         cache,
         per_sm,
-        xd.dtype == "bfloat16",
         tile,
     )
     div = groupnorm_divisor(plan, c, spatial, num_groups, last)

@@ -216,7 +216,7 @@ def test_c_launcher_groupnorm_plan_matches_the_harness(sm90_lib):
     # TMA box of a GroupNormSiLU launch, in C and Python alike, over layouts, dtypes, alignment
     # and two GPUs' limits.
     plan = sm90_lib.latentrt_groupnorm_silu_plan
-    plan.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong] + [ctypes.c_int] * 7
+    plan.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong] + [ctypes.c_int] * 6
     plan.argtypes += [ctypes.POINTER(ctypes.c_uint)]  # int* out10, read as unsigned
     shapes = [  # (N, C, spatial, groups)
         (2, 320, 64 * 64, 32),
@@ -234,13 +234,13 @@ def test_c_launcher_groupnorm_plan_matches_the_harness(sm90_lib):
         (1, 64, 33 * 33, 32),  # 2 channels: two fp32 groups a vector, four fp16 ones (no)
     ]
     checked = set()
-    for (n, c, spatial, groups), layout, (elem, bf16), aligned, (sms, optin) in itertools.product(
-        shapes, (0, 1), ((2, 0), (2, 1), (4, 0)), (1, 0), ((132, 232448), (108, 166912))
+    for (n, c, spatial, groups), layout, elem, aligned, (sms, optin) in itertools.product(
+        shapes, (0, 1), (2, 4), (1, 0), ((132, 232448), (108, 166912))
     ):
         out = (ctypes.c_uint * 10)()
-        assert plan(n, c, spatial, groups, layout, elem, bf16, aligned, sms, optin, out) == 0
+        assert plan(n, c, spatial, groups, layout, elem, aligned, sms, optin, out) == 0
         p = harness.groupnorm_plan(
-            n, c, spatial, groups, layout == 1, elem, bool(aligned), sms, optin, bf16=bool(bf16)
+            n, c, spatial, groups, layout == 1, elem, bool(aligned), sms, optin
         )
         div = harness.groupnorm_divisor(p, c, spatial, groups, layout == 1)
         want = [p.cluster, p.threads, p.vec, p.cached, p.smem, p.tile, p.cap, *div, p.box]
@@ -253,5 +253,5 @@ def test_c_launcher_groupnorm_plan_matches_the_harness(sm90_lib):
     assert checked >= {(0, 0, True, False), (0, 1, False, False), (0, 1, True, False)}
     assert checked >= {(0, 3, False, False), (1, 2, False, True), (1, 3, False, True)}
     out = (ctypes.c_uint * 10)()
-    assert plan(1, 30, 64, 32, 0, 2, 0, 1, 132, 232448, out) != 0  # 30 channels, 32 groups
-    assert plan(1, 32, 64, 32, 0, 4, 1, 1, 132, 232448, out) != 0  # 4-byte bfloat16
+    assert plan(1, 30, 64, 32, 0, 2, 1, 132, 232448, out) != 0  # 30 channels, 32 groups
+    assert plan(1, 32, 64, 32, 0, 8, 1, 132, 232448, out) != 0  # 8-byte elements

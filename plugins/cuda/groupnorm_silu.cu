@@ -1006,7 +1006,7 @@ int groupnorm_tma_box(long long n, long long c, long long spatial, long long gro
 
 // The launch plan; plugins/harness.py mirrors this function (keep the two in step).
 GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, size_t elem,
-                      bool bf16, bool aligned, int sms, int smem_optin) {
+                      bool aligned, int sms, int smem_optin) {
   const long long cg = c / groups;
   // The widest vector that divides a group's contiguous runs (the spatial size channels-first,
   // the group's channels channels-last): 16 bytes, else 2 elements (channels-last groups of
@@ -1029,17 +1029,17 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   // bytes or more, the vectors straddling groups (the tile body's SPLIT). For fp16 and fp32 not
   // where that takes clusters of more than two blocks and larger than the plan above (H100:
   // 1.08-1.71x at 8 of 15 shape-dtype cases where the clusters kept their size or grew from 1
-  // to 2, 0.96-1.02x at the rest; 0.74-0.91x where they grew from 2 to 4 or 8, or 4 to 8). bf16
-  // straddles wherever it can: its one-group body with 4-byte vectors runs 1.4-1.5x slower than
-  // fp16's, and straddling beat it 1.09-1.30x even where the clusters grew (BENCHMARKS.md,
-  // fifteenth session).
+  // to 2, 0.96-1.02x at the rest; 0.74-0.91x where they grew from 2 to 4 or 8, or 4 to 8;
+  // BENCHMARKS.md, fifteenth session). bf16 alike: it straddled wherever it could while its
+  // one-group body ran 1.4-1.5x slower than fp16's, which ended with the twentieth session's
+  // divide (2x640x32x32: one group per cluster 1.24x faster than straddling; twenty-first).
   if (layout == latentrt::kLayoutChannelsLast && aligned && cg % vmax != 0 &&
       (vmax <= cg || 2 * cg == vmax)) {
     for (int t = 2; t <= latentrt::kMaxTileGroups && groups % t == 0; t *= 2) {
       if (t * cg % vmax != 0 || t * cg * e < 64) continue;
       const GnUnits before{n, groups, cg, spatial, p.tile, p.vec, e};
       const GnUnits after{n, groups, cg, spatial, t, vmax, e};
-      if (bf16 || after.cluster(sms, smem_optin) <= std::max(2, before.cluster(sms, smem_optin))) {
+      if (after.cluster(sms, smem_optin) <= std::max(2, before.cluster(sms, smem_optin))) {
         p.tile = t;
         p.vec = vmax;
       }
@@ -1218,8 +1218,7 @@ int launch_groupnorm_silu(const T* x, const T* gamma, const T* beta, T* y, int n
   if (err != cudaSuccess) return err;
   const auto addr = [](const void* p) { return reinterpret_cast<unsigned long long>(p); };
   const bool aligned = (addr(x) % 16 == 0) && (addr(y) % 16 == 0);
-  GnPlan p = plan_groupnorm(n, c, spatial, groups, layout, sizeof(T),
-                            std::is_same<T, __nv_bfloat16>::value, aligned, sms, optin);
+  GnPlan p = plan_groupnorm(n, c, spatial, groups, layout, sizeof(T), aligned, sms, optin);
   const unsigned grid = static_cast<unsigned>(n) * groups / p.tile * p.cluster;
   const FastDivisorMagic div = groupnorm_divisor(p, c, spatial, groups, layout);
   if (p.box > 0) {  // TMA boxes; where the driver cannot encode their maps, the threads' loads
@@ -1281,20 +1280,18 @@ extern "C" int latentrt_groupnorm_silu_bf16(const __nv_bfloat16* x, const __nv_b
 
 // The launch plan of a shape on a GPU of `sms` SMs and `smem_optin` bytes of opt-in shared
 // memory per block, host-only (the CPU tests hold it to plugins/harness.py's groupnorm_plan):
-// elem_bytes 2 or 4, bf16 1 for bfloat16 (it straddles channels-last groups more often);
-// out10 = cluster, threads, vec, cached, smem, tile, cap, the magic m (as its bits) and shift s
+// elem_bytes 2 or 4 (fp16 and bf16 plan alike); out10 = cluster, threads, vec, cached, smem, tile, cap, the magic m (as its bits) and shift s
 // of the kernel's index division, and the positions of a TMA box (0: none). Returns 0, or
 // cudaErrorInvalidValue.
 extern "C" int latentrt_groupnorm_silu_plan(int n, int c, long long spatial, int num_groups,
-                                            int layout, int elem_bytes, int bf16, int aligned,
-                                            int sms, int smem_optin, int* out10) {
+                                            int layout, int elem_bytes, int aligned, int sms,
+                                            int smem_optin, int* out10) {
   if (n <= 0 || c <= 0 || spatial <= 0 || num_groups <= 0 || c % num_groups != 0 ||
       (layout != latentrt::kLayoutChannelsFirst && layout != latentrt::kLayoutChannelsLast) ||
-      (elem_bytes != 2 && elem_bytes != 4) || (bf16 != 0 && elem_bytes != 2))
+      (elem_bytes != 2 && elem_bytes != 4))
     return cudaErrorInvalidValue;
   const GnPlan p = plan_groupnorm(n, c, spatial, num_groups, layout,
-                                  static_cast<size_t>(elem_bytes), bf16 != 0, aligned != 0, sms,
-                                  smem_optin);
+                                  static_cast<size_t>(elem_bytes), aligned != 0, sms, smem_optin);
   const FastDivisorMagic div = groupnorm_divisor(p, c, spatial, num_groups, layout);
   const int v[10] = {p.cluster, p.threads,  p.vec,
                      p.cached,  static_cast<int>(p.smem), p.tile,

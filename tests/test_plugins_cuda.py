@@ -64,6 +64,19 @@ def _gn_ref(x, gamma, beta, groups, eps, act, channels_last):
     return y.movedim(1, -1).contiguous() if channels_last else y
 
 
+def _check_channels_last(harness, gen, shape, dtype, **forced):
+    """One channels-last launch (32 groups, SiLU, `forced` plan overrides) against float64
+    PyTorch. The groups' means differ (a per-channel offset), so elements folded into the wrong
+    group's statistics show."""
+    c = shape[-1]
+    offset = (torch.arange(c, device="cuda") // (c // 32) % 5).to(torch.float32) * 3.0
+    x = (_rand(shape, "float32", gen, 1.5) + offset).to(DTYPES[dtype])
+    gamma, beta = _rand((c,), dtype, gen), _rand((c,), dtype, gen)
+    out = _poisoned(shape, dtype)
+    harness.groupnorm_silu(x, gamma, beta, 32, 1e-5, 1, "NHWC", out=out, **forced)
+    _check(out, _gn_ref(x, gamma, beta, 32, 1e-5, 1, True), dtype)
+
+
 GN_SHAPES = [
     (2, 320, 64, 64),
     (2, 640, 32, 32),
@@ -123,8 +136,7 @@ def test_groupnorm_silu_edge_cases(harness, gen, shape, groups, layout, act, dty
     ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v),
 )
 def test_groupnorm_silu_straddling_vectors(harness, gen, shape, dtype, cluster):
-    """Channels-last tiles read in 16-byte vectors that straddle two groups; the groups' means
-    differ (a per-channel offset), so a part folded into the wrong group's statistics shows."""
+    """Channels-last tiles read in 16-byte vectors that straddle two groups."""
     c = shape[-1]
     itemsize = DTYPES[dtype].itemsize
     props = torch.cuda.get_device_properties(0)
@@ -132,12 +144,7 @@ def test_groupnorm_silu_straddling_vectors(harness, gen, shape, dtype, cluster):
                                   props.multi_processor_count,
                                   props.shared_memory_per_block_optin, cluster=cluster)  # fmt: skip
     assert plan.vec == 16 // itemsize and (c // 32) % plan.vec and plan.tile > 1
-    offset = (torch.arange(c, device="cuda") // (c // 32) % 5).to(torch.float32) * 3.0
-    x = (_rand(shape, "float32", gen, 1.5) + offset).to(DTYPES[dtype])
-    gamma, beta = _rand((c,), dtype, gen), _rand((c,), dtype, gen)
-    out = _poisoned(shape, dtype)
-    harness.groupnorm_silu(x, gamma, beta, 32, 1e-5, 1, "NHWC", out=out, cluster=cluster)
-    _check(out, _gn_ref(x, gamma, beta, 32, 1e-5, 1, True), dtype)
+    _check_channels_last(harness, gen, shape, dtype, cluster=cluster)
 
 
 @pytest.mark.parametrize(
@@ -185,16 +192,8 @@ def test_groupnorm_silu_partial_cache(harness, gen, shape, layout, cluster, per_
     ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v),
 )
 def test_groupnorm_silu_forced_tiles(harness, gen, shape, dtype, tile, cluster):
-    """Channels-last tiles forced beside the planner's (the --gn-tiles sweep); the groups' means
-    differ, so rows folded into the wrong group show."""
-    c = shape[-1]
-    offset = (torch.arange(c, device="cuda") // (c // 32) % 5).to(torch.float32) * 3.0
-    x = (_rand(shape, "float32", gen, 1.5) + offset).to(DTYPES[dtype])
-    gamma, beta = _rand((c,), dtype, gen), _rand((c,), dtype, gen)
-    out = _poisoned(shape, dtype)
-    harness.groupnorm_silu(x, gamma, beta, 32, 1e-5, 1, "NHWC", out=out, cluster=cluster,
-                           tile=tile)  # fmt: skip
-    _check(out, _gn_ref(x, gamma, beta, 32, 1e-5, 1, True), dtype)
+    """Channels-last tiles forced beside the planner's (the --gn-tiles sweep)."""
+    _check_channels_last(harness, gen, shape, dtype, cluster=cluster, tile=tile)
 
 
 @pytest.mark.parametrize("cache", [2, 3], ids=["tma-in", "tma-in-out"])
@@ -220,13 +219,7 @@ def test_groupnorm_silu_channels_last_tma(harness, gen, shape, cluster, dtype, c
                                   props.shared_memory_per_block_optin, cluster=cluster,
                                   cache=cache)  # fmt: skip
     assert plan.box >= 8 and plan.cached == cache
-    offset = (torch.arange(c, device="cuda") // (c // 32) % 5).to(torch.float32) * 3.0
-    x = (_rand(shape, "float32", gen, 1.5) + offset).to(DTYPES[dtype])
-    gamma, beta = _rand((c,), dtype, gen), _rand((c,), dtype, gen)
-    out = _poisoned(shape, dtype)
-    harness.groupnorm_silu(x, gamma, beta, 32, 1e-5, 1, "NHWC", out=out, cluster=cluster,
-                           cache=cache)  # fmt: skip
-    _check(out, _gn_ref(x, gamma, beta, 32, 1e-5, 1, True), dtype)
+    _check_channels_last(harness, gen, shape, dtype, cluster=cluster, cache=cache)
 
 
 @pytest.mark.parametrize("cache", [2, 3], ids=["bulk-in", "bulk-in-out"])

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from latentrt.errors import BackendError, InputError
-from latentrt.plugins.driver import TensorMap
+from latentrt.plugins import driver
 from latentrt.plugins.reference import conv3d_output_shape, resolve_conv3d_pads
 
 __all__ = [
@@ -506,8 +506,9 @@ def groupnorm_silu(
     """Fused GroupNorm + optional SiLU on the GPU; returns `out` (allocated when None).
 
     x is (N, C, *spatial) for NCHW/NCDHW or (N, *spatial, C) for NHWC/NDHWC. `cluster`,
-    `threads`, `cache`, `per_sm` and `tile` override the planner's choices (benchmark sweeps, tests); `defines`
-    builds the kernel with -D options (("LATENTRT_GN_TRACE",): the phase trace of the .cu).
+    `threads`, `cache`, `per_sm` and `tile` override the planner's choices (benchmark sweeps,
+    tests); `defines` builds the kernel with -D options (("LATENTRT_GN_TRACE",): the phase trace
+    of the .cu).
     """
     cupy = _cupy()
     if layout not in _CHANNELS_LAST:
@@ -549,7 +550,6 @@ def groupnorm_silu(
         tile,
     )
     div = groupnorm_divisor(plan, c, spatial, num_groups, last)
-    grid = n * num_groups // plan.tile * plan.cluster
     if plan.box:
         _groupnorm_silu_tma(xd, gd, bd, yd, plan, (c, spatial, num_groups), eps, activation, div,
                             defines, stream)  # fmt: skip
@@ -574,14 +574,15 @@ def groupnorm_silu(
         *map(np.uint32, div),
     )
     with _stream(stream):
-        kern((grid,), (plan.threads,), args, shared_mem=plan.smem)
+        kern((n * num_groups // plan.tile * plan.cluster,), (plan.threads,), args,
+             shared_mem=plan.smem)  # fmt: skip
     return yd.obj
 
 
 class _GnMaps(ctypes.Structure):
     """GnMaps in the .cu: the tensor maps of x and y, passed by value."""
 
-    _fields_ = [("x", TensorMap), ("y", TensorMap)]
+    _fields_ = [("x", driver.TensorMap), ("y", driver.TensorMap)]
 
 
 def _groupnorm_silu_tma(
@@ -599,8 +600,6 @@ def _groupnorm_silu_tma(
 ) -> None:
     """Launch the channels-last kernel whose slices move by TMA boxes (plan.box positions of a
     group's channels; tensor maps of x and y as 16-bit units, positions by channels)."""
-    from latentrt.plugins import driver
-
     c, spatial, groups = geometry
     units, run = c * _ITEMSIZE[xd.dtype] // 2, c // groups * _ITEMSIZE[xd.dtype] // 2
     dims, box = (units, xd.shape[0] * spatial), (run, plan.box)
@@ -1030,8 +1029,6 @@ def conv3d_tma_plan(
 @functools.cache
 def _resident_clusters(device: int, kernel: str, cluster: int, smem: int) -> int:
     """Clusters of a TMA kernel `device` (the current one) holds at once."""
-    from latentrt.plugins import driver
-
     kern = _module_sm90a("conv3d.cu").get_function(kernel)
     kern.max_dynamic_shared_size_bytes = smem
     return driver.max_active_clusters(kern.kernel.ptr, cluster, 288, smem)
@@ -1049,8 +1046,6 @@ def _conv3d_tma(
 ) -> None:
     """Launch the TMA kernel: the one-cluster-per-unit part, then the stream-K part (its flags
     zeroed, then the kernel) when the plan has one."""
-    from latentrt.plugins import driver
-
     n, cin, d, h, w, cout, kt, kh, kw, do, ho, wo, pt, ph, pw, replicate = geometry
     cl = plan.cluster
     if plan.im2col:  # the box of positions of tap (0, 0, 0): front pads to back ones

@@ -896,14 +896,14 @@ __device__ __forceinline__ void groupnorm_silu_tma_kernel(const GnMaps* maps, co
   }
 // latentrt_gn_silu_nhwc_tma_{f32|f16|bf16}_c{1|2|4|8}: the channels-last slices moved by the TMA
 // (the tensor maps come first, by value); grid.x = N * G * CS.
-#define LRT_GN_TMA_KERNEL(T, SUF, CS)                                                             \
-  extern "C" __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(512, 2)                  \
-      latentrt_gn_silu_nhwc_tma_##SUF##_c##CS(                                                     \
-          const __grid_constant__ latentrt::GnMaps maps, const T* x, const T* gamma, const T* beta, \
-          T* y, int C, int S, int G, float eps, int act, int cached, unsigned cap, unsigned box,   \
-          unsigned div_m, unsigned div_s) {                                                        \
-    latentrt::groupnorm_silu_tma_kernel<T, CS>(&maps, x, gamma, beta, y, C, S, G, eps, act,      \
-                                               cached, cap, box, div_m, div_s);                  \
+#define LRT_GN_TMA_KERNEL(T, SUF, CS)                                                           \
+  extern "C" __global__ void __cluster_dims__(CS, 1, 1) __launch_bounds__(512, 2)                \
+      latentrt_gn_silu_nhwc_tma_##SUF##_c##CS(                                                   \
+          const __grid_constant__ latentrt::GnMaps maps, const T* x, const T* gamma,             \
+          const T* beta, T* y, int C, int S, int G, float eps, int act, int cached, unsigned cap, \
+          unsigned box, unsigned div_m, unsigned div_s) {                                        \
+    latentrt::groupnorm_silu_tma_kernel<T, CS>(&maps, x, gamma, beta, y, C, S, G, eps, act,    \
+                                               cached, cap, box, div_m, div_s);                \
   }
 #define LRT_GN_LAYOUT(T, SUF, LAYOUT, LNAME) \
   LRT_GN_KERNEL(T, SUF, LAYOUT, LNAME, 1)    \
@@ -1280,9 +1280,9 @@ extern "C" int latentrt_groupnorm_silu_bf16(const __nv_bfloat16* x, const __nv_b
 
 // The launch plan of a shape on a GPU of `sms` SMs and `smem_optin` bytes of opt-in shared
 // memory per block, host-only (the CPU tests hold it to plugins/harness.py's groupnorm_plan):
-// elem_bytes 2 or 4 (fp16 and bf16 plan alike); out10 = cluster, threads, vec, cached, smem, tile, cap, the magic m (as its bits) and shift s
-// of the kernel's index division, and the positions of a TMA box (0: none). Returns 0, or
-// cudaErrorInvalidValue.
+// elem_bytes 2 or 4 (fp16 and bf16 plan alike); out10 = cluster, threads, vec, cached, smem,
+// tile, cap, the magic m (as its bits) and shift s of the kernel's index division, and the
+// positions of a TMA box (0: none). Returns 0, or cudaErrorInvalidValue.
 extern "C" int latentrt_groupnorm_silu_plan(int n, int c, long long spatial, int num_groups,
                                             int layout, int elem_bytes, int aligned, int sms,
                                             int smem_optin, int* out10) {

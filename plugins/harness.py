@@ -306,7 +306,12 @@ class _GnUnits:
         cs = 1
         while cs < 8 and self.slice(cs) > 2048 and self.count * cs * 2 <= sms:
             cs *= 2
-        while cs < 8 and self.slice(cs) >= 8192 and self.count * cs * 2 <= 2 * sms:
+        while (
+            cs < 8
+            and self.slice(cs) >= 8192
+            and self.count * cs * 2 <= 2 * sms
+            and (self.tile == 1 or self.count <= resident_clusters(cs * 2, 2, sms))
+        ):
             cs *= 2
         budget = smem_optin - STATIC_SMEM_RESERVE
         while cs < 8 and self.affine + self.cache_bytes(cs) > budget:
@@ -343,26 +348,36 @@ def groupnorm_plan(
     run = cg if channels_last else spatial  # a group's contiguous runs
     v = run_v = 1 if not aligned else vmax if run % vmax == 0 else 2 if run % 2 == 0 else 1
     forced_tile, tile = tile, 1
-    if channels_last and cg * itemsize < 32:  # runs shorter than a sector: see the .cu
-        while (
-            tile * 2 <= MAX_TILE_GROUPS
-            and num_groups % (tile * 2) == 0
-            and tile * cg * itemsize < 64
-        ):
+    # Where one group's slice is not cached whole even in a cluster of 8 (it is read twice), runs
+    # shorter than 64 bytes are tiled, and tiles double only while sms / 16 of them remain; else
+    # runs shorter than a sector, with no such floor (see the .cu).
+    one = _GnUnits(n, num_groups, cg, spatial, 1, v, itemsize)
+    uncached = one.affine + one.cache_bytes(8) > smem_optin - STATIC_SMEM_RESERVE
+    floor, short = (sms // 16, 64) if uncached else (1, 32)
+
+    def widens(t: int) -> bool:  # a tile of t groups may double
+        return (
+            2 * t <= MAX_TILE_GROUPS
+            and num_groups % (2 * t) == 0
+            and n * num_groups // (2 * t) >= floor
+        )
+
+    if channels_last and cg * itemsize < short:
+        while tile * cg * itemsize < 64 and widens(tile):
             tile *= 2
     # 16-byte vectors straddling groups, in tiles of whole 16-byte vectors of 64 bytes a row or
     # more; not for fp16 and fp32 where the clusters grow beyond two blocks and the plan above
     # (see the .cu).
     if channels_last and aligned and cg % vmax and (vmax <= cg or 2 * cg == vmax):
-        t = 2
-        while t <= MAX_TILE_GROUPS and num_groups % t == 0:
-            if t * cg % vmax == 0 and t * cg * itemsize >= 64:
+        t = 1
+        while widens(t):
+            t *= 2
+            if t * cg % vmax == 0 and (t * cg * itemsize >= 64 or not widens(t)):
                 before = _GnUnits(n, num_groups, cg, spatial, tile, v, itemsize)
                 after = _GnUnits(n, num_groups, cg, spatial, t, vmax, itemsize)
                 if after.cluster(sms, smem_optin) <= max(2, before.cluster(sms, smem_optin)):
                     tile, v = t, vmax
                 break
-            t *= 2
     if forced_tile is not None:
         tile, v = _forced_tile(forced_tile, num_groups, cg, channels_last, aligned, vmax, run_v)
     u = _GnUnits(n, num_groups, cg, spatial, tile, v, itemsize)

@@ -196,6 +196,29 @@ def test_groupnorm_silu_forced_tiles(harness, gen, shape, dtype, tile, cluster):
     _check_channels_last(harness, gen, shape, dtype, cluster=cluster, tile=tile)
 
 
+@pytest.mark.parametrize(
+    ("shape", "dtype", "tile", "cluster"),
+    [
+        ((1, 512, 512, 128), "float16", 4, 8),  # read twice: tiles of 4 groups keep 8 clusters
+        ((1, 512, 512, 128), "bfloat16", 4, 8),
+        ((1, 256, 256, 256), "float32", 2, 8),  # read twice: 32-byte runs in 64-byte rows
+        ((8, 64, 64, 320), "float16", 4, 2),  # 128 KB tile slices: pairs, all resident
+        ((8, 64, 64, 320), "bfloat16", 4, 2),
+    ],
+    ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v),
+)
+def test_groupnorm_silu_channels_last_planned_tiles(harness, gen, shape, dtype, tile, cluster):
+    # The planner's tiles where a group's slice is read twice, or tiles' slices fill an SM.
+    n, c = shape[0], shape[-1]
+    itemsize = DTYPES[dtype].itemsize
+    props = torch.cuda.get_device_properties(0)
+    sms, optin = props.multi_processor_count, props.shared_memory_per_block_optin
+    plan = harness.groupnorm_plan(n, c, shape[1] * shape[2], 32, True, itemsize, True, sms, optin)
+    if sms == 132:  # H100 SXM: the plans these cases were chosen for
+        assert (plan.tile, plan.cluster) == (tile, cluster)
+    _check_channels_last(harness, gen, shape, dtype)
+
+
 @pytest.mark.parametrize("cache", [2, 3], ids=["tma-in", "tma-in-out"])
 @pytest.mark.parametrize(
     ("shape", "cluster", "dtype"),
@@ -587,6 +610,9 @@ def launcher_lib(tmp_path_factory, harness):
         ((1, 512, 128, 128), "NCHW", "bfloat16"),  # clusters of 8: bulk copies in and out
         ((1, 128, 128, 512), "NHWC", "float16"),  # clusters of 8: TMA boxes in and out
         ((1, 128, 128, 512), "NHWC", "float32"),  # TMA boxes in
+        ((1, 512, 512, 128), "NHWC", "bfloat16"),  # read twice, tiles of 4 groups
+        ((1, 256, 256, 256), "NHWC", "float32"),  # read twice, tiles of 2 groups
+        ((8, 64, 64, 320), "NHWC", "float16"),  # tiles of 4 groups in pairs
     ],
 )
 def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):

@@ -232,6 +232,8 @@ def test_c_launcher_groupnorm_plan_matches_the_harness(sm90_lib):
         (2, 960, 17 * 9, 32),  # 30 fp16 channels: tiles of 4 groups
         (1, 128, 64 * 64, 32),  # 4 fp16 channels: a 16-byte vector holds two groups
         (1, 64, 33 * 33, 32),  # 2 channels: two fp32 groups a vector, four fp16 ones (no)
+        (1, 128, 512 * 512, 32),  # uncached channels-last: tiles of 4 groups, not 8 (too few)
+        (2, 128, 512 * 512, 32),  # tiles of 8
     ]
     checked = set()
     for (n, c, spatial, groups), layout, elem, aligned, (sms, optin) in itertools.product(

@@ -306,7 +306,7 @@ def test_groupnorm_plan_unet_and_fallback():
     # Forced: a partial cache sized for four blocks an SM; tiles cache whole rows.
     p = harness.groupnorm_plan(1, 512, 128 * 128, 32, False, 2, True, sms, optin, per_sm=4)
     assert (p.cached, p.cap) == (1, ((optin + 1024) // 4 - 1024 - 8192 - 128) // 16)
-    p = harness.groupnorm_plan(1, 128, 128 * 128, 32, True, 2, True, sms, optin, per_sm=4)
+    p = harness.groupnorm_plan(2, 128, 128 * 128, 32, True, 2, True, sms, optin, per_sm=4)
     assert (p.tile, p.vec, p.cluster) == (8, 8, 8)  # rows of 8 x 4 channels = 4 vectors
     assert p.cap % 4 == 0 and p.cap < 128 * 128 // 8 * 4 and p.threads == 256
     assert (
@@ -337,6 +337,21 @@ def test_groupnorm_plan_unet_and_fallback():
         assert (p.vec, p.tile, p.cluster) == (vec, tile, cs), (c, spatial)
     p = harness.groupnorm_plan(8, 320, 4096, 32, True, 4, True, sms, optin)
     assert (p.vec, p.tile, p.cluster) == (4, 2, 2)  # one block a group before: pairs allowed
+    # Tiles of 128 KB slices and more split to two blocks an SM only where all their clusters
+    # stay resident: 64 tiles of 4 groups make 59 clusters of 4 at two an SM, so pairs.
+    p = harness.groupnorm_plan(8, 320, 4096, 32, True, 2, True, sms, optin)
+    assert (p.vec, p.tile, p.cluster, p.cached) == (8, 4, 2, 1)
+    # Tiles double only while at least sms / 16 of them remain (8 of 4 groups at batch 1, not 4 of
+    # 8, whose clusters would leave most SMs idle), and to 64-byte rows where one group's slice is
+    # not cached whole even in a cluster of 8 (fp32 groups of 8 channels: 32-byte runs).
+    for n, c, spatial, itemsize, tile, vec in [
+        (1, 128, 512 * 512, 2, 4, 8),
+        (2, 128, 512 * 512, 2, 8, 8),
+        (1, 256, 256 * 256, 4, 2, 4),
+        (2, 256, 32 * 32, 4, 1, 4),
+    ]:
+        p = harness.groupnorm_plan(n, c, spatial, 32, True, itemsize, True, sms, optin)
+        assert (p.tile, p.vec) == (tile, vec), (n, c, spatial, itemsize)
     # 3 bf16 channels a group (a 16-byte vector would span three groups): scalars in tiles of 16
     # groups (96-byte rows), 480 threads.
     p = harness.groupnorm_plan(1, 96, 9 * 33 * 33, 32, True, 2, True, sms, optin)

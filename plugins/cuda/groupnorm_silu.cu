@@ -682,6 +682,7 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
   auto lo_elems = [&](unsigned c) { return SPLIT ? min(kV, (c * kV / Cg + 1) * Cg - c * kV) : kV; };
   constexpr int U = loads_in_flight<T, V>();
   const unsigned cap_rows = cached ? cap / VR : 0u;  // the cache holds whole rows
+  LRT_GN_MARK(0);
 
   if constexpr (CS > 1) {  // the exchange's mbarrier, as in the one-group body
     if (tid == 0) {
@@ -723,6 +724,7 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
     s_hi[bs + tid] = st_hi.m2;
   }
   __syncthreads();
+  LRT_GN_MARK(2);
 
   // Per group: its threads are its columns (c0 .. c0 + nc - 1) in each of the R row slots; a
   // column whose first group is an earlier one holds this group's part in s_hi. A warp sums
@@ -780,6 +782,7 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
       // Lane r sends the block's statistics of this group to block r (st.async, as in the
       // one-group body); the peers' barriers are initialized once the cluster wait returns.
       if (gi == warp) cluster_wait();
+      LRT_GN_MARK(5);
       if (lane < CS)
         store_async_cluster(cluster_addr(smem_addr(&sh.peer[gi][rank]), lane),
                             make_float2(mean, m2),
@@ -788,7 +791,9 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
   }
   if constexpr (CS > 1) {
     if (warp >= nw || warp >= static_cast<unsigned>(GT)) cluster_wait();  // every thread waits once
+    LRT_GN_MARK(6);
     mbar_wait(smem_addr(&sh.xbar), 0);  // all peers' statistics have landed
+    LRT_GN_MARK(7);
     for (unsigned gi = warp; warp < nw && gi < static_cast<unsigned>(GT); gi += nw) {
       WelfordStat w{0.0f, 0.0f, 0.0f};
       if (lane < CS) {  // block `lane` normalized rows [lane * per, lane * per + per) of S
@@ -803,6 +808,7 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
     }
   }
   __syncthreads();
+  LRT_GN_MARK(3);
   for (unsigned c = tid; c < RW; c += bs) {
     const unsigned gi = c / Cg;
     const float a = s_a[c] * s_final[gi][1];
@@ -830,6 +836,7 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
   };
   emit(split, end, false);
   emit(start, split, true);
+  LRT_GN_MARK(4);
 }
 
 template <typename T, int LAYOUT, int CS>
@@ -979,12 +986,16 @@ struct GnUnits {
   }
   // Split units over clusters until the grid reaches one block per SM (slices of up to 2048
   // vectors stay whole: the DSMEM merge costs more than it saves), slices of 128 KB and more
-  // until two blocks per SM; then until a slice fits in shared memory. Tuned on H100
-  // (BENCHMARKS.md, plugin kernels).
+  // until two blocks per SM (tiles: while all their clusters stay resident at two per SM; H100,
+  // 8x320x64x64 fp16 and bf16 in clusters of 2 rather than 4, 1.08-1.15x, twenty-second
+  // session); then until a slice fits in shared memory. Tuned on H100 (BENCHMARKS.md, plugin
+  // kernels).
   int cluster(int sms, int smem_optin) const {
     int cs = 1;
     while (cs < 8 && slice(cs) > 2048 && count() * cs * 2 <= sms) cs *= 2;
-    while (cs < 8 && slice(cs) >= 8192 && count() * cs * 2 <= 2LL * sms) cs *= 2;
+    while (cs < 8 && slice(cs) >= 8192 && count() * cs * 2 <= 2LL * sms &&
+           (tile == 1 || count() <= resident_clusters(cs * 2, 2, sms)))
+      cs *= 2;
     while (cs < 8 && affine() + cache_bytes(cs) > smem_optin - kStaticSmemReserve) cs *= 2;
     return cs;
   }
@@ -1019,11 +1030,21 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   p.tile = 1;
   // Channels-last groups whose run a row is shorter than a 32-byte sector are normalized in
   // tiles of consecutive groups with rows of 64 bytes or more (groupnorm_silu_tile_body; at 32
-  // and 40 bytes tiles of narrower vectors measured no faster on H100).
-  if (layout == latentrt::kLayoutChannelsLast && cg * e < 32)
-    while (p.tile * 2 <= latentrt::kMaxTileGroups && groups % (p.tile * 2) == 0 &&
-           p.tile * cg * e < 64)
-      p.tile *= 2;
+  // and 40 bytes tiles of narrower vectors measured no faster on H100). Where one group's slice
+  // is not cached whole even in a cluster of 8 (it is read twice), runs shorter than 64 bytes are
+  // tiled too (H100, 1x256x256x256 fp32: tiles of 2 groups 1.45x), and tiles double only while
+  // sms / 16 of them remain: fewer clusters of 8 leave most SMs idle (1x128x512x512 fp16 and
+  // bf16: tiles of 4 groups 1.62-1.67x faster than of 8, which make 4 clusters; BENCHMARKS.md,
+  // twenty-second session).
+  const GnUnits one{n, groups, cg, spatial, 1, p.vec, e};
+  const bool uncached = one.affine() + one.cache_bytes(8) > smem_optin - kStaticSmemReserve;
+  const long long floor_tiles = uncached ? sms / 16 : 1, short_run = uncached ? 64 : 32;
+  auto widens = [&](long long t) {  // a tile of t groups may double
+    return 2 * t <= latentrt::kMaxTileGroups && groups % (2 * t) == 0 &&
+           n * groups / (2 * t) >= floor_tiles;
+  };
+  if (layout == latentrt::kLayoutChannelsLast && cg * e < short_run)
+    while (p.tile * cg * e < 64 && widens(p.tile)) p.tile *= 2;
   // Channels-last groups that 16 bytes do not divide (10, 20 or 30 fp16 channels, 10 fp32
   // ones), at most two groups a 16-byte vector: tiles whose rows are whole 16-byte vectors of 64
   // bytes or more, the vectors straddling groups (the tile body's SPLIT). For fp16 and fp32 not
@@ -1035,12 +1056,13 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   // divide (2x640x32x32: one group per cluster 1.24x faster than straddling; twenty-first).
   if (layout == latentrt::kLayoutChannelsLast && aligned && cg % vmax != 0 &&
       (vmax <= cg || 2 * cg == vmax)) {
-    for (int t = 2; t <= latentrt::kMaxTileGroups && groups % t == 0; t *= 2) {
-      if (t * cg % vmax != 0 || t * cg * e < 64) continue;
+    for (long long t = 1; widens(t);) {  // rows under 64 bytes where no wider tile may follow
+      t *= 2;
+      if (t * cg % vmax != 0 || (t * cg * e < 64 && widens(t))) continue;
       const GnUnits before{n, groups, cg, spatial, p.tile, p.vec, e};
       const GnUnits after{n, groups, cg, spatial, t, vmax, e};
       if (after.cluster(sms, smem_optin) <= std::max(2, before.cluster(sms, smem_optin))) {
-        p.tile = t;
+        p.tile = static_cast<int>(t);
         p.vec = vmax;
       }
       break;

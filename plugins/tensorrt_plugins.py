@@ -17,6 +17,11 @@ takes them for x and y (gamma and beta stay LINEAR), so TensorRT needs no reform
 convolutions that run channels-last. Conv3d takes DHWC8 where its input and output channel counts
 are multiples of 8 (on Hopper, the TMA-fed kernel where Cin is a multiple of 64 and strides and
 dilations are 1, else the cp.async wgmma kernel).
+
+Tactics: GroupNormSiLU's default tactic (0) is the launchers' planner; it also advertises every
+other tile and cluster size its kernels run (`groupnorm_tactics`), so TensorRT times them at each
+profile's optimum shape and keeps the fastest, on whatever GPU builds the engine (the planner's
+rules were tuned on an H100).
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ __all__ = [
     "conv3d_workspace_bytes",
     "format_supported",
     "groupnorm_channels_last_positions",
+    "groupnorm_tactic_plan",
+    "groupnorm_tactics",
     "import_tensorrt",
     "layout_of",
     "register_plugins",
@@ -391,7 +398,8 @@ class PluginLibrary:
             self.lib = ctypes.CDLL(str(self.path))
         except OSError as e:
             raise BackendError(f"cannot load the plugin library {self.path}: {e}") from None
-        gn_args = [_VP, _VP, _VP, _VP, _I, _I, ctypes.c_longlong, _I, ctypes.c_float, _I, _I, _VP]
+        gn_args = [_VP, _VP, _VP, _VP, _I, _I, ctypes.c_longlong, _I, ctypes.c_float, _I, _I]
+        gn_args += [_I, _I, _VP]  # forced tile and cluster size (0: the planner's), stream
         ints = ctypes.POINTER(_I)
         conv_args = [_VP, _VP, _VP, _VP, *([_I] * 9), ints, ints, ints, _I, _I]
         conv_args += [_VP, ctypes.c_longlong, _VP]  # stream-K workspace and its bytes, stream
@@ -447,6 +455,30 @@ class PluginLibrary:
             raise BackendError(f"latentrt_{name}_{_SUFFIX[dtype]} failed with cudaError_t {rc}")
 
 
+_TACTIC_TILES = (1, 2, 4, 8, 16, 32)  # kMaxTileGroups in groupnorm_silu.cu
+_TACTIC_CLUSTERS = (1, 2, 4, 8)
+
+
+def groupnorm_tactics(num_groups: int, channels_last: bool) -> list[int]:
+    """GroupNormSiLU's custom tactics for a layout: every cluster size, and channels-last every
+    tile of consecutive groups that divides them, each as tile * 16 + cluster (nonzero, as
+    TensorRT requires; 0 is its default tactic, the planner's plan)."""
+    tiles = [t for t in _TACTIC_TILES if num_groups % t == 0 and (t == 1 or channels_last)]
+    return [t * 16 + cs for t in tiles for cs in _TACTIC_CLUSTERS]
+
+
+def groupnorm_tactic_plan(tactic: int, num_groups: int) -> tuple[int, int]:
+    """(tile, cluster) a tactic forces on the launchers; (0, 0), the planner's, for tactic 0."""
+    if tactic == 0:
+        return 0, 0
+    tile, cluster = divmod(tactic, 16)
+    if tactic < 0 or tile not in _TACTIC_TILES or cluster not in _TACTIC_CLUSTERS:
+        raise BackendError(f"GroupNormSiLU: no tactic {tactic}")
+    if num_groups % tile:
+        raise BackendError(f"GroupNormSiLU: tactic {tactic} tiles {tile} of {num_groups} groups")
+    return tile, cluster
+
+
 def run_groupnorm_silu(
     lib: PluginLibrary,
     attrs: GroupNormSiLUAttrs,
@@ -458,11 +490,16 @@ def run_groupnorm_silu(
     y: int,
     stream: int,
     channels_last: bool = False,
+    tactic: int = 0,
 ) -> None:
     """Launch GroupNormSiLU on device pointers; x, y are (N, C, spatial...) in `dtype`, laid out
-    channels-first, or (N, spatial..., C) with `channels_last` (x_shape is logical either way)."""
+    channels-first, or (N, spatial..., C) with `channels_last` (x_shape is logical either way);
+    `tactic` forces a tile and cluster size (`groupnorm_tactics`; 0: the planner's)."""
     if len(x_shape) < 2 or x_shape[1] % attrs.num_groups:
         raise InputError(f"GroupNormSiLU: x {tuple(x_shape)} does not split into groups")
+    tile, cluster = groupnorm_tactic_plan(tactic, attrs.num_groups)
+    if tile > 1 and not channels_last:
+        raise BackendError(f"GroupNormSiLU: tactic {tactic} tiles a channels-first tensor")
     n, c = int(x_shape[0]), int(x_shape[1])
     spatial = math.prod(int(s) for s in x_shape[2:])
     lib.call(
@@ -479,6 +516,8 @@ def run_groupnorm_silu(
         attrs.epsilon,
         attrs.activation,
         _LAYOUT_CHANNELS_LAST if channels_last else _LAYOUT_CHANNELS_FIRST,
+        tile,
+        cluster,
         stream,
     )
 
@@ -629,6 +668,8 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
 
     class GroupNormSiLUPlugin(_Plugin):
         op = GROUPNORM_SILU
+        channels_last = False  # the format of the latest configure_plugin
+        tactic = 0
 
         def get_output_shapes(self, inputs: list, shape_inputs: list, builder: Any) -> list:
             return [trt.DimsExprs(inputs[0])]
@@ -644,6 +685,14 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
                 shape = dims(t.desc.dims)
                 if len(shape) != 1 or (c > 0 and shape[0] not in (c, -1)):
                     raise InputError(f"GroupNormSiLU: {name} must be ({c},), got {shape}")
+            self.channels_last = layout(inputs[0].desc) == "channels_last"
+
+        def get_valid_tactics(self) -> list[int]:
+            return groupnorm_tactics(self.attrs.num_groups, self.channels_last)
+
+        def set_tactic(self, tactic: int) -> None:
+            groupnorm_tactic_plan(tactic, self.attrs.num_groups)  # refuses what it cannot run
+            self.tactic = tactic
 
         def channels_last_positions(self, descs: list, num_inputs: int) -> tuple[int, ...]:
             return groupnorm_channels_last_positions(dims(descs[0].dims), num_inputs)
@@ -660,6 +709,7 @@ def _plugin_classes(trt: Any) -> dict[str, tuple[type, type]]:
                 outputs[0],
                 stream,
                 channels_last=layout(in_desc[0]) == "channels_last",
+                tactic=self.tactic,
             )
 
     class Conv3dPlugin(_Plugin):

@@ -586,7 +586,7 @@ def launcher_lib(tmp_path_factory, harness):
     ip = ctypes.POINTER(ctypes.c_int)
     for suf in ("f32", "f16", "bf16"):
         gn = getattr(lib, f"latentrt_groupnorm_silu_{suf}")
-        gn.argtypes = [vp, vp, vp, vp, i, i, ctypes.c_longlong, i, f, i, i, vp]
+        gn.argtypes = [vp, vp, vp, vp, i, i, ctypes.c_longlong, i, f, i, i, i, i, vp]
         gn.restype = i
         cv = getattr(lib, f"latentrt_conv3d_{suf}")
         cv.argtypes = [vp, vp, vp, vp] + [i] * 9 + [ip, ip, ip, i, i, vp, ctypes.c_longlong, vp]
@@ -601,21 +601,24 @@ def launcher_lib(tmp_path_factory, harness):
 
 
 @pytest.mark.parametrize(
-    ("shape", "layout", "dtype"),
+    ("shape", "layout", "dtype", "forced"),
     [
-        ((2, 320, 64, 64), "NCHW", "float16"),
-        ((1, 16, 16, 640), "NHWC", "bfloat16"),
-        ((2, 32, 32, 960), "NHWC", "bfloat16"),  # 30 channels: one group a cluster, 4-byte vectors
-        ((1, 32, 512, 512), "NCHW", "float32"),
-        ((1, 512, 128, 128), "NCHW", "bfloat16"),  # clusters of 8: bulk copies in and out
-        ((1, 128, 128, 512), "NHWC", "float16"),  # clusters of 8: TMA boxes in and out
-        ((1, 128, 128, 512), "NHWC", "float32"),  # TMA boxes in
-        ((1, 512, 512, 128), "NHWC", "bfloat16"),  # read twice, tiles of 4 groups
-        ((1, 256, 256, 256), "NHWC", "float32"),  # read twice, tiles of 2 groups
-        ((8, 64, 64, 320), "NHWC", "float16"),  # tiles of 4 groups in pairs
+        ((2, 320, 64, 64), "NCHW", "float16", (0, 0)),
+        ((1, 16, 16, 640), "NHWC", "bfloat16", (0, 0)),
+        ((2, 32, 32, 960), "NHWC", "bfloat16", (0, 0)),  # 30 channels: 4-byte vectors
+        ((1, 32, 512, 512), "NCHW", "float32", (0, 0)),
+        ((1, 512, 128, 128), "NCHW", "bfloat16", (0, 0)),  # clusters of 8: bulk copies in and out
+        ((1, 128, 128, 512), "NHWC", "float16", (0, 0)),  # clusters of 8: TMA boxes in and out
+        ((1, 128, 128, 512), "NHWC", "float32", (0, 0)),  # TMA boxes in
+        ((1, 512, 512, 128), "NHWC", "bfloat16", (0, 0)),  # read twice, tiles of 4 groups
+        ((1, 256, 256, 256), "NHWC", "float32", (0, 0)),  # read twice, tiles of 2 groups
+        ((8, 64, 64, 320), "NHWC", "float16", (0, 0)),  # tiles of 4 groups in pairs
+        ((8, 64, 64, 320), "NHWC", "bfloat16", (8, 4)),  # a TensorRT tactic: tiles of 8 groups
+        ((1, 128, 128, 512), "NHWC", "float16", (1, 4)),  # clusters of 4: no TMA boxes
+        ((2, 320, 64, 64), "NCHW", "float32", (0, 8)),  # the planner's tile, clusters of 8
     ],
 )
-def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
+def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype, forced):
     last = layout == "NHWC"
     c = shape[-1] if last else shape[1]
     spatial = (shape[1] * shape[2]) if last else shape[2] * shape[3]
@@ -636,6 +639,7 @@ def test_c_launcher_groupnorm_silu(launcher_lib, gen, shape, layout, dtype):
         1e-5,
         1,
         int(last),
+        *forced,  # tile, cluster (0: the planner's)
         stream,
     )
     assert rc == 0

@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from latentrt.errors import InputError
 from latentrt.plugins import harness
 from latentrt.plugins.harness import CUDA_DIR, find_nvcc
 
@@ -216,7 +217,7 @@ def test_c_launcher_groupnorm_plan_matches_the_harness(sm90_lib):
     # TMA box of a GroupNormSiLU launch, in C and Python alike, over layouts, dtypes, alignment
     # and two GPUs' limits.
     plan = sm90_lib.latentrt_groupnorm_silu_plan
-    plan.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong] + [ctypes.c_int] * 6
+    plan.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong] + [ctypes.c_int] * 8
     plan.argtypes += [ctypes.POINTER(ctypes.c_uint)]  # int* out10, read as unsigned
     shapes = [  # (N, C, spatial, groups)
         (2, 320, 64 * 64, 32),
@@ -240,7 +241,7 @@ def test_c_launcher_groupnorm_plan_matches_the_harness(sm90_lib):
         shapes, (0, 1), (2, 4), (1, 0), ((132, 232448), (108, 166912))
     ):
         out = (ctypes.c_uint * 10)()
-        assert plan(n, c, spatial, groups, layout, elem, aligned, sms, optin, out) == 0
+        assert plan(n, c, spatial, groups, layout, elem, aligned, sms, optin, 0, 0, out) == 0
         p = harness.groupnorm_plan(
             n, c, spatial, groups, layout == 1, elem, bool(aligned), sms, optin
         )
@@ -255,5 +256,28 @@ def test_c_launcher_groupnorm_plan_matches_the_harness(sm90_lib):
     assert checked >= {(0, 0, True, False), (0, 1, False, False), (0, 1, True, False)}
     assert checked >= {(0, 3, False, False), (1, 2, False, True), (1, 3, False, True)}
     out = (ctypes.c_uint * 10)()
-    assert plan(1, 30, 64, 32, 0, 2, 1, 132, 232448, out) != 0  # 30 channels, 32 groups
-    assert plan(1, 32, 64, 32, 0, 8, 1, 132, 232448, out) != 0  # 8-byte elements
+    assert plan(1, 30, 64, 32, 0, 2, 1, 132, 232448, 0, 0, out) != 0  # 30 channels, 32 groups
+    assert plan(1, 32, 64, 32, 0, 8, 1, 132, 232448, 0, 0, out) != 0  # 8-byte elements
+    # Forced tiles and cluster sizes (TensorRT's tactics), as harness.groupnorm_plan forces them.
+    for (n, c, spatial, groups), layout, elem, (tile, cs) in itertools.product(
+        shapes[:3] + shapes[9:13], (0, 1), (2, 4), itertools.product((0, 1, 2, 8), (0, 1, 4))
+    ):
+        forced = {"tile": tile or None, "cluster": cs or None}
+        try:
+            p = harness.groupnorm_plan(n, c, spatial, groups, layout == 1, elem, True, 132, 232448,
+                                       **forced)  # fmt: skip
+        except InputError:
+            assert plan(n, c, spatial, groups, layout, elem, 1, 132, 232448, tile, cs, out) != 0
+            continue
+        assert plan(n, c, spatial, groups, layout, elem, 1, 132, 232448, tile, cs, out) == 0
+        div = harness.groupnorm_divisor(p, c, spatial, groups, layout == 1)
+        want = [p.cluster, p.threads, p.vec, p.cached, p.smem, p.tile, p.cap, *div, p.box]
+        assert list(out) == want, (n, c, spatial, groups, layout, elem, tile, cs)
+    for tile, cs in ((3, 0), (64, 0), (0, 3), (0, 16)):
+        assert plan(2, 320, 4096, 32, 1, 2, 1, 132, 232448, tile, cs, out) != 0
+    # The launchers refuse a tactic they cannot run before they touch the GPU.
+    gn = sm90_lib.latentrt_groupnorm_silu_f16
+    vp, i = ctypes.c_void_p, ctypes.c_int
+    gn.argtypes = [vp] * 4 + [i, i, ctypes.c_longlong, i, ctypes.c_float, i, i, i, i, vp]
+    gn.restype = i
+    assert gn(None, None, None, None, 2, 320, 4096, 32, 1e-5, 1, 0, 2, 0, None) != 0

@@ -509,7 +509,7 @@ def test_groupnorm_enqueue_passes_the_layout_of_its_format(channels_last, layout
     assert (name, dtype) == ("groupnorm_silu", "bfloat16")
     assert args[:4] == [1, 2, 3, 4]  # x, gamma, beta, y
     assert args[4:7] == [2, 320, 4 * 6 * 8]  # logical sizes either way: N, C, spatial
-    assert args[7:] == [32, np.float32(1e-6), 0, layout, 5]
+    assert args[7:] == [32, np.float32(1e-6), 0, layout, 0, 0, 5]  # ..., tile, cluster, stream
 
 
 @pytest.mark.parametrize(("channels_last", "layout"), [(False, 0), (True, 1)])
@@ -612,6 +612,56 @@ def test_plugins_own_their_serialized_fields_and_take_the_default_tactic():
             plugin.set_tactic(3)
 
 
+def test_groupnorm_tactics_force_tiles_and_clusters():
+    # Tactic 0 (TensorRT's default) is the planner's plan; the others force a tile of groups and a
+    # cluster size, nonzero and unique as TensorRT requires, tiles only channels-last.
+    first, last = tp.groupnorm_tactics(32, False), tp.groupnorm_tactics(32, True)
+    assert first == [17, 18, 20, 24] and len(last) == 24 == len(set(last)) and 0 not in last
+    assert [tp.groupnorm_tactic_plan(t, 32) for t in first] == [(1, 1), (1, 2), (1, 4), (1, 8)]
+    assert tp.groupnorm_tactic_plan(0, 32) == (0, 0)
+    assert tp.groupnorm_tactic_plan(32 * 16 + 2, 32) == (32, 2)
+    assert {tp.groupnorm_tactic_plan(t, 32)[0] for t in last} == {1, 2, 4, 8, 16, 32}
+    assert max(t // 16 for t in tp.groupnorm_tactics(6, True)) == 2  # tiles divide the groups
+    for bad in (3, 16, 20 * 16 + 1, 64 * 16 + 1, -17):
+        with pytest.raises(BackendError, match="tactic"):
+            tp.groupnorm_tactic_plan(bad, 32)
+    with pytest.raises(BackendError, match="tiles 4 of 6"):
+        tp.groupnorm_tactic_plan(4 * 16 + 1, 6)
+    lib = _RecordingLibrary()
+    attrs = tp.GroupNormSiLUAttrs(32)
+    tp.run_groupnorm_silu(lib, attrs, "float16", (2, 64, 8, 8), 1, 2, 3, 4, 5, True, 8 * 16 + 4)
+    assert lib.calls[-1][-4:] == (1, 8, 4, 5)  # layout, tile, cluster, stream
+    with pytest.raises(BackendError, match="channels-first"):
+        tp.run_groupnorm_silu(
+            lib, attrs, "float16", (2, 64, 8, 8), 1, 2, 3, 4, 5, False, 8 * 16 + 4
+        )
+
+
+def test_groupnorm_plugin_advertises_tactics_for_its_configured_format():
+    # TensorRT calls configure_plugin for a format combination, then get_valid_tactics, times each
+    # and hands the best to set_tactic, which enqueue then runs (a clone keeps it).
+    trt = _stand_in_trt()
+    lib = _RecordingLibrary()
+    gn = tp._plugin_classes(trt)[tp.GROUPNORM_SILU][0](tp.GroupNormSiLUAttrs(32), lib)
+    F, H = trt.TensorFormat, trt.DataType.HALF
+
+    def io(shape: tuple, fmt: str) -> SimpleNamespace:
+        return SimpleNamespace(desc=SimpleNamespace(type=H, format=fmt, dims=shape))
+
+    x4 = (2, 320, 64, 64)
+    for fmt, count in ((F.LINEAR, 4), (F.HWC8, 24)):
+        gn.configure_plugin(
+            [io(x4, fmt), io((320,), F.LINEAR), io((320,), F.LINEAR)], [io(x4, fmt)]
+        )
+        assert len(gn.get_valid_tactics()) == count
+    gn.set_tactic(4 * 16 + 2)
+    twin = gn.clone()
+    twin.enqueue([io(x4, F.HWC8).desc], [io(x4, F.HWC8).desc], [1, 2, 3], [4], 0, 5)
+    assert lib.calls[-1][-4:] == (1, 4, 2, 5)
+    with pytest.raises(BackendError, match="no tactic"):
+        gn.set_tactic(4 * 16 + 3)
+
+
 def test_plugins_map_tensorrt_formats_to_their_launch_layouts():
     # Through the plugin classes as TensorRT calls them: supports_format_combination on tensor
     # descriptors, then enqueue's layout argument to the C launcher.
@@ -645,7 +695,7 @@ def test_plugins_map_tensorrt_formats_to_their_launch_layouts():
         lib.calls.clear()
         gn.enqueue([desc(shape, fmt)], [desc(shape, fmt)], [1, 2, 3], [4], 0, 5)
         ((name, dtype, *args),) = lib.calls
-        assert (name, dtype, args[-2:]) == ("groupnorm_silu", "float16", [layout, 5])
+        assert (name, dtype, args[-4:]) == ("groupnorm_silu", "float16", [layout, 0, 0, 5])
 
 
 def test_bfloat16_engine_tensors_are_refused_by_name():

@@ -1015,9 +1015,22 @@ int groupnorm_tma_box(long long n, long long c, long long spatial, long long gro
   return box >= 8 ? static_cast<int>(box) : 0;
 }
 
-// The launch plan; plugins/harness.py mirrors this function (keep the two in step).
+// Whether a forced tile and cluster size (0: the planner's) apply to a shape: clusters of 1, 2,
+// 4 or 8; tiles a power of two up to kMaxTileGroups that divides the groups, channels-last where
+// above 1 (a TensorRT tactic; the harness's groupnorm_plan(tile=, cluster=)).
+bool groupnorm_forced_valid(int groups, int layout, int tile, int cluster) {
+  if (cluster != 0 && cluster != 1 && cluster != 2 && cluster != 4 && cluster != 8) return false;
+  if (tile == 0) return true;
+  if (tile < 0 || tile > latentrt::kMaxTileGroups || (tile & (tile - 1)) != 0 || groups % tile)
+    return false;
+  return tile == 1 || layout == latentrt::kLayoutChannelsLast;
+}
+
+// The launch plan; plugins/harness.py mirrors this function (keep the two in step). A nonzero
+// `force_tile` or `force_cluster` (groupnorm_forced_valid) replaces the planner's choice.
 GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, size_t elem,
-                      bool aligned, int sms, int smem_optin) {
+                      bool aligned, int sms, int smem_optin, int force_tile = 0,
+                      int force_cluster = 0) {
   const long long cg = c / groups;
   // The widest vector that divides a group's contiguous runs (the spatial size channels-first,
   // the group's channels channels-last): 16 bytes, else 2 elements (channels-last groups of
@@ -1068,13 +1081,20 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
       break;
     }
   }
+  if (force_tile > 0) {  // 16-byte vectors where whole ones fill a row, straddling at most two
+    const bool straddle = cg % vmax == 0 || vmax <= cg || 2 * cg == vmax;
+    p.tile = force_tile;
+    p.vec = force_tile > 1 && aligned && force_tile * cg % vmax == 0 && straddle
+                ? vmax
+                : (!aligned ? 1 : run % vmax == 0 ? vmax : run % 2 == 0 ? 2 : 1);
+  }
   const GnUnits u{n, groups, cg, spatial, p.tile, p.vec, e};
   const long long v = p.vec;
   const long long row_vectors = u.row_vectors();
   const long long units = u.count();
   const long long affine = u.affine();
   const long long budget = smem_optin - kStaticSmemReserve;
-  const int cs = u.cluster(sms, smem_optin);
+  const int cs = force_cluster > 0 ? force_cluster : u.cluster(sms, smem_optin);
   p.cluster = cs;
   // Blocks per SM that run all clusters in one wave, and the head of a slice each can cache.
   const int b = one_wave_blocks(units, cs, sms);
@@ -1223,11 +1243,12 @@ bool encode_rows(latentrt::TmaDesc* desc, const void* ptr, long long units, long
 template <typename T>
 int launch_groupnorm_silu(const T* x, const T* gamma, const T* beta, T* y, int n, int c,
                           long long spatial, int groups, float eps, int activation, int layout,
-                          cudaStream_t stream) {
+                          int tile, int cluster, cudaStream_t stream) {
   if (n <= 0 || c <= 0 || spatial <= 0 || groups <= 0 || c % groups != 0)
     return cudaErrorInvalidValue;
   if (layout != latentrt::kLayoutChannelsFirst && layout != latentrt::kLayoutChannelsLast)
     return cudaErrorInvalidValue;
+  if (!groupnorm_forced_valid(groups, layout, tile, cluster)) return cudaErrorInvalidValue;
   if (activation != 0 && activation != 1) return cudaErrorInvalidValue;
   if (spatial > 0x7fffffffLL || static_cast<long long>(c / groups) * spatial > 0xffffffffLL ||
       static_cast<long long>(n) * groups * 8 > 0x7fffffffLL)
@@ -1240,7 +1261,8 @@ int launch_groupnorm_silu(const T* x, const T* gamma, const T* beta, T* y, int n
   if (err != cudaSuccess) return err;
   const auto addr = [](const void* p) { return reinterpret_cast<unsigned long long>(p); };
   const bool aligned = (addr(x) % 16 == 0) && (addr(y) % 16 == 0);
-  GnPlan p = plan_groupnorm(n, c, spatial, groups, layout, sizeof(T), aligned, sms, optin);
+  GnPlan p =
+      plan_groupnorm(n, c, spatial, groups, layout, sizeof(T), aligned, sms, optin, tile, cluster);
   const unsigned grid = static_cast<unsigned>(n) * groups / p.tile * p.cluster;
   const FastDivisorMagic div = groupnorm_divisor(p, c, spatial, groups, layout);
   if (p.box > 0) {  // TMA boxes; where the driver cannot encode their maps, the threads' loads
@@ -1276,44 +1298,50 @@ int launch_groupnorm_silu(const T* x, const T* gamma, const T* beta, T* y, int n
 
 // C-linkage launchers for a TensorRT IPluginV3::enqueue (or any host code): device pointers,
 // x/y shaped (n, c, spatial...) for layout 0 or (n, spatial..., c) for layout 1, where
-// `spatial` is the product of the spatial sizes. Returns 0 or a cudaError_t code.
+// `spatial` is the product of the spatial sizes; `tile` and `cluster` force the plan's (0: the
+// planner's; a TensorRT tactic). Returns 0 or a cudaError_t code.
 extern "C" int latentrt_groupnorm_silu_f32(const float* x, const float* gamma, const float* beta,
                                            float* y, int n, int c, long long spatial,
                                            int num_groups, float epsilon, int activation,
-                                           int layout, cudaStream_t stream) {
+                                           int layout, int tile, int cluster,
+                                           cudaStream_t stream) {
   return launch_groupnorm_silu(x, gamma, beta, y, n, c, spatial, num_groups, epsilon, activation,
-                               layout, stream);
+                               layout, tile, cluster, stream);
 }
 extern "C" int latentrt_groupnorm_silu_f16(const __half* x, const __half* gamma,
                                            const __half* beta, __half* y, int n, int c,
                                            long long spatial, int num_groups, float epsilon,
-                                           int activation, int layout, cudaStream_t stream) {
+                                           int activation, int layout, int tile, int cluster,
+                                           cudaStream_t stream) {
   return launch_groupnorm_silu(x, gamma, beta, y, n, c, spatial, num_groups, epsilon, activation,
-                               layout, stream);
+                               layout, tile, cluster, stream);
 }
 extern "C" int latentrt_groupnorm_silu_bf16(const __nv_bfloat16* x, const __nv_bfloat16* gamma,
                                             const __nv_bfloat16* beta, __nv_bfloat16* y, int n,
                                             int c, long long spatial, int num_groups,
-                                            float epsilon, int activation, int layout,
-                                            cudaStream_t stream) {
+                                            float epsilon, int activation, int layout, int tile,
+                                            int cluster, cudaStream_t stream) {
   return launch_groupnorm_silu(x, gamma, beta, y, n, c, spatial, num_groups, epsilon, activation,
-                               layout, stream);
+                               layout, tile, cluster, stream);
 }
 
 // The launch plan of a shape on a GPU of `sms` SMs and `smem_optin` bytes of opt-in shared
 // memory per block, host-only (the CPU tests hold it to plugins/harness.py's groupnorm_plan):
 // elem_bytes 2 or 4 (fp16 and bf16 plan alike); out10 = cluster, threads, vec, cached, smem,
 // tile, cap, the magic m (as its bits) and shift s of the kernel's index division, and the
-// positions of a TMA box (0: none). Returns 0, or cudaErrorInvalidValue.
+// positions of a TMA box (0: none); `tile` and `cluster` force the plan's as the launchers'
+// do. Returns 0, or cudaErrorInvalidValue.
 extern "C" int latentrt_groupnorm_silu_plan(int n, int c, long long spatial, int num_groups,
                                             int layout, int elem_bytes, int aligned, int sms,
-                                            int smem_optin, int* out10) {
+                                            int smem_optin, int tile, int cluster, int* out10) {
   if (n <= 0 || c <= 0 || spatial <= 0 || num_groups <= 0 || c % num_groups != 0 ||
       (layout != latentrt::kLayoutChannelsFirst && layout != latentrt::kLayoutChannelsLast) ||
-      (elem_bytes != 2 && elem_bytes != 4))
+      (elem_bytes != 2 && elem_bytes != 4) ||
+      !groupnorm_forced_valid(num_groups, layout, tile, cluster))
     return cudaErrorInvalidValue;
-  const GnPlan p = plan_groupnorm(n, c, spatial, num_groups, layout,
-                                  static_cast<size_t>(elem_bytes), aligned != 0, sms, smem_optin);
+  const GnPlan p =
+      plan_groupnorm(n, c, spatial, num_groups, layout, static_cast<size_t>(elem_bytes),
+                     aligned != 0, sms, smem_optin, tile, cluster);
   const FastDivisorMagic div = groupnorm_divisor(p, c, spatial, num_groups, layout);
   const int v[10] = {p.cluster, p.threads,  p.vec,
                      p.cached,  static_cast<int>(p.smem), p.tile,

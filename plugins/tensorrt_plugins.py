@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from latentrt.errors import BackendError, InputError
+from latentrt.plugins.harness import MAX_TILE_GROUPS
 from latentrt.plugins.reference import resolve_conv3d_pads
 
 __all__ = [
@@ -455,7 +456,7 @@ class PluginLibrary:
             raise BackendError(f"latentrt_{name}_{_SUFFIX[dtype]} failed with cudaError_t {rc}")
 
 
-_TACTIC_TILES = (1, 2, 4, 8, 16, 32)  # kMaxTileGroups in groupnorm_silu.cu
+_TACTIC_TILES = tuple(1 << i for i in range(MAX_TILE_GROUPS.bit_length()))  # 1, 2, ... 32
 _TACTIC_CLUSTERS = (1, 2, 4, 8)
 
 

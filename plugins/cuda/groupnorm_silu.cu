@@ -1039,7 +1039,8 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   const long long run = layout == latentrt::kLayoutChannelsFirst ? spatial : cg;
   const long long e = static_cast<long long>(elem);
   GnPlan p{};
-  p.vec = !aligned ? 1 : run % vmax == 0 ? vmax : run % 2 == 0 ? 2 : 1;
+  const int run_v = !aligned ? 1 : run % vmax == 0 ? vmax : run % 2 == 0 ? 2 : 1;
+  p.vec = run_v;
   p.tile = 1;
   // Channels-last groups whose run a row is shorter than a 32-byte sector are normalized in
   // tiles of consecutive groups with rows of 64 bytes or more (groupnorm_silu_tile_body; at 32
@@ -1084,9 +1085,7 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   if (force_tile > 0) {  // 16-byte vectors where whole ones fill a row, straddling at most two
     const bool straddle = cg % vmax == 0 || vmax <= cg || 2 * cg == vmax;
     p.tile = force_tile;
-    p.vec = force_tile > 1 && aligned && force_tile * cg % vmax == 0 && straddle
-                ? vmax
-                : (!aligned ? 1 : run % vmax == 0 ? vmax : run % 2 == 0 ? 2 : 1);
+    p.vec = force_tile > 1 && aligned && force_tile * cg % vmax == 0 && straddle ? vmax : run_v;
   }
   const GnUnits u{n, groups, cg, spatial, p.tile, p.vec, e};
   const long long v = p.vec;

@@ -634,6 +634,7 @@ struct TileShared {
   float stat[2][512];              // every thread's (mean, M2); counts follow from the geometry
   float2 peer[kMaxTileGroups][8];  // per group, (mean, M2) of every block, by rank
   float final[kMaxTileGroups][2];  // per group, (mean, rstd) of the cluster
+  float3 part[16];                 // per warp, its share of a group's statistics (n, mean, M2)
   unsigned long long xbar;         // completes once all peers have written theirs
 };
 
@@ -727,66 +728,63 @@ __device__ __forceinline__ void groupnorm_silu_tile_body(const T* __restrict__ x
   LRT_GN_MARK(2);
 
   // Per group: its threads are its columns (c0 .. c0 + nc - 1) in each of the R row slots; a
-  // column whose first group is an earlier one holds this group's part in s_hi. A warp sums
-  // their counts and count-weighted means, then M2 plus the spread of their means (as
-  // stat_warp_reduce, over several entries per lane), column by column with the lanes over the
-  // slots. Slot r read base_rows + (r < extra) rows. blockDim need not be a multiple of 32: only
-  // whole warps (warp < nw) reduce.
+  // column whose first group is an earlier one holds this group's part in s_hi. Slot r read
+  // base_rows + (r < extra) rows. K = nw / GT warps share a group (one warp where GT > nw): share
+  // k merges slots r = lane + 32 k (mod 32 K) of every column into its lanes' statistics and
+  // reduces them across the warp; with K > 1 the group's first warp then merges the K shares.
+  // blockDim need not be a multiple of 32: only whole warps (warp < nw) reduce.
   const unsigned lane = tid & 31u;
   const unsigned warp = tid >> 5;
   const unsigned nw = bs >> 5;
+  const unsigned gt = static_cast<unsigned>(GT);
+  const unsigned K = gt <= nw ? nw / gt : 1u;
   const unsigned base_rows = (end - start) / R, extra = (end - start) % R;
-  for (unsigned gi = warp; warp < nw && gi < static_cast<unsigned>(GT); gi += nw) {
-    const unsigned c0 = gi * Cg / V;
-    const unsigned nc = ((gi + 1) * Cg - 1) / V - c0 + 1;
-    // Column c's part of group gi: which statistics hold it and its elements per row.
-    auto part = [&](unsigned c, const float*& mean_a, const float*& m2_a) {
-      const bool hi = SPLIT && c * V / Cg != gi;
-      mean_a = hi ? s_hi : s_stat[0];
-      m2_a = hi ? s_hi + bs : s_stat[1];
-      return static_cast<float>(hi ? V - lo_elems(c) : lo_elems(c));
-    };
-    float cnt = 0.0f, sum = 0.0f;
-    for (unsigned c = c0; c < c0 + nc; ++c) {
-      const float *mean_a, *m2_a;
-      const float kc = part(c, mean_a, m2_a);
-      for (unsigned r = lane; r < R; r += 32) {
-        const float k = kc * static_cast<float>(base_rows + (r < extra));
-        cnt += k;
-        sum = fmaf(k, mean_a[r * VR + c], sum);
-      }
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) {
-      cnt += __shfl_xor_sync(0xffffffffu, cnt, off);
-      sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    }
-    const float mean = cnt > 0.0f ? sum / cnt : 0.0f;
-    float m2 = 0.0f;
-    for (unsigned c = c0; c < c0 + nc; ++c) {
-      const float *mean_a, *m2_a;
-      const float kc = part(c, mean_a, m2_a);
-      for (unsigned r = lane; r < R; r += 32) {
-        const float d = mean_a[r * VR + c] - mean;
-        m2 += fmaf(kc * static_cast<float>(base_rows + (r < extra)) * d, d, m2_a[r * VR + c]);
-      }
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) m2 += __shfl_xor_sync(0xffffffffu, m2, off);
+  // The block's statistics of group gi, to every block of the cluster (st.async, as in the
+  // one-group body; the peers' barriers are initialized once the cluster wait returns).
+  auto publish = [&](unsigned gi, const WelfordStat& w) {
     if constexpr (CS == 1) {
       if (lane == 0) {
-        s_final[gi][0] = mean;
-        s_final[gi][1] = rsqrtf(m2 / cnt + eps);
+        s_final[gi][0] = w.mean;
+        s_final[gi][1] = rsqrtf(w.m2 / w.n + eps);
       }
     } else {
-      // Lane r sends the block's statistics of this group to block r (st.async, as in the
-      // one-group body); the peers' barriers are initialized once the cluster wait returns.
       if (gi == warp) cluster_wait();
       LRT_GN_MARK(5);
       if (lane < CS)
         store_async_cluster(cluster_addr(smem_addr(&sh.peer[gi][rank]), lane),
-                            make_float2(mean, m2),
-                            cluster_addr(smem_addr(&sh.xbar), lane));
+                            make_float2(w.mean, w.m2), cluster_addr(smem_addr(&sh.xbar), lane));
+    }
+  };
+  for (unsigned u = warp; warp < nw && u < K * gt; u += nw) {
+    const unsigned gi = u % gt, k = u / gt;
+    const unsigned c0 = gi * Cg / V;
+    const unsigned nc = ((gi + 1) * Cg - 1) / V - c0 + 1;
+    WelfordStat w{0.0f, 0.0f, 0.0f};
+    for (unsigned c = c0; c < c0 + nc; ++c) {
+      const bool hi = SPLIT && c * V / Cg != gi;  // column c's part of group gi
+      const float* mean_a = hi ? s_hi : s_stat[0];
+      const float* m2_a = hi ? s_hi + bs : s_stat[1];
+      const float kc = static_cast<float>(hi ? V - lo_elems(c) : lo_elems(c));
+      for (unsigned r = lane + 32u * k; r < R; r += 32u * K)
+        welford_merge(w, kc * static_cast<float>(base_rows + (r < extra)), mean_a[r * VR + c],
+                      m2_a[r * VR + c]);
+    }
+    stat_warp_reduce(w);
+    if (K == 1)
+      publish(gi, w);
+    else if (lane == 0)
+      sh.part[u] = make_float3(w.n, w.mean, w.m2);
+  }
+  if (K > 1) {
+    __syncthreads();
+    if (warp < gt) {
+      WelfordStat w{0.0f, 0.0f, 0.0f};
+      if (lane < K) {
+        const float3 q = sh.part[warp + gt * lane];
+        w = WelfordStat{q.x, q.y, q.z};
+      }
+      stat_warp_reduce<16>(w);  // K <= 16
+      publish(warp, w);
     }
   }
   if constexpr (CS > 1) {

@@ -366,16 +366,20 @@ def groupnorm_plan(
         while tile * cg * itemsize < 64 and widens(tile):
             tile *= 2
     # 16-byte vectors straddling groups, in tiles of whole 16-byte vectors of 64 bytes a row or
-    # more; not for fp16 and fp32 where the clusters grow beyond two blocks and the plan above
-    # (see the .cu).
+    # more; not where the clusters grow beyond two blocks and the plan above. fp32 runs under 64
+    # bytes: rows of 128 bytes or more in clusters of 8, wherever they grow (see the .cu).
+    short32 = itemsize == 4 and cg * itemsize < 64
+    row_min = 128 if short32 else 64
     if channels_last and aligned and cg % vmax and (vmax <= cg or 2 * cg == vmax):
         t = 1
         while widens(t):
             t *= 2
-            if t * cg % vmax == 0 and (t * cg * itemsize >= 64 or not widens(t)):
+            if t * cg % vmax == 0 and (t * cg * itemsize >= row_min or not widens(t)):
                 before = _GnUnits(n, num_groups, cg, spatial, tile, v, itemsize)
                 after = _GnUnits(n, num_groups, cg, spatial, t, vmax, itemsize)
-                if after.cluster(sms, smem_optin) <= max(2, before.cluster(sms, smem_optin)):
+                if short32 or after.cluster(sms, smem_optin) <= max(
+                    2, before.cluster(sms, smem_optin)
+                ):
                     tile, v = t, vmax
                 break
     if forced_tile is not None:
@@ -384,7 +388,20 @@ def groupnorm_plan(
     row_vectors, units, affine = u.row_vectors, u.count, u.affine
     slice_, cache_bytes = u.slice, u.cache_bytes
     budget = smem_optin - STATIC_SMEM_RESERVE
-    cs = u.cluster(sms, smem_optin)
+    straddles = tile > 1 and v == vmax and cg % vmax != 0
+    cs = 8 if short32 and straddles else u.cluster(sms, smem_optin)
+    # Channels-last one-group slices of 16-byte vectors that clusters of 4 would cache: clusters
+    # of 8 where a block's slice is still 16 KB or more and moves by TMA boxes (see the .cu).
+    if (
+        channels_last
+        and tile == 1
+        and v == vmax
+        and cs == 4
+        and cache_bytes(8) >= 16384
+        and affine + cache_bytes(8) <= budget
+        and groupnorm_tma_box(n, c, spatial, num_groups, itemsize, 8)
+    ):
+        cs = 8
     if cluster is not None:
         if cluster not in (1, 2, 4, 8):
             raise InputError(f"cluster must be 1, 2, 4 or 8, got {cluster}")

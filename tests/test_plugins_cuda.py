@@ -204,11 +204,16 @@ def test_groupnorm_silu_forced_tiles(harness, gen, shape, dtype, tile, cluster):
         ((1, 256, 256, 256), "float32", 2, 8),  # read twice: 32-byte runs in 64-byte rows
         ((8, 64, 64, 320), "float16", 4, 2),  # 128 KB tile slices: pairs, all resident
         ((8, 64, 64, 320), "bfloat16", 4, 2),
+        ((2, 128, 128, 320), "float32", 4, 8),  # 40-byte fp32 runs: 160-byte rows, clusters of 8
+        ((8, 64, 64, 320), "float32", 4, 8),
+        ((2, 64, 64, 1280), "float16", 1, 8),  # one group: clusters of 4 made 8, TMA boxes
+        ((1, 64, 64, 512), "float32", 1, 8),
     ],
     ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v),
 )
 def test_groupnorm_silu_channels_last_planned_tiles(harness, gen, shape, dtype, tile, cluster):
-    # The planner's tiles where a group's slice is read twice, or tiles' slices fill an SM.
+    # The planner's channels-last tiles and clusters where its H100 rules pick them: groups read
+    # twice, tiles' slices that fill an SM, fp32 straddling tiles, one-group clusters of 8.
     n, c = shape[0], shape[-1]
     itemsize = DTYPES[dtype].itemsize
     props = torch.cuda.get_device_properties(0)

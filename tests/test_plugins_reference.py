@@ -323,20 +323,25 @@ def test_groupnorm_plan_unet_and_fallback():
     # Unaligned: scalars, tiles by the sector rule (no straddling).
     p = harness.groupnorm_plan(2, 320, 4096, 32, True, 2, False, sms, optin)
     assert (p.vec, p.tile, p.smem) == (1, 4, 2 * 40 * 4 + 4096 // 8 * 40 * 2)
-    # 20 and 60 fp16 channels and 10 fp32 ones straddle too (rows of 80 or 240 bytes), where the
-    # clusters stay as large as one group's (or at most two blocks); at 2 x 640 x 32 x 32 they
-    # would grow from 2 to 4 blocks, at 2 x 960 x 64 x 64 (tiles of 4) from 4 to 8.
+    # 20 and 60 fp16 channels straddle too (rows of 80 or 240 bytes), where the clusters stay as
+    # large as one group's (or at most two blocks); at 2 x 640 x 32 x 32 they would grow from 2
+    # to 4 blocks, at 2 x 960 x 64 x 64 (tiles of 4) from 4 to 8. 10 fp32 channels (40-byte
+    # runs) take 128-byte rows or more in clusters of 8 wherever they grow; 30 (120 bytes) do not.
     for c, spatial, itemsize, vec, tile, cs in [
         (640, 4096, 2, 8, 2, 4),
         (1920, 1024, 2, 8, 2, 4),
-        (320, 4096, 4, 4, 2, 4),
+        (320, 4096, 4, 4, 4, 8),
+        (320, 128 * 128, 4, 4, 4, 8),  # one group in clusters of 4 before
+        (960, 4096, 4, 2, 1, 4),
         (640, 1024, 2, 2, 1, 2),
         (960, 4096, 2, 2, 1, 4),
     ]:
         p = harness.groupnorm_plan(2, c, spatial, 32, True, itemsize, True, sms, optin)
-        assert (p.vec, p.tile, p.cluster) == (vec, tile, cs), (c, spatial)
+        assert (p.vec, p.tile, p.cluster) == (vec, tile, cs), (c, spatial, itemsize)
     p = harness.groupnorm_plan(8, 320, 4096, 32, True, 4, True, sms, optin)
-    assert (p.vec, p.tile, p.cluster) == (4, 2, 2)  # one block a group before: pairs allowed
+    assert (p.vec, p.tile, p.cluster) == (4, 4, 8)
+    p = harness.groupnorm_plan(8, 320, 4096, 32, True, 4, True, sms, optin, tile=2)
+    assert (p.vec, p.tile, p.cluster) == (4, 2, 8)  # forced tiles of fp32 straddlers alike
     # Tiles of 128 KB slices and more split to two blocks an SM only where all their clusters
     # stay resident: 64 tiles of 4 groups make 59 clusters of 4 at two an SM, so pairs.
     p = harness.groupnorm_plan(8, 320, 4096, 32, True, 2, True, sms, optin)
@@ -365,6 +370,21 @@ def test_groupnorm_plan_unet_and_fallback():
     p = harness.groupnorm_plan(1, 512, 128 * 128, 32, True, 4, True, sms, optin)
     assert (p.cluster, p.cached, p.box) == (8, 2, 256)
     assert harness.groupnorm_plan(2, 512, 64 * 64, 32, True, 2, True, sms, optin).box == 0  # cs2
+    # Clusters of 4 caching a slice of 16-byte vectors become 8 where a block's slice stays 16 KB
+    # or more and TMA boxes fit it; the forced cluster size still wins.
+    for n, c, spatial, itemsize, cached, box in [
+        (1, 512, 64 * 64, 2, 3, 256),
+        (2, 1280, 64 * 64, 4, 2, 256),
+        (1, 2560, 32 * 32, 2, 3, 128),
+    ]:
+        p = harness.groupnorm_plan(n, c, spatial, 32, True, itemsize, True, sms, optin)
+        assert (p.tile, p.cluster, p.cached, p.box) == (1, 8, cached, box), (n, c, spatial)
+        p = harness.groupnorm_plan(n, c, spatial, 32, True, itemsize, True, sms, optin, cluster=4)
+        assert (p.cluster, p.cached, p.box) == (4, 1, 0)
+    p = harness.groupnorm_plan(2, 1280, 32 * 32, 32, True, 2, True, sms, optin)  # clusters of 2
+    assert (p.cluster, p.box) == (2, 0)
+    p = harness.groupnorm_plan(1, 512, 60 * 68, 32, True, 2, True, sms, optin)  # 510 a block
+    assert (p.cluster, p.box) == (4, 0)
     assert harness.groupnorm_plan(1, 512, 128 * 128, 32, True, 2, False, sms, optin).box == 0
     assert harness.groupnorm_tma_box(1, 512, 24 * 40, 32, 2, 4) == 16  # 240 positions a block
     assert harness.groupnorm_tma_box(1, 512, 9 * 11, 32, 2, 1) == 0  # 99: boxes of 1

@@ -1066,14 +1066,20 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   // BENCHMARKS.md, fifteenth session). bf16 alike: it straddled wherever it could while its
   // one-group body ran 1.4-1.5x slower than fp16's, which ended with the twentieth session's
   // divide (2x640x32x32: one group per cluster 1.24x faster than straddling; twenty-first).
+  // fp32 runs under 64 bytes (10 channels) take rows of 128 bytes or more, in clusters of 8,
+  // wherever the clusters grow (H100, 320 channels at 64x64 and 128x128, batch 1-8: tiles of 4
+  // groups in clusters of 8 1.03-1.50x faster than tiles of 2 or one group; twenty-third).
+  const bool short32 = e == 4 && cg * e < 64;
+  const long long row_min = short32 ? 128 : 64;
   if (layout == latentrt::kLayoutChannelsLast && aligned && cg % vmax != 0 &&
       (vmax <= cg || 2 * cg == vmax)) {
-    for (long long t = 1; widens(t);) {  // rows under 64 bytes where no wider tile may follow
+    for (long long t = 1; widens(t);) {  // rows under row_min where no wider tile may follow
       t *= 2;
-      if (t * cg % vmax != 0 || (t * cg * e < 64 && widens(t))) continue;
+      if (t * cg % vmax != 0 || (t * cg * e < row_min && widens(t))) continue;
       const GnUnits before{n, groups, cg, spatial, p.tile, p.vec, e};
       const GnUnits after{n, groups, cg, spatial, t, vmax, e};
-      if (after.cluster(sms, smem_optin) <= std::max(2, before.cluster(sms, smem_optin))) {
+      if (short32 ||
+          after.cluster(sms, smem_optin) <= std::max(2, before.cluster(sms, smem_optin))) {
         p.tile = static_cast<int>(t);
         p.vec = vmax;
       }
@@ -1091,7 +1097,16 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   const long long units = u.count();
   const long long affine = u.affine();
   const long long budget = smem_optin - kStaticSmemReserve;
-  const int cs = force_cluster > 0 ? force_cluster : u.cluster(sms, smem_optin);
+  const bool straddles = p.tile > 1 && p.vec == vmax && cg % vmax != 0;
+  int cs = short32 && straddles ? 8 : u.cluster(sms, smem_optin);
+  // Channels-last one-group slices of 16-byte vectors that clusters of 4 would cache: clusters
+  // of 8 where a block's slice is still 16 KB or more and moves by TMA boxes (H100, 21 plans of
+  // SD, SDXL and VAE layers, batch 1-8: 1.05-1.27x at the 17 timed; twenty-third session).
+  if (layout == latentrt::kLayoutChannelsLast && p.tile == 1 && p.vec == vmax && cs == 4 &&
+      u.cache_bytes(8) >= 16384 && affine + u.cache_bytes(8) <= budget &&
+      groupnorm_tma_box(n, c, spatial, groups, e, 8) > 0)
+    cs = 8;
+  if (force_cluster > 0) cs = force_cluster;
   p.cluster = cs;
   // Blocks per SM that run all clusters in one wave, and the head of a slice each can cache.
   const int b = one_wave_blocks(units, cs, sms);

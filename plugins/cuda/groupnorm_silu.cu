@@ -1100,8 +1100,8 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   const bool straddles = p.tile > 1 && p.vec == vmax && cg % vmax != 0;
   int cs = short32 && straddles ? 8 : u.cluster(sms, smem_optin);
   // Channels-last one-group slices of 16-byte vectors that clusters of 4 would cache: clusters
-  // of 8 where a block's slice is still 16 KB or more and moves by TMA boxes (H100, 21 plans of
-  // SD, SDXL and VAE layers, batch 1-8: 1.05-1.27x at the 17 timed; twenty-third session).
+  // of 8 where a block's slice is still 16 KB or more and moves by TMA boxes (H100: 1.05-1.27x
+  // at the 22 plans of SD, SDXL and VAE layers timed, batch 1-8; twenty-third session).
   if (layout == latentrt::kLayoutChannelsLast && p.tile == 1 && p.vec == vmax && cs == 4 &&
       u.cache_bytes(8) >= 16384 && affine + u.cache_bytes(8) <= budget &&
       groupnorm_tma_box(n, c, spatial, groups, e, 8) > 0)

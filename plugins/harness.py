@@ -366,9 +366,10 @@ def groupnorm_plan(
         while tile * cg * itemsize < 64 and widens(tile):
             tile *= 2
     # 16-byte vectors straddling groups, in tiles of whole 16-byte vectors of 64 bytes a row or
-    # more; not where the clusters grow beyond two blocks and the plan above. fp32 runs under 64
-    # bytes: rows of 128 bytes or more in clusters of 8, wherever they grow (see the .cu).
-    short32 = itemsize == 4 and cg * itemsize < 64
+    # more; not where the clusters grow beyond two blocks and the plan above. fp32 runs of 32 to
+    # 63 bytes: rows of 128 bytes or more in clusters of 8 of 512 rows a block or more, wherever
+    # they grow (see the .cu).
+    short32 = itemsize == 4 and 32 <= cg * itemsize < 64 and spatial >= 8 * 512
     row_min = 128 if short32 else 64
     if channels_last and aligned and cg % vmax and (vmax <= cg or 2 * cg == vmax):
         t = 1

@@ -236,6 +236,7 @@ def test_c_launcher_groupnorm_plan_matches_the_harness(sm90_lib):
         (1, 128, 512 * 512, 32),  # uncached channels-last: tiles of 4 groups, not 8 (too few)
         (2, 128, 512 * 512, 32),  # tiles of 8
         (2, 320, 128 * 128, 32),  # 10 fp32 channels: tiles of 4 in clusters of 8
+        (2, 320, 32 * 32, 32),  # not at 128 rows a block
         (2, 1280, 64 * 64, 32),  # channels-last clusters of 4 made 8, TMA boxes
         (1, 512, 60 * 68, 32),  # 510 positions a block: no boxes, clusters of 4 stay
     ]

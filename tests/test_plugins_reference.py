@@ -326,12 +326,14 @@ def test_groupnorm_plan_unet_and_fallback():
     # 20 and 60 fp16 channels straddle too (rows of 80 or 240 bytes), where the clusters stay as
     # large as one group's (or at most two blocks); at 2 x 640 x 32 x 32 they would grow from 2
     # to 4 blocks, at 2 x 960 x 64 x 64 (tiles of 4) from 4 to 8. 10 fp32 channels (40-byte
-    # runs) take 128-byte rows or more in clusters of 8 wherever they grow; 30 (120 bytes) do not.
+    # runs) take 128-byte rows or more in clusters of 8 wherever they grow, where those blocks
+    # hold 512 rows or more; 30 (120 bytes) do not.
     for c, spatial, itemsize, vec, tile, cs in [
         (640, 4096, 2, 8, 2, 4),
         (1920, 1024, 2, 8, 2, 4),
         (320, 4096, 4, 4, 4, 8),
         (320, 128 * 128, 4, 4, 4, 8),  # one group in clusters of 4 before
+        (320, 32 * 32, 4, 2, 1, 2),  # blocks of 8 would hold 128 rows: the rule does not apply
         (960, 4096, 4, 2, 1, 4),
         (640, 1024, 2, 2, 1, 2),
         (960, 4096, 2, 2, 1, 4),

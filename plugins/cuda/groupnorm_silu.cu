@@ -1066,10 +1066,11 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   // BENCHMARKS.md, fifteenth session). bf16 alike: it straddled wherever it could while its
   // one-group body ran 1.4-1.5x slower than fp16's, which ended with the twentieth session's
   // divide (2x640x32x32: one group per cluster 1.24x faster than straddling; twenty-first).
-  // fp32 runs under 64 bytes (10 channels) take rows of 128 bytes or more, in clusters of 8,
-  // wherever the clusters grow (H100, 320 channels at 64x64 and 128x128, batch 1-8: tiles of 4
-  // groups in clusters of 8 1.03-1.50x faster than tiles of 2 or one group; twenty-third).
-  const bool short32 = e == 4 && cg * e < 64;
+  // fp32 runs of 32 to 63 bytes (10 channels) take rows of 128 bytes or more, in clusters of 8
+  // of 512 rows a block or more, wherever the clusters grow (H100, 320 channels at 64x64 and
+  // 128x128, batch 1-8: tiles of 4 groups in clusters of 8 1.03-1.50x faster than tiles of 2 or
+  // one group; smaller slices were not timed; twenty-third session).
+  const bool short32 = e == 4 && cg * e >= 32 && cg * e < 64 && spatial >= 8 * 512;
   const long long row_min = short32 ? 128 : 64;
   if (layout == latentrt::kLayoutChannelsLast && aligned && cg % vmax != 0 &&
       (vmax <= cg || 2 * cg == vmax)) {

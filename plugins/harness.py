@@ -286,11 +286,16 @@ class _GnUnits:
         return self.tile * self.cg // self.v
 
     @property
+    def split(self) -> bool:
+        """Vectors straddle groups (a tile of 16-byte vectors the groups' channels do not fill)."""
+        return self.tile > 1 and self.cg % self.v != 0
+
+    @property
     def affine(self) -> int:
         """Dynamic shared memory ahead of the cache: per-channel scale and shift, and a
         straddling tile's second statistics."""
-        split = self.tile > 1 and self.cg % self.v != 0
-        return (2 * self.tile * self.cg * 4 + 15) // 16 * 16 + (SPLIT_STAT_BYTES if split else 0)
+        split = SPLIT_STAT_BYTES if self.split else 0
+        return (2 * self.tile * self.cg * 4 + 15) // 16 * 16 + split
 
     def slice(self, k: int) -> int:
         """Vectors of a block's slice in a cluster of k (a tile's blocks split its rows)."""
@@ -389,8 +394,7 @@ def groupnorm_plan(
     row_vectors, units, affine = u.row_vectors, u.count, u.affine
     slice_, cache_bytes = u.slice, u.cache_bytes
     budget = smem_optin - STATIC_SMEM_RESERVE
-    straddles = tile > 1 and v == vmax and cg % vmax != 0
-    cs = 8 if short32 and straddles else u.cluster(sms, smem_optin)
+    cs = 8 if short32 and u.split else u.cluster(sms, smem_optin)
     # Channels-last one-group slices of 16-byte vectors that clusters of 4 would cache: clusters
     # of 8 where a block's slice is still 16 KB or more and moves by TMA boxes (see the .cu).
     if (
@@ -494,8 +498,8 @@ def _forced_tile(
         )
     if tile > 1 and not channels_last:
         raise InputError("tiles are for channels-last layouts only")
-    straddle = cg % vmax == 0 or vmax <= cg or 2 * cg == vmax
-    if tile > 1 and aligned and tile * cg % vmax == 0 and straddle:
+    two_at_most = cg % vmax == 0 or vmax <= cg or 2 * cg == vmax  # groups a vector holds parts of
+    if tile > 1 and aligned and tile * cg % vmax == 0 and two_at_most:
         return tile, vmax
     return tile, v
 

@@ -1088,9 +1088,9 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
     }
   }
   if (force_tile > 0) {  // 16-byte vectors where whole ones fill a row, straddling at most two
-    const bool straddle = cg % vmax == 0 || vmax <= cg || 2 * cg == vmax;
+    const bool two_at_most = cg % vmax == 0 || vmax <= cg || 2 * cg == vmax;
     p.tile = force_tile;
-    p.vec = force_tile > 1 && aligned && force_tile * cg % vmax == 0 && straddle ? vmax : run_v;
+    p.vec = force_tile > 1 && aligned && force_tile * cg % vmax == 0 && two_at_most ? vmax : run_v;
   }
   const GnUnits u{n, groups, cg, spatial, p.tile, p.vec, e};
   const long long v = p.vec;
@@ -1098,8 +1098,7 @@ GnPlan plan_groupnorm(int n, int c, long long spatial, int groups, int layout, s
   const long long units = u.count();
   const long long affine = u.affine();
   const long long budget = smem_optin - kStaticSmemReserve;
-  const bool straddles = p.tile > 1 && p.vec == vmax && cg % vmax != 0;
-  int cs = short32 && straddles ? 8 : u.cluster(sms, smem_optin);
+  int cs = short32 && u.split() ? 8 : u.cluster(sms, smem_optin);
   // Channels-last one-group slices of 16-byte vectors that clusters of 4 would cache: clusters
   // of 8 where a block's slice is still 16 KB or more and moves by TMA boxes (H100: 1.05-1.27x
   // at the 22 plans of SD, SDXL and VAE layers timed, batch 1-8; twenty-third session).
